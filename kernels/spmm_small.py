@@ -1,0 +1,174 @@
+"""Small-M 2:4 sparse x dense products: ``y = x @ W.T (+ bias)`` with W in the canonical packed form.
+
+W (N, K) is read as ``values`` (N, K/2) and natural-order ``meta`` (N, K/16) int16 (sparse_llm/format.py);
+x is (M, K), y is (M, N). The weight stream is the cost (decode is memory-bound: 1.125 bytes per weight
+against 2 for dense bf16), so both kernels read each byte of W once per M block and keep the decode work
+in registers. Tiles are indexed by ``q``, the int16 metadata word (16 columns of W = 4 groups of 4 = 8 values),
+so one metadata load serves 8 values and no gather is needed.
+
+- ``spmm24_select_kernel`` (M of 1 to a few): no tensor cores; for each kept value pick the x of its column
+  with ``where`` and multiply-accumulate in fp32 (DESIGN.md prototype (b): 1.58-1.66x of cuBLAS at M = 1).
+- ``spmm24_dot_kernel`` (M up to a few hundred): expand the W tile to dense in registers and put it on the
+  tensor cores as the LEFT operand (``acc[N, M] = W_tile @ x_tile.T``), so the expanded tile can stay in
+  registers and only the small x tile goes through shared memory.
+
+Both support split-K: with ``SPLIT_K > 1`` each program adds its partial sums into an fp32 (M, N) buffer with
+atomics (the launcher zeroes it, then adds the bias and casts), which keeps all SMs busy when N is small.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _decode_group_indices(meta_ptr, offs_n, offs_q, stride_mn, mask):
+    """(BLOCK_N, BLOCK_Q, 4) low and high kept column indices (0..3) of every group of 4 in the tile."""
+    word = tl.load(meta_ptr + offs_n[:, None] * stride_mn + offs_q[None, :], mask=mask, other=0)
+    word = word.to(tl.int32) & 0xFFFF  # [BLOCK_N, BLOCK_Q]
+    shifts = tl.arange(0, 4) * 4
+    nibble = (word[:, :, None] >> shifts[None, None, :]) & 0xF  # [BLOCK_N, BLOCK_Q, 4]
+    return nibble & 3, nibble >> 2
+
+
+@triton.jit
+def _load_values(vals_ptr, offs_n, offs_q, stride_vn, mask, BLOCK_N: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """(BLOCK_N, BLOCK_Q, 4) first and second kept values of every group of 4 in the tile."""
+    offs_v = offs_q[None, :, None] * 8 + tl.arange(0, 8)[None, None, :]
+    v = tl.load(vals_ptr + offs_n[:, None, None] * stride_vn + offs_v, mask=mask[:, :, None], other=0.0)
+    return tl.split(tl.reshape(v, (BLOCK_N, BLOCK_Q, 4, 2)))
+
+
+@triton.jit
+def spmm24_select_kernel(
+    x_ptr,  # [M, K] fp16/bf16, unit column stride
+    vals_ptr,  # [N, K/2], unit column stride
+    meta_ptr,  # [N, K/16] int16, unit column stride
+    bias_ptr,  # [N] or a dummy when HAS_BIAS is False
+    y_ptr,  # [M, N] x.dtype (SPLIT_K == 1) or fp32 zeroed (SPLIT_K > 1), unit column stride
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_vn,
+    stride_mn,
+    stride_ym,
+    HAS_BIAS: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+):
+    # Program id 0 runs over M blocks so the programs that share a weight tile run side by side (L2 reuse).
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    num_q = K // 16
+    q_per_split = tl.cdiv(tl.cdiv(num_q, SPLIT_K), BLOCK_Q) * BLOCK_Q
+    q_begin = pid_k * q_per_split
+    q_end = tl.minimum(q_begin + q_per_split, num_q)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_Q, 4), dtype=tl.float32)
+    for q0 in range(q_begin, q_end, BLOCK_Q):
+        offs_q = q0 + tl.arange(0, BLOCK_Q)
+        mask_q = offs_q < q_end
+        mask_w = mask_n[:, None] & mask_q[None, :]
+        low, high = _decode_group_indices(meta_ptr, offs_n, offs_q, stride_mn, mask_w)
+        v_low, v_high = _load_values(vals_ptr, offs_n, offs_q, stride_vn, mask_w, BLOCK_N, BLOCK_Q)
+        # x of the tile as (BLOCK_M, BLOCK_Q, 4 groups, 4 positions), split into one tensor per position.
+        offs_k = offs_q[:, None] * 16 + tl.arange(0, 16)[None, :]
+        x = tl.load(
+            x_ptr + offs_m[:, None, None] * stride_xm + offs_k[None, :, :],
+            mask=mask_m[:, None, None] & mask_q[None, :, None],
+            other=0.0,
+        )
+        x02, x13 = tl.split(tl.reshape(x, (BLOCK_M, BLOCK_Q, 4, 2, 2)))
+        x0, x2 = tl.split(x02)
+        x1, x3 = tl.split(x13)
+        x0 = x0.to(tl.float32)[:, None, :, :]
+        x1 = x1.to(tl.float32)[:, None, :, :]
+        x2 = x2.to(tl.float32)[:, None, :, :]
+        x3 = x3.to(tl.float32)[:, None, :, :]
+        # The low index is one of 0..2 and the high one of 1..3: two selects per kept value.
+        lo = low[None, :, :, :]
+        hi = high[None, :, :, :]
+        x_low = tl.where(lo == 0, x0, tl.where(lo == 1, x1, x2))
+        x_high = tl.where(hi == 3, x3, tl.where(hi == 2, x2, x1))
+        acc += v_low.to(tl.float32)[None, :, :, :] * x_low
+        acc += v_high.to(tl.float32)[None, :, :, :] * x_high
+    out = tl.sum(tl.sum(acc, axis=3), axis=2)  # [BLOCK_M, BLOCK_N]
+    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
+    mask_y = mask_m[:, None] & mask_n[None, :]
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=mask_y)
+    else:
+        tl.atomic_add(y_ptrs, out, mask=mask_y, sem="relaxed")
+
+
+@triton.jit
+def spmm24_dot_kernel(
+    x_ptr,  # [M, K] fp16/bf16, unit column stride
+    vals_ptr,  # [N, K/2], unit column stride
+    meta_ptr,  # [N, K/16] int16, unit column stride
+    bias_ptr,  # [N] or a dummy when HAS_BIAS is False
+    y_ptr,  # [M, N] x.dtype (SPLIT_K == 1) or fp32 zeroed (SPLIT_K > 1), unit column stride
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_vn,
+    stride_mn,
+    stride_ym,
+    HAS_BIAS: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    num_q = K // 16
+    q_per_split = tl.cdiv(tl.cdiv(num_q, SPLIT_K), BLOCK_Q) * BLOCK_Q
+    q_begin = pid_k * q_per_split
+    q_end = tl.minimum(q_begin + q_per_split, num_q)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    positions = tl.arange(0, 4)[None, None, None, :]
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for q0 in range(q_begin, q_end, BLOCK_Q):
+        offs_q = q0 + tl.arange(0, BLOCK_Q)
+        mask_q = offs_q < q_end
+        mask_w = mask_n[:, None] & mask_q[None, :]
+        low, high = _decode_group_indices(meta_ptr, offs_n, offs_q, stride_mn, mask_w)
+        v_low, v_high = _load_values(vals_ptr, offs_n, offs_q, stride_vn, mask_w, BLOCK_N, BLOCK_Q)
+        # Stay in the weight dtype (a 0.0 literal would promote the tile to fp32).
+        zero = tl.zeros((BLOCK_N, BLOCK_Q, 4, 4), dtype=v_low.dtype)
+        w = tl.where(
+            low[:, :, :, None] == positions,
+            v_low[:, :, :, None],
+            tl.where(high[:, :, :, None] == positions, v_high[:, :, :, None], zero),
+        )
+        w = tl.reshape(w, (BLOCK_N, BLOCK_Q * 16))  # dense W tile [BLOCK_N, BLOCK_K]
+        offs_k = q0 * 16 + tl.arange(0, BLOCK_Q * 16)
+        mask_k = offs_k < q_end * 16
+        x_t = tl.load(
+            x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None],
+            mask=mask_k[:, None] & mask_m[None, :],
+            other=0.0,
+        )  # [BLOCK_K, BLOCK_M]
+        acc = tl.dot(w, x_t, acc)
+    y_ptrs = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
+    mask_y = mask_n[:, None] & mask_m[None, :]
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_y)
+    else:
+        tl.atomic_add(y_ptrs, acc, mask=mask_y, sem="relaxed")

@@ -1,0 +1,1 @@
+"""Launchers of the Triton kernels, each beside its plain-torch reference."""
