@@ -3,11 +3,11 @@
 import triton
 import triton.language as tl
 
-# One program packs BLOCK_R rows x BLOCK_Q chunks of 16 columns. 16 x 64 chunks = 16 x 1024 columns: large
-# enough tiles to keep many loads in flight on the H100 (bench/NOTES.md, pack section).
-BLOCK_R = 16
-BLOCK_Q = 64
-NUM_WARPS = 8
+# One program packs BLOCK_R rows x BLOCK_Q chunks of 16 columns (8 x 512 columns): 8 KiB of bf16 per tile, enough
+# loads in flight to stream; see bench/NOTES.md (pack) for the measured variants.
+BLOCK_R = 8
+BLOCK_Q = 32
+NUM_WARPS = 4
 
 
 @triton.jit
@@ -37,21 +37,6 @@ def _select_pair(v0, v1, v2, v3):
 
 
 @triton.jit
-def _pack_group(w_row, vals_row, q, col_mask, j: tl.constexpr):
-    """Pack group j (0..3) of each 16-column chunk q; returns its nibble and count."""
-    base = w_row + q * 16 + j * 4
-    v0 = tl.load(base + 0, mask=col_mask, other=0)
-    v1 = tl.load(base + 1, mask=col_mask, other=0)
-    v2 = tl.load(base + 2, mask=col_mask, other=0)
-    v3 = tl.load(base + 3, mask=col_mask, other=0)
-    first, second, nibble, count = _select_pair(v0, v1, v2, v3)
-    out = vals_row + q * 8 + j * 2
-    tl.store(out, first, mask=col_mask)
-    tl.store(out + 1, second, mask=col_mask)
-    return nibble, count
-
-
-@triton.jit
 def pack_2to4_kernel(
     w_ptr,  # [N, K] fp32 / fp16 / bf16, contiguous
     vals_ptr,  # [N, K/2] same dtype
@@ -63,28 +48,36 @@ def pack_2to4_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_Q: tl.constexpr,
 ):
+    G: tl.constexpr = BLOCK_Q * 4  # groups of 4 per tile row
     pid_r = tl.program_id(0)
     pid_q = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    mask = (rows[:, None] < N) & (q[None, :] < K // 16)
-    w_row = w_ptr + rows[:, None].to(tl.int64) * K
-    vals_row = vals_ptr + rows[:, None].to(tl.int64) * (K // 2)
-    qq = q[None, :]
-    n0, c0 = _pack_group(w_row, vals_row, qq, mask, 0)
-    n1, c1 = _pack_group(w_row, vals_row, qq, mask, 1)
-    n2, c2 = _pack_group(w_row, vals_row, qq, mask, 2)
-    n3, c3 = _pack_group(w_row, vals_row, qq, mask, 3)
+    row_ok = rows[:, None] < N
+    rows64 = rows[:, None].to(tl.int64)
+    # One contiguous tile load (16-byte vectors), split in registers into the 4 positions of each group:
+    # (r, g, a, b) is column 4g + 2a + b.
+    cols = pid_q * BLOCK_Q * 16 + tl.arange(0, BLOCK_Q * 16)
+    w = tl.load(w_ptr + rows64 * K + cols[None, :], mask=row_ok & (cols[None, :] < K), other=0)
+    even, odd = tl.split(tl.reshape(w, [BLOCK_R, G, 2, 2]))
+    v0, v2 = tl.split(even)
+    v1, v3 = tl.split(odd)
+    first, second, nibble, count = _select_pair(v0, v1, v2, v3)
+
+    vcols = pid_q * BLOCK_Q * 8 + tl.arange(0, BLOCK_Q * 8)
+    vals = tl.reshape(tl.join(first, second), [BLOCK_R, BLOCK_Q * 8])
+    tl.store(vals_ptr + rows64 * (K // 2) + vcols[None, :], vals, mask=row_ok & (vcols[None, :] < K // 2))
+
+    nib_even, nib_odd = tl.split(tl.reshape(nibble, [BLOCK_R, BLOCK_Q, 2, 2]))
+    n0, n2 = tl.split(nib_even)
+    n1, n3 = tl.split(nib_odd)
     word = n0 | (n1 << 4) | (n2 << 8) | (n3 << 12)
     word = tl.where(word >= 32768, word - 65536, word)
-    tl.store(meta_ptr + rows[:, None].to(tl.int64) * (K // 16) + qq, word.to(tl.int16), mask=mask)
+    q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    tl.store(meta_ptr + rows64 * (K // 16) + q[None, :], word.to(tl.int16), mask=row_ok & (q[None, :] < K // 16))
+
     # First offending group of this tile (row-major), reported through one atomic min.
-    group_base = rows[:, None].to(tl.int64) * (K // 4) + qq.to(tl.int64) * 4
-    big = num_groups + tl.zeros([BLOCK_R, BLOCK_Q], dtype=tl.int64)
-    bad = tl.where(mask & (c0 > 2), group_base, big)
-    bad = tl.minimum(bad, tl.where(mask & (c1 > 2), group_base + 1, big))
-    bad = tl.minimum(bad, tl.where(mask & (c2 > 2), group_base + 2, big))
-    bad = tl.minimum(bad, tl.where(mask & (c3 > 2), group_base + 3, big))
+    g = pid_q * G + tl.arange(0, G)
+    bad = tl.where(row_ok & (g[None, :] < K // 4) & (count > 2), rows64 * (K // 4) + g[None, :], num_groups)
     first_bad = tl.min(tl.min(bad, axis=1), axis=0)
     if first_bad < num_groups:
         tl.atomic_min(err_ptr, first_bad)

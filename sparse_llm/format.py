@@ -143,7 +143,16 @@ class Sparse24Weight:
             values, meta = pack_2to4_triton(w)
         else:
             values, meta = pack_2to4_reference(w)
-        return cls(values, meta)
+        return cls._trusted(values, meta)
+
+    @classmethod
+    def _trusted(cls, values: torch.Tensor, meta: torch.Tensor) -> Sparse24Weight:
+        """Wrap the output of our own packers without re-validating it (decoding the metadata costs more than
+        packing did)."""
+        packed = object.__new__(cls)
+        object.__setattr__(packed, "values", values)
+        object.__setattr__(packed, "meta", meta)
+        return packed
 
     def to_dense(self) -> torch.Tensor:
         """The dense (N, K) weight, zeros where pruned."""

@@ -111,3 +111,18 @@ def test_to_casts_values_only():
 def test_unpack_reference_is_inverse_of_pack():
     w = random_2to4(11, 64, dtype=torch.bfloat16)
     assert torch.equal(unpack_2to4_reference(*pack_2to4_reference(w)), w)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(37, 80), (1000, 4112)])
+def test_cuda_triton_packer_matches_cpu_reference(shape, dtype):
+    w = random_2to4(*shape, dtype=dtype)
+    packed = Sparse24Weight.from_dense(w.cuda())  # the Triton kernel on CUDA
+    ref_values, ref_meta = pack_2to4_reference(w)
+    assert torch.equal(packed.meta.cpu(), ref_meta)
+    assert torch.equal(packed.values.cpu().view(torch.uint8), ref_values.view(torch.uint8))
+    bad = w.clone()
+    bad[shape[0] - 1, 8:12] = 1.0
+    with pytest.raises(ValueError, match=rf"row {shape[0] - 1}, columns 8\.\.11 hold 4 non-zeros"):
+        Sparse24Weight.from_dense(bad.cuda())
