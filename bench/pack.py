@@ -58,15 +58,24 @@ def main() -> None:
         except (RuntimeError, ValueError) as err:
             torch_ms, torch_note = None, str(err).splitlines()[0]
         row = {
-            "shape": name, "n": n, "k": k, "dtype": "bfloat16", "ours_ms": ours, "torch_reference_ms": reference,
-            "to_sparse_semi_structured_ms": torch_ms, "to_sparse_semi_structured_note": torch_note,
-            "memory_floor_ms": floor_ms, "ours_fraction_of_floor": floor_ms / ours,
+            "shape": name,
+            "n": n,
+            "k": k,
+            "dtype": "bfloat16",
+            "ours_ms": ours,
+            "torch_reference_ms": reference,
+            "to_sparse_semi_structured_ms": torch_ms,
+            "to_sparse_semi_structured_note": torch_note,
+            "memory_floor_ms": floor_ms,
+            "ours_fraction_of_floor": floor_ms / ours,
             "speedup_vs_to_sparse_semi_structured": torch_ms / ours if torch_ms else None,
             "bit_exact_vs_reference": exact,
         }
         rows.append(row)
-        print(f"{name:22s} ours {ours:7.3f} ms  to_sparse_semi_structured {torch_ms or float('nan'):7.3f} ms  "
-              f"torch ref {reference:7.3f} ms  floor {floor_ms:6.3f} ms ({floor_ms / ours:.0%} of floor)")
+        print(
+            f"{name:22s} ours {ours:7.3f} ms  to_sparse_semi_structured {torch_ms or float('nan'):7.3f} ms  "
+            f"torch ref {reference:7.3f} ms  floor {floor_ms:6.3f} ms ({floor_ms / ours:.0%} of floor)"
+        )
     path = write_result(args.out, "pack", {"copy_bandwidth_GBps": bandwidth / 1e9, "rows": rows})
     print("wrote", path)
 

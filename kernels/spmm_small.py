@@ -12,8 +12,12 @@ so one metadata load serves 8 values and no gather is needed.
   tensor cores as the LEFT operand (``acc[N, M] = W_tile @ x_tile.T``), so the expanded tile can stay in
   registers and only the small x tile goes through shared memory.
 
-Both support split-K: with ``SPLIT_K > 1`` each program adds its partial sums into an fp32 (M, N) buffer with
-atomics (the launcher zeroes it, then adds the bias and casts), which keeps all SMs busy when N is small.
+- ``spmm24_gemv_kernel`` (M of 1 to a few): the select idea with every tensor 2-D in one layout (gathered
+  values/metadata per group): no reshape/split layout conversions in the loop; one row of x per program.
+
+All support split-K: with ``SPLIT_K > 1`` each program writes fp32 partial sums to its slice of a
+(SPLIT_K, M, N) buffer and the launcher sums them (deterministic, unlike atomics) and adds the bias, which keeps
+all SMs busy when N is small.
 """
 
 import triton
@@ -44,7 +48,7 @@ def spmm24_select_kernel(
     vals_ptr,  # [N, K/2], unit column stride
     meta_ptr,  # [N, K/16] int16, unit column stride
     bias_ptr,  # [N] or a dummy when HAS_BIAS is False
-    y_ptr,  # [M, N] x.dtype (SPLIT_K == 1) or fp32 zeroed (SPLIT_K > 1), unit column stride
+    y_ptr,  # [M, N] x.dtype (SPLIT_K == 1) or [SPLIT_K, M, N] fp32 partial sums, unit column stride
     M,
     N,
     K,
@@ -106,7 +110,7 @@ def spmm24_select_kernel(
             out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=mask_y)
     else:
-        tl.atomic_add(y_ptrs, out, mask=mask_y, sem="relaxed")
+        tl.store(y_ptrs + pid_k * M * stride_ym, out, mask=mask_y)
 
 
 @triton.jit
@@ -115,7 +119,7 @@ def spmm24_dot_kernel(
     vals_ptr,  # [N, K/2], unit column stride
     meta_ptr,  # [N, K/16] int16, unit column stride
     bias_ptr,  # [N] or a dummy when HAS_BIAS is False
-    y_ptr,  # [M, N] x.dtype (SPLIT_K == 1) or fp32 zeroed (SPLIT_K > 1), unit column stride
+    y_ptr,  # [M, N] x.dtype (SPLIT_K == 1) or [SPLIT_K, M, N] fp32 partial sums, unit column stride
     M,
     N,
     K,
@@ -171,4 +175,65 @@ def spmm24_dot_kernel(
             acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_y)
     else:
-        tl.atomic_add(y_ptrs, acc, mask=mask_y, sem="relaxed")
+        tl.store(y_ptrs + pid_k * M * stride_ym, acc, mask=mask_y)
+
+
+@triton.jit
+def spmm24_gemv_kernel(
+    x_ptr,  # [M, K] fp16/bf16, unit column stride
+    vals_ptr,  # [N, K/2], unit column stride
+    meta_ptr,  # [N, K/16] int16, unit column stride
+    bias_ptr,  # [N] or a dummy when HAS_BIAS is False
+    y_ptr,  # [M, N] x.dtype (SPLIT_K == 1) or [SPLIT_K, M, N] fp32 partial sums
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_vn,
+    stride_mn,
+    stride_ym,
+    HAS_BIAS: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+):
+    """One row of x per program; every tensor is 2-D (BLOCK_N, BLOCK_G groups) in one layout, so the decode
+    needs no reshape, split or layout conversion: values and metadata are gathered per group (the repeated
+    addresses hit L1), x per position of the group."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    num_g = K // 4
+    g_per_split = tl.cdiv(tl.cdiv(num_g, SPLIT_K), BLOCK_G) * BLOCK_G
+    g_begin = pid_k * g_per_split
+    g_end = tl.minimum(g_begin + g_per_split, num_g)
+    acc = tl.zeros((BLOCK_N, BLOCK_G), dtype=tl.float32)
+    x_row = x_ptr + pid_m * stride_xm
+    for g0 in range(g_begin, g_end, BLOCK_G):
+        offs_g = g0 + tl.arange(0, BLOCK_G)
+        mask_g = offs_g < g_end
+        mask_w = mask_n[:, None] & mask_g[None, :]
+        v_ptrs = vals_ptr + offs_n[:, None] * stride_vn + 2 * offs_g[None, :]
+        v_low = tl.load(v_ptrs, mask=mask_w, other=0.0).to(tl.float32)
+        v_high = tl.load(v_ptrs + 1, mask=mask_w, other=0.0).to(tl.float32)
+        word = tl.load(meta_ptr + offs_n[:, None] * stride_mn + (offs_g // 4)[None, :], mask=mask_w, other=0)
+        nibble = (word.to(tl.int32) >> ((offs_g % 4) * 4)[None, :]) & 0xF
+        low = nibble & 3
+        high = nibble >> 2
+        x0 = tl.load(x_row + 4 * offs_g, mask=mask_g, other=0.0).to(tl.float32)[None, :]
+        x1 = tl.load(x_row + 4 * offs_g + 1, mask=mask_g, other=0.0).to(tl.float32)[None, :]
+        x2 = tl.load(x_row + 4 * offs_g + 2, mask=mask_g, other=0.0).to(tl.float32)[None, :]
+        x3 = tl.load(x_row + 4 * offs_g + 3, mask=mask_g, other=0.0).to(tl.float32)[None, :]
+        # low is one of 0..2, high one of 1..3: two selects per kept value
+        x_low = tl.where(low == 0, x0, tl.where(low == 1, x1, x2))
+        x_high = tl.where(high == 3, x3, tl.where(high == 2, x2, x1))
+        acc += v_low * x_low + v_high * x_high
+    out = tl.sum(acc, axis=1)  # [BLOCK_N]
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        tl.store(y_ptr + pid_m * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
+    else:
+        tl.store(y_ptr + (pid_k * M + pid_m) * stride_ym + offs_n, out, mask=mask_n)

@@ -29,6 +29,11 @@ class Backend:
     name: str
     applies: Callable[[torch.nn.Module, torch.Tensor], bool]
     run: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+    # Whether the backend can run the call at all, for forcing it by name; ``applies`` may add a choice (the
+    # measured crossover by M) on top. None: same as ``applies``.
+    supports: Callable[[torch.nn.Module, torch.Tensor], bool] | None = None
+    # Why the backend cannot run a call (for the error when it is forced anyway).
+    why_not: Callable[[torch.nn.Module, torch.Tensor], str] | None = None
 
 
 def _reference_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -38,8 +43,94 @@ def _reference_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 REFERENCE = Backend("reference", applies=lambda module, x: True, run=_reference_run)
 
-# Ordered: the first entry that applies wins. GPU entries are inserted before the reference.
-BACKENDS: list[Backend] = [REFERENCE]
+
+def _triton_small_supports(module: torch.nn.Module, x: torch.Tensor) -> bool:
+    return x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and module.values.dtype == x.dtype
+
+
+def _cusparselt_supports(module: torch.nn.Module, x: torch.Tensor) -> bool:
+    from sparse_llm.backends import cusparselt
+
+    return cusparselt.supports(module, x)
+
+
+def _gpu_why_not(module: torch.nn.Module, x: torch.Tensor) -> str:
+    if not x.is_cuda:
+        return "it needs a CUDA input"
+    if x.dtype not in (torch.float16, torch.bfloat16) or module.values.dtype != x.dtype:
+        return f"it needs float16/bfloat16 input and weight, got {x.dtype} and {module.values.dtype}"
+    from sparse_llm.backends._build import extension_status
+
+    return extension_status()["reason"]
+
+
+def _gpu_choice(module: torch.nn.Module, x: torch.Tensor) -> str | None:
+    """The GPU backend that the measured crossover (``sparse_llm.tune``) picks for this call, or None."""
+    if not _triton_small_supports(module, x):
+        return None
+    # Cached per module and (M, dtype, device): dispatch is host time on every call.
+    key = (x.shape[0], x.dtype, x.device)
+    choices = module.__dict__.setdefault("_sparse_llm_choice", {})
+    if key not in choices:
+        from sparse_llm import tune
+
+        n, k = module.values.shape[0], 2 * module.values.shape[1]
+        choices[key] = tune.choose_backend(n, k, x.shape[0], x.dtype, x.device, _cusparselt_supports(module, x))
+    return choices[key]
+
+
+def _triton_small_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from sparse_llm import tune
+    from sparse_llm.backends import cusparselt, triton_small
+
+    if cusparselt.supports(module, x):
+        cusparselt.prepare(module)  # one copy of the weight: ``values`` becomes a view of cuSPARSELt's buffer
+    n, k = module.values.shape[0], 2 * module.values.shape[1]
+    config = tune.small_config(n, k, x.shape[0], x.dtype, x.device)
+    bias = None if module.bias is None else module.bias.detach()
+    return triton_small.spmm24_small(x, module.values, module.meta, bias, config)
+
+
+def _cusparselt_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from sparse_llm.backends import cusparselt
+
+    return cusparselt.run(module, x)
+
+
+TRITON_SMALL = Backend(
+    "triton_small",
+    applies=lambda module, x: _gpu_choice(module, x) == "triton_small",
+    run=_triton_small_run,
+    supports=_triton_small_supports,
+    why_not=_gpu_why_not,
+)
+CUSPARSELT = Backend(
+    "cusparselt",
+    applies=lambda module, x: _gpu_choice(module, x) == "cusparselt",
+    run=_cusparselt_run,
+    supports=_cusparselt_supports,
+    why_not=_gpu_why_not,
+)
+
+# Ordered: the first entry that applies wins; the reference is last and always applies.
+BACKENDS: list[Backend] = [TRITON_SMALL, CUSPARSELT, REFERENCE]
+
+
+def status() -> dict:
+    """Which backends can run here and, for the cuSPARSELt fast path, why it is off when it is (builds it once)."""
+    from sparse_llm.backends._build import extension_status
+
+    cuda = torch.cuda.is_available()
+    ext = extension_status()
+    return {
+        "cuda": cuda,
+        "device": torch.cuda.get_device_name() if cuda else None,
+        "triton_small": cuda,
+        "cusparselt": ext["available"],
+        "cusparselt_reason": ext["reason"],
+        "cusparselt_version": ext["cusparselt_version"],
+        "order": names(),
+    }
 
 
 def names() -> list[str]:
@@ -60,10 +151,11 @@ def select(module: torch.nn.Module, x: torch.Tensor, backend: str | None = None)
     forced = backend or getattr(module, "backend", None) or os.environ.get(ENV_VAR) or None
     if forced:
         chosen = get(forced)
-        if not chosen.applies(module, x):
+        if not (chosen.supports or chosen.applies)(module, x):
+            why = f": {chosen.why_not(module, x)}" if chosen.why_not else ""
             raise RuntimeError(
                 f"SparseLinear backend {forced!r} was forced but cannot run this call "
-                f"(input {tuple(x.shape)} {x.dtype} on {x.device})"
+                f"(input {tuple(x.shape)} {x.dtype} on {x.device}){why}"
             )
         return chosen
     for candidate in BACKENDS:

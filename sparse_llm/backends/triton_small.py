@@ -18,7 +18,7 @@ import triton
 from sparse_llm.format import unpack_2to4_reference
 from sparse_llm.kernels import spmm_small
 
-KERNELS = ("select", "dot")
+KERNELS = ("gemv", "select", "dot")
 DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -26,10 +26,10 @@ DTYPES = (torch.float16, torch.bfloat16)
 class SmallConfig:
     """Launch configuration of the small-M kernels (see ``kernels/spmm_small.py``)."""
 
-    kernel: str  # "select" (no tensor cores, M of 1 to a few) or "dot" (expand in registers + tl.dot)
-    block_m: int
+    kernel: str  # "gemv" / "select" (no tensor cores, M of 1 to a few) or "dot" (expand in registers + tl.dot)
+    block_m: int  # rows of x per program (gemv: always one)
     block_n: int
-    block_q: int  # metadata words per K step: BLOCK_K = 16 * block_q
+    block_q: int  # metadata words per K step: BLOCK_K = 16 * block_q (gemv: BLOCK_G = 4 * block_q groups)
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 3
@@ -109,23 +109,31 @@ def _launch(
 ) -> torch.Tensor:
     m, k = x.shape
     n = values.shape[0]
-    kernel = spmm_small.spmm24_select_kernel if config.kernel == "select" else spmm_small.spmm24_dot_kernel
     split = config.split_k
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    target = out if split == 1 else torch.zeros(m, n, dtype=torch.float32, device=x.device)
-    grid = (triton.cdiv(m, config.block_m), triton.cdiv(n, config.block_n), split)
-    kernel[grid](
-        x, values, meta, bias if bias is not None else values, target,
-        m, n, k, x.stride(0), values.stride(0), meta.stride(0), target.stride(0),
-        HAS_BIAS=bias is not None, SPLIT_K=split, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        BLOCK_Q=config.block_q, num_warps=config.num_warps, num_stages=config.num_stages,
-    )  # fmt: skip
+    target = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)
+    common = (x, values, meta, bias if bias is not None else values, target, m, n, k)
+    strides = (x.stride(0), values.stride(0), meta.stride(0), n)
+    if config.kernel == "gemv":
+        grid = (m, triton.cdiv(n, config.block_n), split)
+        spmm_small.spmm24_gemv_kernel[grid](
+            *common, *strides, HAS_BIAS=bias is not None, SPLIT_K=split, BLOCK_N=config.block_n,
+            BLOCK_G=4 * config.block_q, num_warps=config.num_warps, num_stages=config.num_stages,
+        )  # fmt: skip
+    else:
+        kernel = spmm_small.spmm24_select_kernel if config.kernel == "select" else spmm_small.spmm24_dot_kernel
+        grid = (triton.cdiv(m, config.block_m), triton.cdiv(n, config.block_n), split)
+        kernel[grid](
+            *common, *strides, HAS_BIAS=bias is not None, SPLIT_K=split, BLOCK_M=config.block_m,
+            BLOCK_N=config.block_n, BLOCK_Q=config.block_q, num_warps=config.num_warps, num_stages=config.num_stages,
+        )  # fmt: skip
     if split > 1:
+        total = target.sum(0)  # fixed order: the same bits on every run (atomics would not be)
         if bias is not None:
-            target += bias.float()
-        out.copy_(target)
+            total += bias.float()
+        out.copy_(total)
     return out
 
 
@@ -175,8 +183,11 @@ def spmm24_small(
         config = default_config(m, n, k, x.device)
     if config.kernel not in KERNELS:
         raise ValueError(f"unknown small-M kernel {config.kernel!r}; expected one of {KERNELS}")
-    out = _spmm24_small_op(
-        x2, values, meta, bias, config.kernel, config.block_m, config.block_n, config.block_q, config.split_k,
-        config.num_warps, config.num_stages,
-    )  # fmt: skip
+    if torch.compiler.is_compiling():
+        out = _spmm24_small_op(
+            x2, values, meta, bias, config.kernel, config.block_m, config.block_n, config.block_q, config.split_k,
+            config.num_warps, config.num_stages,
+        )  # fmt: skip
+    else:  # eager: skip the custom-op dispatcher (microseconds that matter at M = 1)
+        out = _launch(x2, values, meta, bias, config)
     return out.reshape(*lead, n)

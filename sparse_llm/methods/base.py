@@ -55,7 +55,9 @@ def parse_sparsity(value: float | str | SparsityPattern) -> SparsityPattern:
     try:
         fraction = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"sparsity {value!r}: expected a float in (0, 1) such as 0.5, or 'N:M' such as '2:4'") from None
+        raise ValueError(
+            f"sparsity {value!r}: expected a float in (0, 1) such as 0.5, or 'N:M' such as '2:4'"
+        ) from None
     if not (math.isfinite(fraction) and 0.0 < fraction < 1.0):
         raise ValueError(f"sparsity must be in the open interval (0, 1), got {value!r}")
     return SparsityPattern(fraction)
@@ -83,7 +85,9 @@ class SqNormStats(LayerStats):
     def add(self, x: torch.Tensor) -> None:
         from sparse_llm.ops.act_norm import accumulate_sq_norm_
 
-        accumulate_sq_norm_(self.sq_norm, x)
+        # No finiteness check per batch (a host sync that stalls the forward pass): check_finite() runs once per
+        # layer before its mask is chosen.
+        accumulate_sq_norm_(self.sq_norm, x, check_finite=False)
         self.tokens += x.numel() // x.shape[-1]
 
     def check_finite(self, name: str) -> None:
@@ -115,23 +119,39 @@ class HessianStats(LayerStats):
 
 
 class PhaseTimer:
-    """Wall time per named phase; synchronizes CUDA around each phase so asynchronous work lands where it ran."""
+    """Time per named phase. On CUDA, events on the stream (no host synchronization inside the phases, so timing
+    hooks in the middle of a forward pass do not stall it); elsewhere the host clock. Phases may nest."""
 
     def __init__(self, device: torch.device | str | None = None):
-        self.totals: dict[str, float] = defaultdict(float)
+        self._totals: dict[str, float] = defaultdict(float)
+        self._pending: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
         self.cuda = torch.device(device).type == "cuda" if device is not None else False
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         if self.cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            try:
+                yield
+            finally:
+                end.record()
+                self._pending.append((name, start, end))
+            return
+        begin = time.perf_counter()
         try:
             yield
         finally:
-            if self.cuda:
-                torch.cuda.synchronize()
-            self.totals[name] += time.perf_counter() - start
+            self._totals[name] += time.perf_counter() - begin
+
+    def totals(self) -> dict[str, float]:
+        """Seconds per phase so far (waits for the GPU to finish the phases recorded on it)."""
+        if self._pending:
+            torch.cuda.synchronize()
+            for name, start, end in self._pending:
+                self._totals[name] += start.elapsed_time(end) / 1e3
+            self._pending.clear()
+        return dict(self._totals)
 
 
 class PruningMethod:

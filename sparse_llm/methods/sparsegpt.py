@@ -14,7 +14,6 @@ import warnings
 import torch
 from torch import nn
 
-from sparse_llm.masks import nm_mask
 from sparse_llm.methods.base import (
     HessianStats,
     LayerStats,
@@ -26,6 +25,16 @@ from sparse_llm.methods.base import (
 
 # How many times the damping is multiplied by 10 when the Cholesky factorization fails.
 MAX_DAMPING_RETRIES = 6
+
+
+def _keep_largest(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """Bool mask keeping the ``n`` largest of each column of ``scores`` (M, N); ties keep the lower index.
+
+    ``masks.nm_mask`` on one group, without its finiteness check: that check syncs the GPU, and this runs every M
+    columns (the final weights are checked once per layer instead).
+    """
+    order = torch.sort(scores, dim=0, descending=True, stable=True).indices[:n]
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(0, order, True)
 
 
 def inverse_hessian_cholesky(hessian: torch.Tensor, percdamp: float, name: str = "") -> tuple[torch.Tensor, float]:
@@ -73,7 +82,9 @@ def sparsegpt_prune(
     """
     n_rows, k = weight.shape
     if hessian.shape != (k, k):
-        raise ValueError(f"{name}: Hessian shape {tuple(hessian.shape)} does not match the weight {tuple(weight.shape)}")
+        raise ValueError(
+            f"{name}: Hessian shape {tuple(hessian.shape)} does not match the weight {tuple(weight.shape)}"
+        )
     if pattern.is_nm and blocksize % pattern.m:
         raise ValueError(f"blocksize {blocksize} must be a multiple of M = {pattern.m} for N:M SparseGPT")
     w = weight.detach().float().clone()
@@ -88,27 +99,34 @@ def sparsegpt_prune(
     losses = torch.zeros(n_rows, dtype=torch.float32, device=w.device)
     for i1 in range(0, k, blocksize):
         i2 = min(i1 + blocksize, k)
-        w1 = w[:, i1:i2].clone()
-        q1 = torch.zeros_like(w1)
+        # The block is held transposed, (columns, N): each column and each trailing update is contiguous memory
+        # (a strided in-place update of (N, columns) runs several times slower, on CPUs above all).
+        w1 = w[:, i1:i2].T.contiguous()
         err1 = torch.zeros_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]
-        d1 = torch.diagonal(hinv1)
-        keep1 = keep[:, i1:i2]
-        if not pattern.is_nm:
-            keep1.copy_(exact_flat_prune_mask(w1.square() / d1.square(), pattern.sparsity))
+        d1 = torch.diagonal(hinv1).unsqueeze(1)
+        # drop1 = 1/d where pruned, 0 where kept: the column's error (w - q)/d is w·drop1.
+        drop1 = torch.empty_like(w1)
+        if pattern.is_nm:
+            keep1 = torch.empty_like(w1, dtype=torch.bool)
+        else:
+            scores = (w1.square() / d1.square()).T  # (N, columns): flat order = the weight's row-major order
+            keep1 = exact_flat_prune_mask(scores, pattern.sparsity).T
+            torch.div(~keep1, d1, out=drop1)
         for i in range(i2 - i1):
             if pattern.is_nm and i % pattern.m == 0:
                 group = slice(i, i + pattern.m)
-                keep1[:, group] = nm_mask(w1[:, group].square() / d1[group].square(), pattern.n, pattern.m)
-            col = w1[:, i]
-            q = col * keep1[:, i]
-            q1[:, i] = q
-            err = (col - q) / d1[i]
-            losses += err.square() / 2
-            w1[:, i:] -= err.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
-            err1[:, i] = err
-        w[:, i1:i2] = q1
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+                keep1[group] = _keep_largest(w1[group].square() / d1[group].square(), pattern.n)
+                torch.div(~keep1[group], d1[group], out=drop1[group])
+            torch.mul(w1[i], drop1[i], out=err1[i])
+            # OBS update of this and the later columns of the block (column i becomes q: w where kept, ~0 where not).
+            w1[i:].addr_(hinv1[i, i:], err1[i], alpha=-1.0)
+        w[:, i1:i2] = (w1 * keep1).T
+        keep[:, i1:i2] = keep1.T
+        losses += err1.square().sum(0) / 2
+        w[:, i2:].addmm_(err1.T, hinv[i1:i2, i2:], alpha=-1.0)
+    if not torch.isfinite(w).all():
+        raise ValueError(f"{name}: SparseGPT produced NaN or Inf weights (non-finite weights or activations)")
     info = {"damping": damping, "dead_inputs": int(dead.sum()), "obs_loss": float(losses.sum())}
     return w, keep, info
 

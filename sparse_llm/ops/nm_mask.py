@@ -44,6 +44,8 @@ def check_weight_and_scale(w: torch.Tensor, scale: torch.Tensor | None) -> None:
         raise TypeError(f"w must be a torch.Tensor, got {type(w).__name__}")
     if w.dim() != 2:
         raise ValueError(f"w must be 2-D (N, K), got shape {tuple(w.shape)}")
+    if w.shape[1] == 0:
+        raise ValueError(f"w must have K > 0 columns, got shape {tuple(w.shape)}")
     if w.dtype not in SCORE_DTYPES:
         raise TypeError(f"unsupported weight dtype {w.dtype}; supported: float32, float16, bfloat16")
     if scale is None:
@@ -51,16 +53,16 @@ def check_weight_and_scale(w: torch.Tensor, scale: torch.Tensor | None) -> None:
     if not isinstance(scale, torch.Tensor):
         raise TypeError(f"scale must be a torch.Tensor or None, got {type(scale).__name__}")
     if scale.shape != (w.shape[1],):
-        raise ValueError(f"scale must have shape (K,) = ({w.shape[1]},) for w {tuple(w.shape)}, got {tuple(scale.shape)}")
+        raise ValueError(
+            f"scale must have shape (K,) = ({w.shape[1]},), got {tuple(scale.shape)} for w {tuple(w.shape)}"
+        )
     if scale.dtype not in SCORE_DTYPES:
         raise TypeError(f"unsupported scale dtype {scale.dtype}; supported: float32, float16, bfloat16")
     if scale.device != w.device:
         raise ValueError(f"scale is on {scale.device} but w is on {w.device}")
-    # One host sync for both conditions; K values only. A negative scale would invert the ranking.
-    if not bool((scale >= 0).all()):  # NaN >= 0 is False, so NaN fails here too
-        raise ValueError("scale must be finite and >= 0 (it is an activation norm); it holds NaN or negative values")
-    if not bool(torch.isfinite(scale).all()):
-        raise ValueError("scale holds Inf; a mask computed from it would be meaningless")
+    # One host sync on K values (NaN fails both comparisons). A negative scale would invert the ranking.
+    if not bool(((scale >= 0) & (scale <= torch.finfo(scale.dtype).max)).all()):
+        raise ValueError("scale must be finite and >= 0 (it is an activation norm); it holds NaN, Inf or negatives")
 
 
 def score_reference(w: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:

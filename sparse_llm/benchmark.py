@@ -1,0 +1,238 @@
+"""Per-layer latency of 2:4 linears against dense cuBLAS: the library behind ``bench/layers.py`` and
+``sparse-llm bench layers``.
+
+For Llama linear shapes and a range of token counts M, it times side by side in one process: dense ``F.linear``
+(cuBLAS), PyTorch's ``to_sparse_semi_structured`` (cuSPARSELt path), and SparseLinear (auto dispatch, and each GPU
+backend forced). Each time is the median of ``triton.testing.do_bench`` (which clears the L2 cache before every
+run), plus the median replay of the same call captured in a CUDA graph. Achieved TB/s (bytes a perfect kernel
+must move: weight, x and y once) and dense-equivalent TFLOP/s are reported with the ceilings measured in the
+same run (a device-to-device copy and an 8192^3 bf16 cuBLAS matmul).
+"""
+
+from __future__ import annotations
+
+import datetime
+import statistics
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from sparse_llm import Sparse24Weight, SparseLinear, backends
+
+# (layer, N = out_features, K = in_features) of each model's linears (GQA: k/v have fewer output features).
+LLAMA_SHAPES: dict[str, list[tuple[str, int, int]]] = {
+    "Llama-2-7B": [("q/k/v/o_proj", 4096, 4096), ("gate/up_proj", 11008, 4096), ("down_proj", 4096, 11008)],
+    "Llama-2-70B": [
+        ("q/o_proj", 8192, 8192),
+        ("k/v_proj", 1024, 8192),
+        ("gate/up_proj", 28672, 8192),
+        ("down_proj", 8192, 28672),
+    ],
+    "Llama-3-8B": [
+        ("q/o_proj", 4096, 4096),
+        ("k/v_proj", 1024, 4096),
+        ("gate/up_proj", 14336, 4096),
+        ("down_proj", 4096, 14336),
+    ],
+}
+MS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+ODD_MS = (7, 33, 100, 1000)
+QUICK_SHAPES = {
+    "Llama-2-7B": [("q/k/v/o_proj", 4096, 4096)],
+    "Llama-2-70B": [("gate/up_proj", 28672, 8192)],
+    "Llama-3-8B": [("k/v_proj", 1024, 4096)],
+}
+QUICK_MS = (1, 7, 16, 64, 256, 1024, 4096)
+PROVIDERS = ("dense", "torch_semi", "ours_auto", "ours_triton_small", "ours_cusparselt")
+# Beyond this M the small-M kernel is not a candidate (minutes of benchmark for a known loser).
+TRITON_SMALL_MAX_M = 1024
+REGIMES = {"M<=16": (1, 16), "M 32-256": (32, 256), "M>=1024": (1024, 1 << 30)}
+
+
+def environment() -> dict:
+    """GPU, library versions, date and git sha of the run."""
+    status = backends.status()
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        sha = "unknown"
+    return {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": triton.__version__,
+        "cusparselt_ours": status["cusparselt_version"],
+        "cusparselt_reason": status["cusparselt_reason"],
+        "cusparselt_torch": torch.backends.cusparselt.version() if torch.backends.cusparselt.is_available() else None,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_sha": sha,
+    }
+
+
+def time_us(fn: Callable[[], object]) -> float:
+    """Median microseconds of ``fn`` (do_bench: events, L2 cleared before each run)."""
+    return triton.testing.do_bench(fn, warmup=5, rep=20, return_mode="median") * 1e3
+
+
+def time_graph_us(fn: Callable[[], object]) -> float:
+    """Median microseconds of a CUDA-graph replay of ``fn`` (warmed up first; raises if capture fails)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return time_us(graph.replay)
+
+
+def measure_ceilings(dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Copy bandwidth (bytes read + written) and the dense matmul rate, measured here and now."""
+    src = torch.empty(1 << 29, dtype=torch.uint8, device="cuda")  # 512 MiB: far beyond L2
+    src.random_()
+    dst = torch.empty_like(src)
+    copy_us = time_us(lambda: dst.copy_(src))
+    a = torch.randn(8192, 8192, device="cuda", dtype=dtype)
+    b = torch.randn(8192, 8192, device="cuda", dtype=dtype)
+    mm_us = time_us(lambda: a @ b)
+    return {"copy_tb_s": 2 * src.numel() / copy_us / 1e6, "dense_tflops": 2 * 8192**3 / mm_us / 1e6}
+
+
+def _random_24(n: int, k: int, dtype: torch.dtype) -> torch.Tensor:
+    w = torch.randn(n, k, device="cuda", dtype=dtype)
+    keep = torch.rand(n, k // 4, 4, device="cuda").argsort(-1) < 2
+    return w * keep.reshape(n, k)
+
+
+def _torch_semi(dense: torch.Tensor):
+    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+
+    SparseSemiStructuredTensor._FORCE_CUTLASS = False  # the CUTLASS path refuses sm90 (DESIGN.md)
+    return to_sparse_semi_structured(dense)
+
+
+def _providers(dense: torch.Tensor, layer: SparseLinear, semi, x: torch.Tensor, m: int) -> dict:
+    out: dict[str, Callable[[], object] | str] = {"dense": lambda: F.linear(x, dense)}
+    out["torch_semi"] = (lambda: F.linear(x, semi)) if not isinstance(semi, str) else semi
+    out["ours_auto"] = lambda: layer(x)
+    out["ours_triton_small"] = (
+        (lambda: backends.linear(layer, x, backend="triton_small"))
+        if m <= TRITON_SMALL_MAX_M
+        else f"skipped: M > {TRITON_SMALL_MAX_M} is beyond the small-M kernel's range"
+    )
+    out["ours_cusparselt"] = lambda: backends.linear(layer, x, backend="cusparselt")
+    return out
+
+
+def bench_shape(
+    n: int, k: int, ms: tuple[int, ...], dtype: torch.dtype, ceilings: dict, graphs: bool = True, log=print
+) -> list[dict]:
+    """Rows (one per M and provider) for one (N, K) shape."""
+    dense = _random_24(n, k, dtype)
+    layer = SparseLinear.from_weight(Sparse24Weight.from_dense(dense))
+    try:
+        semi = _torch_semi(dense)
+    except Exception as err:  # PyTorch refuses (shape, dtype, arch): say so in every row
+        semi = f"refused: {type(err).__name__}: {err}"[:300]
+    rows = []
+    for m in ms:
+        x = torch.randn(m, k, device="cuda", dtype=dtype)
+        chosen = backends.select(layer, x).name
+        base = {"n": n, "k": k, "m": m, "dtype": str(dtype).removeprefix("torch."), "auto_backend": chosen}
+        dense_bytes = 2 * n * k + x.element_size() * (m * k + m * n)
+        sparse_bytes = 1.125 * n * k + x.element_size() * (m * k + m * n)
+        results = {}
+        for name, fn in _providers(dense, layer, semi, x, m).items():
+            row = dict(base, provider=name, us=None, graph_us=None, note=None)
+            if isinstance(fn, str):
+                row["note"] = fn
+            else:
+                try:
+                    row["us"] = time_us(fn)
+                except Exception as err:
+                    row["note"] = f"failed: {type(err).__name__}: {err}"[:300]
+                if graphs and row["us"] is not None:
+                    try:
+                        row["graph_us"] = time_graph_us(fn)
+                    except Exception as err:
+                        row["note"] = f"graph capture failed: {type(err).__name__}: {err}"[:300]
+            moved = dense_bytes if name == "dense" else sparse_bytes
+            if row["us"]:
+                row["tb_s"] = moved / row["us"] / 1e6
+                row["tflops"] = 2 * m * n * k / row["us"] / 1e6
+                row["pct_copy_bw"] = 100 * row["tb_s"] / ceilings["copy_tb_s"]
+                row["pct_dense_peak"] = 100 * row["tflops"] / ceilings["dense_tflops"]
+            results[name] = row
+            rows.append(row)
+        for row in results.values():
+            d = results["dense"]
+            row["speedup"] = d["us"] / row["us"] if row["us"] and d["us"] else None
+            row["graph_speedup"] = d["graph_us"] / row["graph_us"] if row["graph_us"] and d["graph_us"] else None
+        times = " ".join(f"{r['provider']}={r['us']:.1f}us" if r["us"] else f"{r['provider']}=-" for r in rows[-5:])
+        log(f"{n}x{k} M={m}: {times} auto={chosen} x{results['ours_auto'].get('speedup') or 0:.2f}")
+        del x
+    return rows
+
+
+def summarize(rows: list[dict], provider: str = "ours_auto", column: str = "speedup") -> dict:
+    """Median over shapes of ours/dense per regime of M, and the worst M (min over shapes and M)."""
+    picked = [r for r in rows if r["provider"] == provider and r.get(column)]
+    out = {}
+    for regime, (lo, hi) in REGIMES.items():
+        vals = [r[column] for r in picked if lo <= r["m"] <= hi]
+        out[regime] = statistics.median(vals) if vals else None
+    out["min_any_m"] = min((r[column] for r in picked), default=None)
+    return out
+
+
+def run(
+    shapes: dict[str, list[tuple[str, int, int]]] | None = None,
+    ms: tuple[int, ...] | None = None,
+    quick: bool = False,
+    dtype: torch.dtype = torch.bfloat16,
+    graphs: bool = True,
+    log=print,
+    checkpoint: Callable[[dict], None] | None = None,
+) -> dict:
+    """Benchmark every distinct (N, K) of ``shapes`` at every M; returns ``{"env", "ceilings", "shapes", "rows",
+    "summary"}`` ready to dump as JSON. ``checkpoint`` gets the partial result after each shape."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("the layer benchmark needs a CUDA GPU")
+    shapes = shapes or (QUICK_SHAPES if quick else LLAMA_SHAPES)
+    ms = ms or (QUICK_MS if quick else MS + ODD_MS)
+    ceilings = measure_ceilings(dtype)
+    log(f"ceilings: copy {ceilings['copy_tb_s']:.2f} TB/s, dense matmul {ceilings['dense_tflops']:.0f} TFLOP/s")
+    users: dict[tuple[int, int], list[str]] = {}
+    for model, layers in shapes.items():
+        for name, n, k in layers:
+            users.setdefault((n, k), []).append(f"{model} {name}")
+    rows = []
+    env = environment()
+    result: dict = {}
+    for (n, k), names in users.items():
+        for row in bench_shape(n, k, tuple(ms), dtype, ceilings, graphs, log):
+            row["layers"] = names
+            rows.append(row)
+        torch.cuda.empty_cache()
+        result = {
+            "env": env,
+            "ceilings": ceilings,
+            "shapes": {f"{nn}x{kk}": v for (nn, kk), v in users.items() if any(r["n"] == nn for r in rows)},
+            "rows": rows,
+            "summary": {
+                "eager": summarize(rows, "ours_auto", "speedup"),
+                "graph": summarize(rows, "ours_auto", "graph_speedup"),
+                "torch_semi_eager": summarize(rows, "torch_semi", "speedup"),
+                "torch_semi_graph": summarize(rows, "torch_semi", "graph_speedup"),
+            },
+        }
+        if checkpoint is not None:
+            checkpoint(result)
+    return result

@@ -1,0 +1,200 @@
+"""The crossover between the small-M Triton kernel and cuSPARSELt, measured per GPU and layer shape.
+
+``tune_shape`` times, for M in powers of two, a few launch configurations of the Triton kernels and the
+cuSPARSELt extension on a random 2:4 weight of the layer's shape, keeps the fastest Triton configuration per M
+and records the crossover: the largest tuned M at which Triton still wins. ``tune`` does this for a list of shapes
+and merges the entries into ``crossover.json`` in the user cache dir (``sparse_llm.backends._build.cache_dir``),
+keyed by GPU name, shape and dtype. The dispatcher reads the file through :func:`choose_backend` and
+:func:`small_config`; without an entry it assumes a crossover of :data:`DEFAULT_CROSSOVER`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+from pathlib import Path
+
+import torch
+import triton
+
+from sparse_llm.backends._build import ExtensionUnavailable, cache_dir
+from sparse_llm.backends.triton_small import SmallConfig, default_config, spmm24_small
+
+CACHE_FILE = "crossover.json"
+# Before a shape is tuned: Triton up to here, cuSPARSELt above (DESIGN.md: cuSPARSELt ~1.0x of dense at M 16-64).
+DEFAULT_CROSSOVER = 64
+TUNE_MS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def cache_path() -> Path:
+    """Where the tuned table lives: ``<cache dir>/crossover.json``."""
+    return cache_dir() / CACHE_FILE
+
+
+def m_bucket(m: int) -> int:
+    """The tuned M that stands for ``m``: the next power of two."""
+    return triton.next_power_of_2(max(int(m), 1))
+
+
+def gpu_name(device: torch.device | str | None = None) -> str:
+    return torch.cuda.get_device_name(device)
+
+
+def entry_key(gpu: str, n: int, k: int, dtype: torch.dtype) -> str:
+    return f"{gpu}|{n}x{k}|{str(dtype).removeprefix('torch.')}"
+
+
+@functools.cache
+def _table(path: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def load_table(path: Path | None = None) -> dict:
+    """The tuned entries (empty if nothing was tuned yet or the file is unreadable)."""
+    return _table(str(path or cache_path()))
+
+
+def lookup(n: int, k: int, dtype: torch.dtype, device: torch.device) -> dict | None:
+    """The tuned entry of this shape on this device's GPU, or None."""
+    if device.type != "cuda":
+        return None
+    return load_table().get(entry_key(_cached_gpu_name(device.index), n, k, dtype))
+
+
+@functools.cache
+def _cached_gpu_name(index: int | None) -> str:
+    return gpu_name(index)
+
+
+def choose_backend(n: int, k: int, m: int, dtype: torch.dtype, device: torch.device, cusparselt_ok: bool) -> str:
+    """``"triton_small"`` or ``"cusparselt"`` for a call with M rows (the measured crossover, else the default)."""
+    if not cusparselt_ok:
+        return "triton_small"
+    entry = lookup(n, k, dtype, device)
+    crossover = entry["crossover"] if entry else DEFAULT_CROSSOVER
+    return "triton_small" if m <= crossover else "cusparselt"
+
+
+def small_config(n: int, k: int, m: int, dtype: torch.dtype, device: torch.device) -> SmallConfig:
+    """The tuned Triton configuration for M's bucket, else the heuristic ``default_config``."""
+    entry = lookup(n, k, dtype, device)
+    if entry:
+        cfg = entry.get("triton_configs", {}).get(str(m_bucket(m)))
+        if cfg:
+            return SmallConfig(**cfg)
+    return default_config(m, n, k, device)
+
+
+def candidate_configs(m: int, n: int, k: int, device: torch.device) -> list[SmallConfig]:
+    """The launch configurations tried for M: the heuristic's choice plus a few neighbours of both kernels."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    from sparse_llm.backends.triton_small import _split_k_for
+
+    out = [default_config(m, n, k, device)]
+
+    def add(kernel: str, block_m: int, block_n: int, block_q: int, warps: int, stages: int) -> None:
+        programs = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
+        split = _split_k_for(programs, k // 16, block_q, sms)
+        for s in sorted({1, split}):
+            cfg = SmallConfig(kernel, block_m, block_n, block_q, s, warps, stages)
+            if cfg not in out:
+                out.append(cfg)
+
+    if m <= 8:
+        bm = triton.next_power_of_2(m)
+        for bn, bq in ((16, 32), (32, 32), (16, 64), (32, 16)):
+            add("select", bm, bn, bq, 4, 1)
+    if m >= 2:
+        bm = min(max(16, triton.next_power_of_2(m)), 128)
+        for bn, bq, stages in ((64, 8, 3), (64, 4, 4), (128, 4, 3), (32, 8, 3)):
+            add("dot", bm, bn, bq, 4, stages)
+    return out
+
+
+def _random_24(n: int, k: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    from sparse_llm.format import Sparse24Weight
+
+    w = torch.randn(n, k, device=device, dtype=dtype)
+    keep = torch.rand(n, k // 4, 4, device=device).argsort(-1) < 2
+    packed = Sparse24Weight.from_dense(w * keep.reshape(n, k))
+    return packed.values, packed.meta
+
+
+def _bench(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=5, rep=20, return_mode="median") * 1e3  # microseconds
+
+
+def tune_shape(
+    n: int, k: int, dtype: torch.dtype = torch.bfloat16, ms: tuple[int, ...] = TUNE_MS, device: str = "cuda"
+) -> dict:
+    """Measure one (N, K) layer shape; returns its table entry (times in microseconds)."""
+    from sparse_llm.backends import cusparselt
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    values, meta = _random_24(n, k, dtype, dev)
+    try:
+        compressed, meta = cusparselt.compress_values(values, meta)
+        values = compressed[: values.numel()].view(values.shape)
+    except ExtensionUnavailable:
+        compressed = None
+    rows = []
+    crossover = max(ms)
+    configs = {}
+    for m in ms:
+        x = torch.randn(m, k, device=dev, dtype=dtype)
+        best_cfg, best_t = None, float("inf")
+        for cfg in candidate_configs(m, n, k, dev):
+            try:
+                t = _bench(lambda cfg=cfg, x=x: spmm24_small(x, values, meta, None, cfg))
+            except Exception as err:  # a configuration that does not compile here (resources): skip it
+                rows.append({"m": m, "config": cfg.as_dict(), "error": f"{type(err).__name__}: {err}"[:200]})
+                continue
+            rows.append({"m": m, "config": cfg.as_dict(), "us": t})
+            if t < best_t:
+                best_cfg, best_t = cfg, t
+        configs[str(m)] = best_cfg.as_dict()
+        t_cslt = None
+        if compressed is not None:
+            t_cslt = _bench(lambda x=x: cusparselt.cusparselt_linear(x, compressed, n, k))
+        rows.append({"m": m, "backend": "cusparselt", "us": t_cslt})
+        rows.append({"m": m, "backend": "triton_small", "us": best_t})
+        if t_cslt is not None and t_cslt < best_t and crossover == max(ms):
+            crossover = ms[ms.index(m) - 1] if ms.index(m) > 0 else 0
+    return {
+        "gpu": gpu_name(dev),
+        "n": n,
+        "k": k,
+        "dtype": str(dtype).removeprefix("torch."),
+        "crossover": crossover,
+        "triton_configs": configs,
+        "measurements": rows,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+    }
+
+
+def tune(
+    shapes: list[tuple[int, int]],
+    dtype: torch.dtype = torch.bfloat16,
+    ms: tuple[int, ...] = TUNE_MS,
+    path: Path | None = None,
+) -> list[dict]:
+    """Tune every (N, K) in ``shapes`` on the current GPU and merge the entries into the cache file."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("tuning needs a CUDA GPU: the crossover is measured, not guessed")
+    path = path or cache_path()
+    entries = [tune_shape(n, k, dtype, ms) for n, k in shapes]
+    table = dict(load_table(path))
+    for e in entries:
+        table[entry_key(e["gpu"], e["n"], e["k"], dtype)] = {kk: v for kk, v in e.items() if kk != "measurements"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(table, indent=1, sort_keys=True))
+    _table.cache_clear()
+    return entries

@@ -1,0 +1,176 @@
+"""GPU backends of SparseLinear (Triton small-M, cuSPARSELt) against F.linear on the masked dense weight."""
+
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import random_2to4
+
+from sparse_llm import Sparse24Weight, SparseLinear, backends
+
+pytestmark = pytest.mark.gpu
+
+MS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 7, 33, 100, 1000]
+TOL = {torch.bfloat16: 1e-2, torch.float16: 5e-3}
+GPU_BACKENDS = ["triton_small", "cusparselt"]
+
+
+def _layer(n: int, k: int, dtype: torch.dtype, bias: bool) -> tuple[SparseLinear, torch.Tensor, torch.Tensor | None]:
+    dense = random_2to4(n, k, dtype=torch.float32).to(dtype).cuda()
+    b = torch.randn(n, device="cuda").to(dtype) if bias else None
+    layer = SparseLinear.from_weight(Sparse24Weight.from_dense(dense), b)
+    return layer, dense, b
+
+
+def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def _ref(x, dense, bias):
+    return F.linear(x.float(), dense.float(), None if bias is None else bias.float())
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_backend_matches_dense_for_every_m(backend, dtype, with_bias):
+    layer, dense, bias = _layer(304, 544, dtype, with_bias)
+    for m in MS:
+        x = torch.randn(m, 544, device="cuda").to(dtype)
+        out = backends.linear(layer, x, backend=backend)
+        assert out.shape == (m, 304) and out.dtype == dtype
+        assert torch.isfinite(out).all(), f"{backend} M={m}: non-finite output"
+        err = _rel_err(out, _ref(x, dense, bias))
+        assert err < TOL[dtype], f"{backend} M={m} {dtype} bias={with_bias}: rel err {err:.2e}"
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS + [None])
+def test_3d_and_non_contiguous_inputs(backend):
+    layer, dense, bias = _layer(256, 512, torch.bfloat16, True)
+    layer.backend = backend
+    x3 = torch.randn(3, 5, 512, device="cuda", dtype=torch.bfloat16)
+    out = layer(x3)
+    assert out.shape == (3, 5, 256)
+    assert _rel_err(out, _ref(x3, dense, bias)) < 1e-2
+    x_nc = torch.randn(1024, 40, device="cuda", dtype=torch.bfloat16).t()[:, :512]  # strided, not contiguous
+    x_nc = x_nc[::2]  # (20, 512) with a row stride of 2
+    assert not x_nc.is_contiguous()
+    assert _rel_err(layer(x_nc), _ref(x_nc, dense, bias)) < 1e-2
+
+
+def test_compressed_head_is_the_values_for_full_groups():
+    """Every group with exactly 2 non-zeros: cuSPARSELt's first half must equal our values bit for bit."""
+    from sparse_llm.backends.cusparselt import compress_values
+
+    n, k = 384, 768
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16).abs() + 0.1  # no zeros before pruning
+    keep = torch.rand(n, k // 4, 4, device="cuda").argsort(-1) < 2
+    packed = Sparse24Weight.from_dense(w * keep.reshape(n, k))
+    compressed, meta = compress_values(packed.values, packed.meta)
+    assert meta is packed.meta
+    assert torch.equal(compressed[: n * k // 2].view(torch.int16), packed.values.flatten().view(torch.int16))
+
+
+def test_one_copy_and_memory_budget():
+    n, k = 512, 1024
+    layer, dense, _ = _layer(n, k, torch.bfloat16, False)
+    dense_before = layer.dense_weight()
+    layer(torch.randn(4096, k, device="cuda", dtype=torch.bfloat16))  # cuSPARSELt prepares the module
+    state = layer._sparse_llm_cusparselt
+    assert state is not None
+    assert layer.values.untyped_storage().data_ptr() == state.compressed.untyped_storage().data_ptr()
+    # (values view, meta) still describe the same weight, whichever zero positions cuSPARSELt kept
+    assert torch.equal(layer.dense_weight(), dense_before)
+    held = state.compressed.untyped_storage().nbytes() + layer.meta.untyped_storage().nbytes()
+    assert held <= 0.63 * dense.numel() * dense.element_size(), held / (dense.numel() * 2)
+    # the Triton kernel reads the same bytes
+    x = torch.randn(3, k, device="cuda", dtype=torch.bfloat16)
+    assert _rel_err(backends.linear(layer, x, backend="triton_small"), _ref(x, dense, None)) < 1e-2
+
+
+def test_state_dict_saves_plain_values():
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    n, k = 256, 512
+    layer, dense, _ = _layer(n, k, torch.bfloat16, True)
+    layer(torch.randn(2048, k, device="cuda", dtype=torch.bfloat16))
+    sd = layer.state_dict()
+    assert sd["values"].shape == (n, k // 2)
+    assert sd["values"].untyped_storage().nbytes() == n * k // 2 * 2
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    plain = {name: t.clone() for name, t in sd.items()}
+    buf_plain = io.BytesIO()
+    torch.save(plain, buf_plain)
+    assert abs(len(buf.getvalue()) - len(buf_plain.getvalue())) < 4096  # no compressed buffer written
+    loaded = st_load(st_save({name: t.contiguous() for name, t in sd.items()}))
+    assert torch.equal(loaded["values"].cuda(), layer.values)
+    # load_state_dict in place (values is a view) invalidates the compressed weight
+    other, other_dense, other_bias = _layer(n, k, torch.bfloat16, True)
+    layer.load_state_dict(other.state_dict())
+    x = torch.randn(2048, k, device="cuda", dtype=torch.bfloat16)
+    assert _rel_err(layer(x), _ref(x, other_dense, other_bias)) < 1e-2
+
+
+def test_dtype_change_invalidates_state():
+    layer, dense, bias = _layer(256, 512, torch.bfloat16, True)
+    x = torch.randn(2048, 512, device="cuda", dtype=torch.bfloat16)
+    layer(x)
+    layer.half()
+    out = layer(x.half())
+    assert _rel_err(out, _ref(x.half(), dense.half(), bias.half())) < 5e-3
+
+
+@pytest.mark.parametrize("m", [1, 16, 100, 2048])
+def test_cuda_graph_capture(m):
+    layer, dense, bias = _layer(512, 1024, torch.bfloat16, True)
+    static_x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
+    eager = layer(static_x)  # warm-up: plans, algorithm search, Triton compilation
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        layer(static_x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = layer(static_x)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static_out, eager)
+    static_x.copy_(torch.randn_like(static_x))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(static_out, layer(static_x))
+
+
+@pytest.mark.parametrize("m", [1, 64, 2048])
+def test_torch_compile(m):
+    layer, dense, bias = _layer(256, 512, torch.bfloat16, True)
+    x = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16)
+    eager = layer(x)
+    compiled = torch.compile(layer)
+    assert torch.equal(compiled(x), eager)
+
+
+def test_dispatch_by_m_is_inspectable():
+    layer, _, _ = _layer(256, 512, torch.bfloat16, False)
+    small = backends.select(layer, torch.randn(1, 512, device="cuda", dtype=torch.bfloat16))
+    large = backends.select(layer, torch.randn(16384, 512, device="cuda", dtype=torch.bfloat16))
+    assert small.name == "triton_small"
+    status = backends.status()
+    assert large.name == ("cusparselt" if status["cusparselt"] else "triton_small")
+
+
+def test_extension_status_and_wrong_inputs():
+    status = backends.status()
+    assert status["cusparselt"], f"cuSPARSELt fast path is off: {status['cusparselt_reason']}"
+    assert status["cusparselt_version"] >= 500
+    layer, _, _ = _layer(256, 512, torch.bfloat16, False)
+    with pytest.raises(TypeError, match="dtype"):
+        layer(torch.randn(4, 512, device="cuda", dtype=torch.float16))
+    with pytest.raises(RuntimeError, match="cpu"):
+        layer(torch.randn(4, 512, dtype=torch.bfloat16))
+    with pytest.raises(RuntimeError, match="CUDA input"):
+        backends.linear(layer.cpu(), torch.randn(4, 512, dtype=torch.bfloat16), backend="cusparselt")

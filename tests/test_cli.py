@@ -1,0 +1,105 @@
+"""The sparse-llm command line end to end on a tiny model saved to a temporary folder."""
+
+import json
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer, decoders, pre_tokenizers
+from tokenizers import models as tokenizer_models
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from sparse_llm import cli
+from sparse_llm.models import load_model
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer with no merges: 256 tokens, one per byte."""
+    vocab = {char: index for index, char in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    tokenizer = Tokenizer(tokenizer_models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=256, max_position_embeddings=64)  # fmt: skip
+    folder = tmp_path / "tiny"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    path = tmp_path / "text.txt"
+    path.write_text(" ".join(f"word{i % 37} and more text {i}" for i in range(300)))
+    return path
+
+
+def test_prune_then_eval_end_to_end(tiny_folder, text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(["prune", "--model", str(tiny_folder), "--method", "sparsegpt", "--sparsity", "2:4",
+                     "--nsamples", "4", "--seqlen", "32", "--dataset", str(text_file), "--eval-windows", "3",
+                     "--device", "cpu", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "prune_report.json").read_text())
+    assert report["prune"]["method"] == "sparsegpt" and report["prune"]["nm_exact"]
+    assert len(report["prune"]["layers"]) == 14
+    assert all(layer["mask_sparsity"] == 0.5 for layer in report["prune"]["layers"])
+    assert report["prune"]["calibration"] == {"windows": 4, "seqlen": 32, "batch_size": 1}
+    assert report["eval"]["windows"] == 3 and report["eval"]["seqlen"] == 32
+    assert {"torch", "transformers", "sparse_llm"} <= set(report["versions"])
+    assert set(report["prune"]["timings"]) >= {"forward_s", "statistics_s", "update_s"}
+
+    model, _ = load_model(out)
+    up = model.model.layers[1].mlp.up_proj.weight
+    assert ((up != 0).reshape(up.shape[0], -1, 4).sum(-1) == 2).all()
+
+    capsys.readouterr()
+    result = tmp_path / "eval.json"
+    code = cli.main(["eval", "--model", str(out), "--dataset", str(text_file), "--seqlen", "32",
+                     "--eval-windows", "3", "--json", str(result)])  # fmt: skip
+    assert code == 0
+    evaluated = json.loads(result.read_text())
+    assert evaluated["eval"]["perplexity"] == pytest.approx(report["eval"]["perplexity"], rel=1e-5)
+    assert evaluated["sparsity"]["all_2to4"] and evaluated["sparsity"]["overall"] == pytest.approx(0.5)
+    assert "perplexity" in capsys.readouterr().out
+
+
+def test_errors_exit_nonzero_with_a_message(tiny_folder, tmp_path, capsys):
+    assert cli.main(["prune", "--model", str(tmp_path / "absent"), "--method", "wanda"]) == 1
+    assert "no config.json" in capsys.readouterr().err
+    assert cli.main(["prune", "--model", str(tiny_folder), "--method", "magnitude", "--sparsity", "1.5"]) == 1
+    assert "(0, 1)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["prune", "--model", str(tiny_folder), "--method", "obs"])
+
+
+def test_a_registered_subcommand_needs_one_function_and_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "COMMANDS", dict(cli.COMMANDS))
+
+    def hello(args):
+        print(f"hello {args.name}")
+
+    cli.register("say hello", hello, lambda p: p.add_argument("--name", default="x"), "greets")
+    assert cli.main(["say", "hello", "--name", "sparse"]) == 0
+    assert capsys.readouterr().out == "hello sparse\n"
+    assert cli.main([]) == 2  # no subcommand: usage, exit code 2
+
+
+@pytest.mark.slow
+def test_demo_prints_the_table(capsys):
+    pytest.importorskip("gguf")
+    from sparse_llm.models import default_model_file
+
+    try:
+        default_model_file()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    assert cli.main(["demo", "--nsamples", "2", "--seqlen", "128", "--eval-windows", "2", "--batch-size", "2"]) == 0
+    out = capsys.readouterr().out
+    for method in ("dense", "magnitude", "wanda", "sparsegpt"):
+        assert f"\n{method}" in out
+    assert out.count("OK") == 3 and "FAILED" not in out
