@@ -2,13 +2,60 @@
 
 The folder is not installed as a top-level ``kernels`` module: that name belongs to Hugging Face's
 ``kernels`` package, which transformers probes for.
+
+When torch with CUDA, the CUDA toolkit (nvcc) and the ``nvidia-cusparselt`` wheel are importable at build time
+(``pip install --no-build-isolation``), the cuSPARSELt extension (``csrc/``) is built as
+``sparse_llm._cusparselt``; otherwise, or if that build fails, it is skipped silently and the package builds it
+lazily on first GPU use (``sparse_llm/backends/_build.py``).
 """
+
+import glob
+import importlib.util
+import os
 
 from setuptools import find_packages, setup
 
 PACKAGES = ["sparse_llm", "sparse_llm.kernels"] + [f"sparse_llm.{p}" for p in find_packages("sparse_llm")]
 
+
+def _cusparselt_extension() -> dict:
+    """setup() arguments that build the extension, or {} where it cannot be built here."""
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except ImportError:
+        return {}
+    if torch.version.cuda is None or cpp_extension.CUDA_HOME is None:
+        return {}
+    nvidia = importlib.util.find_spec("nvidia")
+    roots = [os.path.join(p, "cusparselt") for p in (nvidia.submodule_search_locations if nvidia else [])]
+    headers = [h for r in roots for h in glob.glob(os.path.join(r, "**", "cusparseLt.h"), recursive=True)]
+    libraries = [lib for r in roots for lib in glob.glob(os.path.join(r, "**", "libcusparseLt.so*"), recursive=True)]
+    if not headers or not libraries:
+        return {}
+    lib_dir = os.path.dirname(sorted(libraries)[0])
+    names = sorted(os.path.basename(p) for p in libraries)
+    link = "-lcusparseLt" if "libcusparseLt.so" in names else f"-l:{names[0]}"
+
+    class OptionalBuild(cpp_extension.BuildExtension):
+        def run(self):  # a failed build must not fail the install: the lazy build remains
+            try:
+                super().run()
+            except Exception as err:
+                print(f"sparse-llm: skipping the cuSPARSELt extension ({type(err).__name__}: {err})")
+
+    extension = cpp_extension.CUDAExtension(
+        "sparse_llm._cusparselt",
+        ["csrc/cusparselt_linear.cpp"],
+        include_dirs=[os.path.dirname(headers[0])],
+        extra_compile_args={"cxx": ["-O3"]},
+        extra_link_args=[f"-L{lib_dir}", link, f"-Wl,-rpath,{lib_dir}"],
+    )
+    return {"ext_modules": [extension], "cmdclass": {"build_ext": OptionalBuild}}
+
+
 setup(
     packages=PACKAGES,
     package_dir={"sparse_llm": "sparse_llm", "sparse_llm.kernels": "kernels"},
+    **_cusparselt_extension(),
 )

@@ -12,7 +12,8 @@ import triton
 import triton.language as tl
 
 # One program streams BLOCK_M x BLOCK_K tiles down its row split (bf16: 16-byte loads, 8 per thread per tile).
-# Tuned on the H100 by bench/mask_kernels.py (bench/notes/mask_kernels.md).
+# H100, 16384x8192 bf16: 36 configurations all within 0.117-0.15 ms (eager, launch-noise bound); this one gives
+# 0.101 ms in a CUDA graph, 88% of the copy floor (bench/notes/mask_kernels.md).
 BLOCK_M = 32
 BLOCK_K = 256
 NUM_WARPS = 4

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 # Rows up to this many columns stay in registers (32768 fp32 over 16 warps = 64 registers per thread): on the
-# H100 a 28672-column row took 1.7 ms resident against 4.5 ms chunked (bench/notes/mask_kernels.md).
+# H100, 8192x28672 took 1.27 ms resident against 2.84 ms chunked (bench/notes/mask_kernels.md).
 MAX_RESIDENT_K = 32768
 # Chunk of the any-K kernel.
 CHUNK_K = 4096
@@ -30,8 +30,8 @@ FLT_MAX_BITS = tl.constexpr(0x7F7FFFFF)
 def resident_num_warps(block_k: int) -> int:
     """Warps for a resident row of ``block_k`` columns: 4 up to 8192 columns, then 2048 columns per warp.
 
-    H100, 28672x8192: 4 warps 1.29 ms, 8 warps 1.32 ms, 16 warps 1.48 ms (more rows in flight per SM beat
-    shorter per-row reductions).
+    H100, 28672x8192: 2 warps 1.19 ms (255 registers, spills), 4 warps 1.00 ms (213 registers), 8 warps 1.02 ms;
+    8192x28672 (block 32768): 4 warps 4.1 ms (spills), 8 warps 1.32 ms, 16 warps 1.27 ms.
     """
     return max(4, min(16, block_k // 2048))
 

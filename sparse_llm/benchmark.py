@@ -12,6 +12,7 @@ same run (a device-to-device copy and an 8192^3 bf16 cuBLAS matmul).
 from __future__ import annotations
 
 import datetime
+import os
 import statistics
 import subprocess
 from collections.abc import Callable
@@ -49,7 +50,7 @@ QUICK_SHAPES = {
 QUICK_MS = (1, 7, 16, 64, 256, 1024, 4096)
 PROVIDERS = ("dense", "torch_semi", "ours_auto", "ours_triton_small", "ours_cusparselt")
 # Beyond this M the small-M kernel is not a candidate (minutes of benchmark for a known loser).
-TRITON_SMALL_MAX_M = 1024
+TRITON_SMALL_MAX_M = 256
 REGIMES = {"M<=16": (1, 16), "M 32-256": (32, 256), "M>=1024": (1024, 1 << 30)}
 
 
@@ -61,7 +62,8 @@ def environment() -> dict:
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        sha = "unknown"
+        # the device machine runs on a copy of the working tree without .git: the caller may pass the sha
+        sha = os.environ.get("SPARSE_LLM_GIT_SHA", "unknown")
     return {
         "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__,

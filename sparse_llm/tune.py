@@ -22,9 +22,10 @@ from sparse_llm.backends._build import ExtensionUnavailable, cache_dir
 from sparse_llm.backends.triton_small import SmallConfig, default_config, spmm24_small
 
 CACHE_FILE = "crossover.json"
-# Before a shape is tuned: Triton up to here, cuSPARSELt above (DESIGN.md: cuSPARSELt ~1.0x of dense at M 16-64).
-DEFAULT_CROSSOVER = 64
-TUNE_MS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# Before a shape is tuned: Triton up to here, cuSPARSELt above (first H100 run: cuSPARSELt won from M = 4-8 on).
+DEFAULT_CROSSOVER = 4
+# Above 256 cuSPARSELt won on every shape measured (bench/notes/layers.md): not worth tuning time.
+TUNE_MS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 def cache_path() -> Path:
@@ -97,20 +98,22 @@ def candidate_configs(m: int, n: int, k: int, device: torch.device) -> list[Smal
     out = [default_config(m, n, k, device)]
 
     def add(kernel: str, block_m: int, block_n: int, block_q: int, warps: int, stages: int) -> None:
-        programs = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
+        programs = triton.cdiv(n, block_n) * (m if kernel == "gemv" else triton.cdiv(m, block_m))
         split = _split_k_for(programs, k // 16, block_q, sms)
         for s in sorted({1, split}):
             cfg = SmallConfig(kernel, block_m, block_n, block_q, s, warps, stages)
             if cfg not in out:
                 out.append(cfg)
 
-    if m <= 8:
+    if m <= 4:
         bm = triton.next_power_of_2(m)
-        for bn, bq in ((16, 32), (32, 32), (16, 64), (32, 16)):
+        for bn, bq in ((16, 64), (16, 32), (32, 32)):
             add("select", bm, bn, bq, 4, 1)
+        for bn, bq in ((16, 32), (32, 16), (8, 64)):
+            add("gemv", 1, bn, bq, 4, 1)
     if m >= 2:
         bm = min(max(16, triton.next_power_of_2(m)), 128)
-        for bn, bq, stages in ((64, 8, 3), (64, 4, 4), (128, 4, 3), (32, 8, 3)):
+        for bn, bq, stages in ((64, 4, 4), (128, 4, 3), (32, 8, 3)):
             add("dot", bm, bn, bq, 4, stages)
     return out
 
@@ -125,7 +128,11 @@ def _random_24(n: int, k: int, dtype: torch.dtype, device: torch.device) -> tupl
 
 
 def _bench(fn) -> float:
-    return triton.testing.do_bench(fn, warmup=5, rep=20, return_mode="median") * 1e3  # microseconds
+    """Median microseconds of a CUDA-graph replay of ``fn``: the kernels' time without the host's launch cost,
+    which is about the same for every candidate and would hide the differences at small M."""
+    from sparse_llm.benchmark import time_graph_us
+
+    return time_graph_us(fn)
 
 
 def tune_shape(

@@ -148,7 +148,7 @@ def prepare(module: torch.nn.Module) -> CusparseLtState:
             module.meta = new_meta
     if not getattr(module, "_sparse_llm_hooks", False):
         module._register_state_dict_hook(_plain_values_in_state_dict)
-        module._register_load_state_dict_pre_hook(_drop_state)
+        module._register_load_state_dict_pre_hook(_drop_state, with_module=True)
         module._sparse_llm_hooks = True
     state = CusparseLtState(compressed, n, 2 * half, ())
     state.key = _key(module)
@@ -188,9 +188,17 @@ def cusparselt_linear(
     return out.reshape(*lead, n)
 
 
+def ensure_prepared(module: torch.nn.Module) -> CusparseLtState:
+    """The module's state, compressing first if it is missing or stale (cheap when it is current)."""
+    state = getattr(module, STATE_ATTR, None)
+    if state is None or state.key != _key(module):
+        state = prepare(module)
+    return state
+
+
 def run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Backend entry: ``module`` is a SparseLinear, ``x`` 2-D."""
-    state = prepare(module)
+    state = ensure_prepared(module)
     bias = module.bias
     if bias is not None and bias.dtype != x.dtype:
         raise TypeError(f"bias dtype {bias.dtype} != input dtype {x.dtype}")

@@ -59,22 +59,23 @@ def _split_k_for(programs: int, num_q: int, block_q: int, sms: int) -> int:
 
 
 def default_config(m: int, n: int, k: int, device: torch.device | None = None) -> SmallConfig:
-    """Deterministic launch heuristic by M; ``sparse_llm.tune`` can replace it with measured choices.
+    """Deterministic launch heuristic by M; ``sparse_llm.tune`` replaces it with measured choices.
 
-    M <= 4: the select kernel (memory-bound, no tensor cores): BLOCK_N 16, BLOCK_K 512 as in DESIGN.md's
-    prototype (b); beyond that the selects per kept value grow with M and the dot kernel takes over.
+    M <= 4: the select kernel (memory-bound, no tensor cores; BLOCK_N 16, BLOCK_K 1024 was the fastest of 8
+    configurations at M = 1-2 on 4096x4096 and 28672x8192, H100, bench/notes/layers.md); above, the selects per
+    kept value grow with M and the dot kernel takes over.
     """
     sms = _sm_count(device) if device is not None else 132
     num_q = k // 16
     if m <= 4:
         block_m = triton.next_power_of_2(m)
-        block_n, block_q = 16, 32
+        block_n, block_q = 16, (64 if m <= 2 else 32)
         programs = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
         return SmallConfig("select", block_m, block_n, block_q, _split_k_for(programs, num_q, block_q, sms), 4, 1)
     block_m = min(max(16, triton.next_power_of_2(m)), 64)
-    block_n, block_q = 64, 8
+    block_n, block_q = 64, 4
     programs = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
-    return SmallConfig("dot", block_m, block_n, block_q, _split_k_for(programs, num_q, block_q, sms), 4, 3)
+    return SmallConfig("dot", block_m, block_n, block_q, _split_k_for(programs, num_q, block_q, sms), 4, 4)
 
 
 def spmm24_small_reference(
@@ -166,13 +167,15 @@ def spmm24_small(
     meta: torch.Tensor,
     bias: torch.Tensor | None = None,
     config: SmallConfig | None = None,
+    check: bool = True,
 ) -> torch.Tensor:
     """``x @ W.T + bias`` for W = (values (N, K/2), meta (N, K/16)); x (..., K) fp16/bf16 -> (..., N).
 
     Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``. ``config`` defaults to
-    :func:`default_config` for the call's M.
+    :func:`default_config` for the call's M. ``check=False`` skips the input checks (callers that did them).
     """
-    _check_inputs(x, values, meta, bias)
+    if check:
+        _check_inputs(x, values, meta, bias)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) < x2.shape[1]):

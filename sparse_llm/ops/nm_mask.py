@@ -188,4 +188,4 @@ def score_pack_24(w: torch.Tensor, scale: torch.Tensor | None = None, *, impl: I
         values, meta, bad = _score_pack_24_op(w, scale)
         if bad.item():
             raise ValueError(NON_FINITE_MESSAGE)
-    return Sparse24Weight(values, meta)
+    return Sparse24Weight._trusted(values, meta)  # valid by construction: skip decoding the metadata again

@@ -145,7 +145,7 @@ def test_cuda_graph_capture(m):
     assert torch.equal(static_out, layer(static_x))
 
 
-@pytest.mark.parametrize("m", [1, 64, 2048])
+@pytest.mark.parametrize("m", [1, 2048])
 def test_torch_compile(m):
     layer, dense, bias = _layer(256, 512, torch.bfloat16, True)
     x = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16)

@@ -34,6 +34,8 @@ CASES = [
     (5, 70, 128, SmallConfig("dot", 16, 64, 2, split_k=2)),
     (7, 40, 96, SmallConfig("dot", 16, 32, 4)),
     (19, 72, 208, SmallConfig("dot", 16, 64, 4, num_stages=2)),
+    (1, 40, 96, SmallConfig("gemv", 1, 16, 2)),
+    (3, 24, 160, SmallConfig("gemv", 1, 8, 4, split_k=2)),
 ]
 
 
@@ -51,6 +53,14 @@ def test_matches_reference(m, n, k, config, dtype, with_bias):
     assert out.shape == (m, n) and out.dtype == dtype
     assert not out.isnan().any()
     assert _rel_err(out, ref) < TOL[dtype]
+
+
+def test_split_k_is_deterministic():
+    values, meta = _packed(48, 256, torch.float16)
+    x = torch.randn(2, 256, device=DEVICE).to(torch.float16)
+    config = SmallConfig("gemv", 1, 16, 2, split_k=4)
+    first = spmm24_small(x, values, meta, None, config)
+    assert all(torch.equal(first, spmm24_small(x, values, meta, None, config)) for _ in range(3))
 
 
 def test_wrong_weight_is_detected():
