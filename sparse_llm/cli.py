@@ -260,6 +260,9 @@ def _demo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-windows", type=int, default=16, help="evaluation windows")
     parser.add_argument("--sparsity", default="2:4")
     parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
+    parser.add_argument(
+        "--dataset", default=None, help="wiki-offline (embedded, default), wikitext2, c4, or a .txt path"
+    )
 
 
 def _layer_speedup() -> str:
@@ -290,8 +293,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     model, tokenizer = load_default_model()
     print(f"embedded model SmolLM2-135M-Instruct loaded in {time.perf_counter() - start:.1f} s (fp32, CPU)")
-    calibration = calibration_windows(tokenizer, args.nsamples, args.seqlen, seed=0)
-    windows = eval_windows(tokenizer, args.seqlen, args.eval_windows)
+    calibration = calibration_windows(tokenizer, args.nsamples, args.seqlen, seed=0, source=args.dataset)
+    windows = eval_windows(tokenizer, args.seqlen, args.eval_windows, source=args.dataset)
     dense_state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     rows = [("dense", perplexity(model, windows, batch_size=args.batch_size), "-", 0.0)]
     print(f"dense perplexity {rows[0][1]:.2f} ({args.eval_windows}x{args.seqlen} windows)")

@@ -10,7 +10,6 @@ gate/up) share one statistics accumulator.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable
 
@@ -19,27 +18,20 @@ from torch import nn
 
 from sparse_llm.calibration import BlockInputs, capture_block_inputs, find_decoder_blocks, forward_block, run_block_
 from sparse_llm.methods import LayerStats, PhaseTimer, PruningMethod, SparsityPattern, get_method, parse_sparsity
-
-
-def _patterns(value: str | Iterable[str] | None) -> list[re.Pattern]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        value = [value]
-    return [re.compile(p) for p in value]
+from sparse_llm.names import as_patterns, matches_any
 
 
 def select_linears(
     model: nn.Module, include: str | Iterable[str] | None = None, exclude: str | Iterable[str] | None = None
 ) -> tuple[str, nn.ModuleList, list[list[tuple[str, nn.Linear]]]]:
-    """The ``nn.Linear`` layers inside each decoder block, filtered by regexes searched in their full names.
+    """The ``nn.Linear`` layers inside each decoder block, filtered by name (``sparse_llm.names.matches_any``).
 
     Returns (blocks name, blocks, per block a list of (full name, linear)). ``include`` keeps only names matching
     one of its patterns; ``exclude`` drops names matching any of its. Embeddings and lm_head are outside the blocks
     and never selected. Raises ValueError when nothing is left.
     """
     blocks_name, blocks = find_decoder_blocks(model)
-    includes, excludes = _patterns(include), _patterns(exclude)
+    includes, excludes = as_patterns(include), as_patterns(exclude)
     selected = []
     for index, block in enumerate(blocks):
         layers = []
@@ -47,9 +39,9 @@ def select_linears(
             if not isinstance(module, nn.Linear):
                 continue
             full = f"{blocks_name}.{index}.{sub_name}" if blocks_name else f"{index}.{sub_name}"
-            if includes and not any(p.search(full) for p in includes):
+            if includes and not matches_any(full, includes):
                 continue
-            if any(p.search(full) for p in excludes):
+            if matches_any(full, excludes):
                 continue
             layers.append((full, module))
         selected.append(layers)

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
+from sparse_llm.names import as_patterns, matches_any
 from sparse_llm.nn import SparseLinear
 
 DEFAULT_EXCLUDE = ("lm_head",)
-
-
-def _matches(name: str, patterns: Iterable[str]) -> bool:
-    """A pattern matches a module name as the whole name, a dotted suffix of it, or a full regex match."""
-    for pattern in patterns:
-        if name == pattern or name.endswith("." + pattern) or re.fullmatch(pattern, name):
-            return True
-    return False
 
 
 def _parent_and_child(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -34,21 +26,22 @@ def sparsify(
 ) -> list[str]:
     """Replace targeted ``nn.Linear`` modules with :class:`SparseLinear`; return the replaced names.
 
-    ``include``: None targets every ``nn.Linear``; otherwise names, dotted suffixes (``"q_proj"``) or regexes.
+    ``include``: None targets every ``nn.Linear``; otherwise names, dotted suffixes (``"q_proj"``) or regexes
+    searched in the name (``sparse_llm.names.matches_any``).
     ``exclude``: the same kinds of patterns, applied after ``include`` (default: ``lm_head``).
     ``masks``: optional {name: bool mask} applied before packing. Every targeted weight must then be 2:4: the
     first that is not raises ``ValueError`` naming it, and the model is left untouched (all layers are packed
     before any is swapped). Nothing targeted raises too.
     """
-    include = [include] if isinstance(include, str) else include
-    exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())
+    include = as_patterns(include) if include is not None else None
+    exclude = as_patterns(exclude)
     masks = masks or {}
     targets = [
         (name, module)
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear)
-        and (include is None or _matches(name, include))
-        and not _matches(name, exclude)
+        and (include is None or matches_any(name, include))
+        and not matches_any(name, exclude)
     ]
     if not targets:
         raise ValueError(f"sparsify: no nn.Linear matched include={include!r} exclude={exclude!r}")

@@ -89,17 +89,16 @@ def test_a_registered_subcommand_needs_one_function_and_one_line(monkeypatch, ca
     assert cli.main([]) == 2  # no subcommand: usage, exit code 2
 
 
-@pytest.mark.slow
-def test_demo_prints_the_table(capsys):
-    pytest.importorskip("gguf")
-    from sparse_llm.models import default_model_file
+def test_demo_prints_the_table(tiny_folder, text_file, monkeypatch, capsys):
+    # The demo's own logic on a tiny model (the embedded model is covered by the slow test of test_prune.py).
+    from sparse_llm import models
 
-    try:
-        default_model_file()
-    except FileNotFoundError as err:
-        pytest.skip(str(err))
-    assert cli.main(["demo", "--nsamples", "2", "--seqlen", "128", "--eval-windows", "2", "--batch-size", "2"]) == 0
+    monkeypatch.setattr(models, "load_default_model", lambda: load_model(tiny_folder))
+    code = cli.main(["demo", "--nsamples", "4", "--seqlen", "32", "--eval-windows", "2", "--batch-size", "2",
+                     "--dataset", str(text_file)])  # fmt: skip
+    assert code == 0
     out = capsys.readouterr().out
     for method in ("dense", "magnitude", "wanda", "sparsegpt"):
-        assert f"\n{method}" in out
-    assert out.count("OK") == 3 and "FAILED" not in out
+        assert f"\n{method} " in out
+    assert out.count("0.500 zeros, OK") == 3 and "FAILED" not in out
+    assert "layer speedup" in out

@@ -98,8 +98,9 @@ def test_block_i_is_calibrated_on_the_pruned_blocks_before_it():
 
 
 def test_sparsegpt_and_wanda_reconstruct_better_than_magnitude():
-    windows = ids(8, 32)
-    reference = tiny("llama").model(windows).last_hidden_state
+    windows = ids(4, 24)
+    with torch.no_grad():
+        reference = tiny("llama").model(windows).last_hidden_state
     errors = {}
     for method in ("magnitude", "wanda", "sparsegpt"):
         model = tiny("llama")
