@@ -12,15 +12,12 @@ Timings are medians of ``triton.testing.do_bench`` (which flushes L2 between rep
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import torch
-import triton
+from common import copy_bandwidth, environment
 from sparse_llm.kernels import act_norm as norm_kernels
 from sparse_llm.kernels import nm_mask as nm_kernels
 from sparse_llm.kernels import row_topk as topk_kernels
@@ -60,34 +57,8 @@ ROW_TOPK_OP = torch.ops.sparse_llm.score_row_topk_mask
 ACT_NORM_OP = torch.ops.sparse_llm.accumulate_sq_norm
 
 
-def environment() -> dict:
-    """GPU, versions, date and git sha of this run."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        sha = os.environ.get("GIT_SHA", "unknown")
-    cusparselt = torch.backends.cusparselt.version() if torch.backends.cusparselt.is_available() else None
-    return {
-        "gpu": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda": torch.version.cuda,
-        "cusparselt": cusparselt,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_sha": sha,
-    }
-
-
 def median_ms(fn, rep: int = 200) -> float:
     return do_bench(fn, warmup=25, rep=rep, return_mode="median")
-
-
-def copy_bandwidth_gbs() -> float:
-    """Device-to-device copy of 2 GiB: (bytes read + bytes written) / time, in GB/s."""
-    src = torch.empty(2**30, dtype=torch.int16, device=DEVICE).random_()
-    dst = torch.empty_like(src)
-    ms = median_ms(lambda: dst.copy_(src))
-    return 2 * src.numel() * src.element_size() / ms / 1e6
 
 
 def weight_and_scale(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,7 +269,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available():
         raise SystemExit("bench/mask_kernels.py needs a CUDA GPU")
-    bw = copy_bandwidth_gbs()
+    bw = copy_bandwidth() / 1e9
     print(f"copy bandwidth: {bw:.0f} GB/s")
     rows = []
     if "nm" in args.sweep:
@@ -320,7 +291,7 @@ def main() -> None:
         "act_norm": {"BLOCK_M": norm_kernels.BLOCK_M, "BLOCK_K": norm_kernels.BLOCK_K,
                      "num_warps": norm_kernels.NUM_WARPS, "programs_per_sm": norm_kernels.PROGRAMS_PER_SM},
     }  # fmt: skip
-    result = {"env": environment(), "copy_bandwidth_gbs": bw, "config": config, "resources": kernel_resources(),
+    result = {"environment": environment(), "copy_bandwidth_gbs": bw, "config": config, "resources": kernel_resources(),
               "rows": rows}  # fmt: skip
     path = args.out / "mask_kernels.json"
     path.write_text(json.dumps(result, indent=1))

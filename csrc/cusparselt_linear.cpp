@@ -168,7 +168,7 @@ bool debug_enabled();
 // A complete plan (fresh descriptors, algorithm selection and plan) for one shape and algorithm; nullptr when
 // cuSPARSELt refuses it and `must` is false. Every candidate of the search gets its own: in cuSPARSELt 0.8.0 on
 // the H100, changing the algorithm of a selection whose plan had been destroyed, and cusparseLtMatmulSearch
-// itself, crashed the process (bench/notes/layers.md).
+// itself, crashed the process (bench/NOTES.md, layers).
 std::unique_ptr<Plan> build_plan(cusparseLtHandle_t* handle, int64_t n, int64_t k, int64_t rows, cudaDataType type,
                                  const void* bias, const AlgChoice* alg, const at::Tensor& like, bool must) {
   auto p = std::make_unique<Plan>();

@@ -13,7 +13,7 @@ import triton.language as tl
 
 # One program streams BLOCK_M x BLOCK_K tiles down its row split (bf16: 16-byte loads, 8 per thread per tile).
 # H100, 16384x8192 bf16: 36 configurations all within 0.117-0.15 ms (eager, launch-noise bound); this one gives
-# 0.101 ms in a CUDA graph, 88% of the copy floor (bench/notes/mask_kernels.md).
+# 0.101 ms in a CUDA graph, 88% of the copy floor (bench/NOTES.md, mask kernels).
 BLOCK_M = 32
 BLOCK_K = 256
 NUM_WARPS = 4

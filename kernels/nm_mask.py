@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 # One program scores BLOCK_N x BLOCK_K weights. H100, 28672x8192 bf16: 0.253 ms mask / 0.271 ms pack here, the
-# best of 18 configurations (8-32 x 128-512 x 4/8 warps: up to 0.36 / 0.49 ms); bench/notes/mask_kernels.md.
+# best of 18 configurations (8-32 x 128-512 x 4/8 warps: up to 0.36 / 0.49 ms); bench/NOTES.md, mask kernels.
 BLOCK_N = 16
 BLOCK_K = 256
 NUM_WARPS = 4

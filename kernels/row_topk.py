@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 # Rows up to this many columns stay in registers (32768 fp32 over 16 warps = 64 registers per thread): on the
-# H100, 8192x28672 took 1.27 ms resident against 2.84 ms chunked (bench/notes/mask_kernels.md).
+# H100, 8192x28672 took 1.27 ms resident against 2.84 ms chunked (bench/NOTES.md, mask kernels).
 MAX_RESIDENT_K = 32768
 # Chunk of the any-K kernel.
 CHUNK_K = 4096

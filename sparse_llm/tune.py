@@ -24,7 +24,7 @@ from sparse_llm.backends.triton_small import SmallConfig, default_config, spmm24
 CACHE_FILE = "crossover.json"
 # Before a shape is tuned: Triton up to here, cuSPARSELt above (first H100 run: cuSPARSELt won from M = 4-8 on).
 DEFAULT_CROSSOVER = 4
-# Above 256 cuSPARSELt won on every shape measured (bench/notes/layers.md): not worth tuning time.
+# Above 256 cuSPARSELt won on every shape measured (bench/NOTES.md, layers): not worth tuning time.
 TUNE_MS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 

@@ -62,7 +62,7 @@ def default_config(m: int, n: int, k: int, device: torch.device | None = None) -
     """Deterministic launch heuristic by M; ``sparse_llm.tune`` replaces it with measured choices.
 
     M <= 4: the select kernel (memory-bound, no tensor cores; BLOCK_N 16, BLOCK_K 1024 was the fastest of 8
-    configurations at M = 1-2 on 4096x4096 and 28672x8192, H100, bench/notes/layers.md); above, the selects per
+    configurations at M = 1-2 on 4096x4096 and 28672x8192, H100, bench/NOTES.md, layers); above, the selects per
     kept value grow with M and the dot kernel takes over.
     """
     sms = _sm_count(device) if device is not None else 132

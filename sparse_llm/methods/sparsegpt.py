@@ -27,14 +27,14 @@ from sparse_llm.methods.base import (
 MAX_DAMPING_RETRIES = 6
 
 
-def _keep_largest(scores: torch.Tensor, n: int) -> torch.Tensor:
-    """Bool mask keeping the ``n`` largest of each column of ``scores`` (M, N); ties keep the lower index.
+def _keep_largest_(keep: torch.Tensor, scores: torch.Tensor, n: int) -> None:
+    """Set ``keep`` (M, N) to the ``n`` largest of each column of ``scores`` (M, N); ties keep the lower index.
 
-    ``masks.nm_mask`` on one group, without its finiteness check: that check syncs the GPU, and this runs every M
-    columns (the final weights are checked once per layer instead).
+    ``masks.nm_mask`` on one group, written in place and without its finiteness check: that check syncs the GPU,
+    and this runs every M columns (the final weights are checked once per layer instead).
     """
     order = torch.sort(scores, dim=0, descending=True, stable=True).indices[:n]
-    return torch.zeros_like(scores, dtype=torch.bool).scatter_(0, order, True)
+    keep.zero_().scatter_(0, order, True)
 
 
 def inverse_hessian_cholesky(hessian: torch.Tensor, percdamp: float, name: str = "") -> tuple[torch.Tensor, float]:
@@ -97,6 +97,7 @@ def sparsegpt_prune(
 
     keep = torch.ones_like(w, dtype=torch.bool)
     losses = torch.zeros(n_rows, dtype=torch.float32, device=w.device)
+    zero = w.new_zeros(())
     for i1 in range(0, k, blocksize):
         i2 = min(i1 + blocksize, k)
         # The block is held transposed, (columns, N): each column and each trailing update is contiguous memory
@@ -104,20 +105,22 @@ def sparsegpt_prune(
         w1 = w[:, i1:i2].T.contiguous()
         err1 = torch.zeros_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]
-        d1 = torch.diagonal(hinv1).unsqueeze(1)
-        # drop1 = 1/d where pruned, 0 where kept: the column's error (w - q)/d is w·drop1.
+        inv_d1 = 1.0 / torch.diagonal(hinv1).unsqueeze(1)
+        # drop1 = 1/d where pruned, 0 where kept: the column's error (w - q)/d is w·drop1. Few launches per column
+        # matter: on a GPU the sweep is bound by issuing them.
         drop1 = torch.empty_like(w1)
         if pattern.is_nm:
             keep1 = torch.empty_like(w1, dtype=torch.bool)
+            inv_d1_sq = inv_d1.square()
         else:
-            scores = (w1.square() / d1.square()).T  # (N, columns): flat order = the weight's row-major order
+            scores = (w1.square() * inv_d1.square()).T  # (N, columns): flat order = the weight's row-major order
             keep1 = exact_flat_prune_mask(scores, pattern.sparsity).T
-            torch.div(~keep1, d1, out=drop1)
+            torch.where(keep1, zero, inv_d1, out=drop1)
         for i in range(i2 - i1):
             if pattern.is_nm and i % pattern.m == 0:
                 group = slice(i, i + pattern.m)
-                keep1[group] = _keep_largest(w1[group].square() / d1[group].square(), pattern.n)
-                torch.div(~keep1[group], d1[group], out=drop1[group])
+                _keep_largest_(keep1[group], w1[group].square().mul_(inv_d1_sq[group]), pattern.n)
+                torch.where(keep1[group], zero, inv_d1[group], out=drop1[group])
             torch.mul(w1[i], drop1[i], out=err1[i])
             # OBS update of this and the later columns of the block (column i becomes q: w where kept, ~0 where not).
             w1[i:].addr_(hinv1[i, i:], err1[i], alpha=-1.0)
