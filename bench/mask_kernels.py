@@ -250,7 +250,7 @@ def plot(results: Path, out: Path) -> None:
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))], labels)
         ax.axhline(0.8, color="gray", linestyle="--", linewidth=0.8)
         ax.set_ylabel("fraction of memory floor")
-        ax.set_title(f"{kind} ({data['env']['gpu']})")
+        ax.set_title(f"{kind} ({data['environment']['gpu']})")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
