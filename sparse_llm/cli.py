@@ -315,6 +315,59 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        metavar="NxK",
+        help="weight shapes out_features x in_features (default: every Llama linear shape of the layer benchmark)",
+    )
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+
+
+def _parse_shape(text: str) -> tuple[int, int]:
+    try:
+        n, k = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"shape {text!r} is not NxK (e.g. 4096x11008)") from None
+    return n, k
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from sparse_llm import benchmark, tune
+
+    if args.shapes:
+        shapes = [_parse_shape(s) for s in args.shapes]
+    else:
+        shapes = sorted({(n, k) for layers in benchmark.LLAMA_SHAPES.values() for _, n, k in layers})
+    for entry in tune.tune(shapes, getattr(torch, args.dtype)):
+        print(f"{entry['n']}x{entry['k']}: Triton small-M kernel up to M = {entry['crossover']}, cuSPARSELt above")
+    print(f"crossover table: {tune.cache_path()}")
+    return 0
+
+
+def _bench_layers_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("."), help="folder for layers[_quick].json")
+    parser.add_argument("--quick", action="store_true", help="3 shapes and 7 M values")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+
+
+def cmd_bench_layers(args: argparse.Namespace) -> int:
+    import json
+
+    from sparse_llm import benchmark
+
+    result = benchmark.run(quick=args.quick, dtype=getattr(torch, args.dtype))
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / ("layers_quick.json" if args.quick else "layers.json")
+    path.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result["summary"], indent=1))
+    print(f"wrote {path}")
+    return 0
+
+
 register("prune", cmd_prune, _prune_args, "prune a model (magnitude, wanda, sparsegpt) and save it with a report")
 register("eval", cmd_eval, _eval_args, "perplexity of a model and the sparsity of its linears")
 register("demo", cmd_demo, _demo_args, "prune the embedded model three ways at 2:4 and compare (CPU, minutes)")
+register("tune", cmd_tune, _tune_args, "measure the Triton / cuSPARSELt crossover per shape on this GPU (cached)")
+register("bench layers", cmd_bench_layers, _bench_layers_args, "per-layer latency: dense vs PyTorch 2:4 vs ours (GPU)")

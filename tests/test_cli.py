@@ -102,3 +102,17 @@ def test_demo_prints_the_table(tiny_folder, text_file, monkeypatch, capsys):
         assert f"\n{method} " in out
     assert out.count("0.500 zeros, OK") == 3 and "FAILED" not in out
     assert "layer speedup" in out
+
+
+def test_gpu_subcommands_are_registered_and_say_why_they_cannot_run_without_cuda(capsys):
+    import torch
+
+    main = cli.main
+    if torch.cuda.is_available():
+        pytest.skip("this checks the message on a machine without CUDA")
+    assert main(["tune", "--shapes", "4096x4096"]) == 1
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+    assert main(["bench", "layers", "--quick"]) == 1
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+    assert main(["tune", "--shapes", "4096by4096"]) == 1
+    assert "is not NxK" in capsys.readouterr().err
