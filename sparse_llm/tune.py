@@ -3,7 +3,7 @@
 ``tune_shape`` times, for M in powers of two, a few launch configurations of the Triton kernels and the
 cuSPARSELt extension on a random 2:4 weight of the layer's shape, keeps the fastest Triton configuration per M
 and records the crossover: the largest tuned M at which Triton still wins. ``tune`` does this for a list of shapes
-and merges the entries into ``crossover.json`` in the user cache dir (``sparse_llm.backends._build.cache_dir``),
+and merges the entries into ``crossover.json`` in the user cache dir (``sparse_llm.cache.cache_dir``),
 keyed by GPU name, shape and dtype. The dispatcher reads the file through :func:`choose_backend` and
 :func:`small_config`; without an entry it assumes a crossover of :data:`DEFAULT_CROSSOVER`.
 """
@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 import triton
 
-from sparse_llm.backends._build import ExtensionUnavailable, cache_dir
+from sparse_llm.backends._build import ExtensionUnavailable
 from sparse_llm.backends.triton_small import SmallConfig, default_config, spmm24_small
+from sparse_llm.cache import cache_dir
 
 CACHE_FILE = "crossover.json"
 # Before a shape is tuned: Triton up to here, cuSPARSELt above (first H100 run: cuSPARSELt won from M = 4-8 on).

@@ -18,20 +18,14 @@ from types import ModuleType
 
 import torch
 
+from sparse_llm.cache import cache_dir
+
 EXTENSION_NAME = "sparse_llm_cusparselt"
 SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "cusparselt_linear.cpp"
 
 
 class ExtensionUnavailable(RuntimeError):
     """The cuSPARSELt extension cannot be used here; the message says why."""
-
-
-def cache_dir() -> Path:
-    """The user cache dir of sparse-llm: ``$SPARSE_LLM_CACHE_DIR``, else ``$XDG_CACHE_HOME/sparse_llm``."""
-    env = os.environ.get("SPARSE_LLM_CACHE_DIR")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sparse_llm"
 
 
 def cusparselt_paths() -> tuple[Path, Path]:
