@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,16 +64,16 @@ def parse_sparsity(value: float | str | SparsityPattern) -> SparsityPattern:
     return SparsityPattern(fraction)
 
 
-class LayerStats:
+class LayerStats(ABC):
     """Statistics of one linear's inputs, accumulated over calibration batches."""
 
+    @abstractmethod
     def add(self, x: torch.Tensor) -> None:
         """Accumulate one batch of inputs (..., K)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def check_finite(self, name: str) -> None:
         """Raise a clear error when NaN/Inf activations reached the statistics of layer ``name``."""
-        raise NotImplementedError
 
 
 class SqNormStats(LayerStats):
@@ -154,7 +155,7 @@ class PhaseTimer:
         return dict(self._totals)
 
 
-class PruningMethod:
+class PruningMethod(ABC):
     """A one-shot pruning method: optional input statistics per linear, then a mask (and maybe new weights).
 
     Subclasses set ``name`` and ``needs_calibration`` and implement :meth:`prune_linear`, which prunes the layer
@@ -168,6 +169,7 @@ class PruningMethod:
         """A fresh statistics accumulator for ``linear`` (None when the method needs none)."""
         return None
 
+    @abstractmethod
     def prune_linear(
         self,
         linear: nn.Linear,
@@ -176,7 +178,7 @@ class PruningMethod:
         timer: PhaseTimer,
         name: str = "",
     ) -> torch.Tensor:
-        raise NotImplementedError
+        """Prune ``linear`` in place with ``stats`` of its inputs; return the bool mask (True = kept)."""
 
 
 def exact_flat_prune_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
