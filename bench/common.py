@@ -1,46 +1,15 @@
-"""Shared by the benchmark scripts: the environment record every result JSON carries, and result writing."""
+"""Shared by the benchmark scripts: result writing (with ``sparse_llm.benchmark.environment`` as the header) and
+the measured copy bandwidth."""
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
-import subprocess
 from pathlib import Path
 
 import torch
 
-
-def git_sha() -> str:
-    """The commit measured: $SPARSE_LLM_GIT_SHA (set it where the tree has no .git, e.g. the GPU machine)."""
-    if os.environ.get("SPARSE_LLM_GIT_SHA"):
-        return os.environ["SPARSE_LLM_GIT_SHA"]
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def environment() -> dict:
-    """GPU, versions, date and commit: the header of every result file."""
-    import triton
-
-    cusparselt = None
-    if hasattr(torch.backends, "cusparselt") and torch.backends.cusparselt.is_available():
-        cusparselt = torch.backends.cusparselt.version()
-    return {
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "triton": triton.__version__,
-        "cusparselt": cusparselt,
-        "python": platform.python_version(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_sha": git_sha(),
-    }
+from sparse_llm.benchmark import environment
 
 
 def write_result(out_dir: str | os.PathLike, name: str, payload: dict) -> Path:

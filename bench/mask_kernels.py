@@ -17,12 +17,13 @@ import json
 from pathlib import Path
 
 import torch
-from common import copy_bandwidth, environment
+from common import copy_bandwidth
 from sparse_llm.kernels import act_norm as norm_kernels
 from sparse_llm.kernels import nm_mask as nm_kernels
 from sparse_llm.kernels import row_topk as topk_kernels
 from triton.testing import do_bench, do_bench_cudagraph
 
+from sparse_llm.benchmark import environment
 from sparse_llm.masks import pruned_count
 from sparse_llm.ops.act_norm import accumulate_sq_norm_, accumulate_sq_norm_reference
 from sparse_llm.ops.nm_mask import (

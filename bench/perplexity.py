@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import torch
-from common import environment
 
 import sparse_llm
 from sparse_llm import data, models
+from sparse_llm.benchmark import environment
 from sparse_llm.eval import perplexity
 from sparse_llm.prune import prune
 

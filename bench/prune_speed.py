@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import torch
-from common import environment
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from sparse_llm.benchmark import environment
 from sparse_llm.prune import measure_sparsity, prune
 
 RESULT_NAME = "prune_speed_llama2_7b.json"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import platform
 import statistics
 import subprocess
 from collections.abc import Callable
@@ -54,27 +55,38 @@ TRITON_SMALL_MAX_M = 256
 REGIMES = {"M<=16": (1, 16), "M 32-256": (32, 256), "M>=1024": (1024, 1 << 30)}
 
 
-def environment() -> dict:
-    """GPU, library versions, date and git sha of the run."""
-    status = backends.status()
+def git_sha() -> str:
+    """The commit measured: ``$SPARSE_LLM_GIT_SHA`` when set (the GPU machine's copy of the tree has no .git),
+    else ``git rev-parse HEAD``, else "unknown"."""
+    if os.environ.get("SPARSE_LLM_GIT_SHA"):
+        return os.environ["SPARSE_LLM_GIT_SHA"]
     try:
-        sha = subprocess.run(
+        return subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        # the device machine runs on a copy of the working tree without .git: the caller may pass the sha
-        sha = os.environ.get("SPARSE_LLM_GIT_SHA", "unknown")
-    return {
-        "gpu": torch.cuda.get_device_name(),
+        return "unknown"
+
+
+def environment() -> dict:
+    """GPU, library versions (cuSPARSELt: PyTorch's and, on a GPU, our extension's), date and git sha of a run:
+    the header of every result file."""
+    cuda = torch.cuda.is_available()
+    env = {
+        "gpu": torch.cuda.get_device_name() if cuda else None,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "triton": triton.__version__,
-        "cusparselt_ours": status["cusparselt_version"],
-        "cusparselt_reason": status["cusparselt_reason"],
         "cusparselt_torch": torch.backends.cusparselt.version() if torch.backends.cusparselt.is_available() else None,
+        "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_sha": sha,
+        "git_sha": git_sha(),
     }
+    if cuda:
+        status = backends.status()
+        env["cusparselt_ours"] = status["cusparselt_version"]
+        env["cusparselt_reason"] = status["cusparselt_reason"]
+    return env
 
 
 def time_us(fn: Callable[[], object]) -> float:

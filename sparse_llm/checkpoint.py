@@ -26,13 +26,14 @@ def save_sparse(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write ``model.state_dict()`` (packed SparseLinear buffers included) to a safetensors file, atomically."""
     path = Path(path)
     state = {}
-    seen: set[int] = set()
+    seen: set[tuple] = set()
     for key, tensor in model.state_dict().items():
-        # Tied weights (embeddings / lm_head) share storage: keep the first name only; load re-ties them.
-        ptr = tensor.untyped_storage().data_ptr()
-        if ptr in seen and tensor.numel():
+        # Tied weights (embeddings / lm_head) are the same tensor: keep the first name only; load re-ties them.
+        # Views of one storage at other offsets or shapes are distinct tensors and are all kept.
+        identity = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+        if identity in seen and tensor.numel():
             continue
-        seen.add(ptr)
+        seen.add(identity)
         state[key] = tensor.detach().contiguous().cpu()
     sparse_layers = [name for name, m in model.named_modules() if isinstance(m, SparseLinear)]
     metadata = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "sparse_layers": ",".join(sparse_layers)}
