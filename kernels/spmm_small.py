@@ -237,3 +237,183 @@ def spmm24_gemv_kernel(
         tl.store(y_ptr + pid_m * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
     else:
         tl.store(y_ptr + (pid_k * M + pid_m) * stride_ym + offs_n, out, mask=mask_n)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pair kernels: the two kept values of a group of 4 are one int32 word of ``values`` (little-endian: the first kept
+# value in the low half), so a (BLOCK_N, BLOCK_G) tile of groups is ONE coalesced load with no reshape or split.
+# The metadata nibble of group g is gathered from int16 word g // 4 (4 neighbouring groups share it: L1 hits).
+# Every tensor of the loop is 2-D (or a broadcast of 2-D) in one layout.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _load_pairs(vals_ptr, meta_ptr, offs_n, offs_g, stride_vw, stride_mn, mask, DTYPE: tl.constexpr):
+    """(BLOCK_N, BLOCK_G) first/second kept value (DTYPE) and their column indices (low in 0..2, high in 1..3)."""
+    words = vals_ptr.to(tl.pointer_type(tl.int32))
+    pair = tl.load(words + offs_n[:, None] * stride_vw + offs_g[None, :], mask=mask, other=0)
+    v_low = pair.to(tl.int16).to(DTYPE, bitcast=True)
+    v_high = (pair >> 16).to(tl.int16).to(DTYPE, bitcast=True)
+    word = tl.load(meta_ptr + offs_n[:, None] * stride_mn + (offs_g // 4)[None, :], mask=mask, other=0)
+    nibble = (word.to(tl.int32) >> ((offs_g % 4) * 4)[None, :]) & 0xF
+    return v_low, v_high, nibble & 3, nibble >> 2
+
+
+@triton.jit
+def _load_or_zero(ptrs, mask, MASKED: tl.constexpr):
+    if MASKED:
+        return tl.load(ptrs, mask=mask, other=0.0)
+    else:
+        return tl.load(ptrs)
+
+
+@triton.jit
+def _fma_step(acc, x_row, vals_ptr, meta_ptr, offs_n, offs_g, g_end, stride_vw, stride_mn, mask_n,
+              MASKED: tl.constexpr):
+    """acc[BLOCK_N, BLOCK_G] += kept values * the x of their columns (one row of x). Unmasked steps (whole tiles)
+    let the compiler use vector loads."""
+    if MASKED:
+        mask_g = offs_g < g_end
+        mask_w = mask_n[:, None] & mask_g[None, :]
+    else:
+        mask_g = None
+        mask_w = mask_n[:, None]
+    v_low, v_high, low, high = _load_pairs(
+        vals_ptr, meta_ptr, offs_n, offs_g, stride_vw, stride_mn, mask_w, x_row.dtype.element_ty
+    )
+    x0 = _load_or_zero(x_row + 4 * offs_g, mask_g, MASKED).to(tl.float32)[None, :]
+    x1 = _load_or_zero(x_row + 4 * offs_g + 1, mask_g, MASKED).to(tl.float32)[None, :]
+    x2 = _load_or_zero(x_row + 4 * offs_g + 2, mask_g, MASKED).to(tl.float32)[None, :]
+    x3 = _load_or_zero(x_row + 4 * offs_g + 3, mask_g, MASKED).to(tl.float32)[None, :]
+    x_low = tl.where(low == 0, x0, tl.where(low == 1, x1, x2))
+    x_high = tl.where(high == 3, x3, tl.where(high == 2, x2, x1))
+    return acc + v_low.to(tl.float32) * x_low + v_high.to(tl.float32) * x_high
+
+
+@triton.jit
+def spmm24_fma_kernel(
+    x_ptr,  # [M, K] fp16/bf16, unit column stride
+    vals_ptr,  # [N, K/2], unit column stride, row stride even
+    meta_ptr,  # [N, K/16] int16, unit column stride
+    bias_ptr,  # [N] or a dummy when HAS_BIAS is False
+    y_ptr,  # [M, N] x.dtype (SPLIT_K == 1) or [SPLIT_K, M, N] fp32 partial sums, unit column stride
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_vw,  # row stride of values in int32 words (= row stride in elements / 2)
+    stride_mn,
+    stride_ym,
+    HAS_BIAS: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # always 1: one row of x per program (kept for the common launcher signature)
+    BLOCK_N: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+):
+    """CUDA cores, M of 1 to a few: each kept value picks the x of its column (two selects) and is multiplied in
+    fp32; the products of a row are summed once at the end. Every tensor is (BLOCK_N, BLOCK_G) in one layout."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    num_g = K // 4
+    g_per_split = tl.cdiv(tl.cdiv(num_g, SPLIT_K), BLOCK_G) * BLOCK_G
+    g_begin = pid_k * g_per_split
+    g_end = tl.minimum(g_begin + g_per_split, num_g)
+    g_full = g_begin + tl.maximum(g_end - g_begin, 0) // BLOCK_G * BLOCK_G
+    x_row = x_ptr + pid_m * stride_xm
+    acc = tl.zeros((BLOCK_N, BLOCK_G), dtype=tl.float32)
+    for g0 in range(g_begin, g_full, BLOCK_G):
+        offs_g = g0 + tl.arange(0, BLOCK_G)
+        acc = _fma_step(acc, x_row, vals_ptr, meta_ptr, offs_n, offs_g, g_end, stride_vw, stride_mn, mask_n, False)
+    if g_full < g_end:
+        offs_g = g_full + tl.arange(0, BLOCK_G)
+        acc = _fma_step(acc, x_row, vals_ptr, meta_ptr, offs_n, offs_g, g_end, stride_vw, stride_mn, mask_n, True)
+    out = tl.sum(acc, axis=1)  # [BLOCK_N]
+    y_ptrs = y_ptr + pid_m * stride_ym + offs_n
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            out += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=mask_n)
+    else:
+        tl.store(y_ptrs + pid_k * M * stride_ym, out, mask=mask_n)
+
+
+@triton.jit
+def _dot4_step(acc, x_ptrs, vals_ptr, meta_ptr, offs_n, offs_g, g_end, stride_vw, stride_mn, mask_n, mask_m,
+               MASKED: tl.constexpr):
+    """acc[BLOCK_N, BLOCK_M] += W_p @ x[:, p::4].T over the tile's groups, p = 0..3. ``x_ptrs`` points at
+    position 0 of each group: [BLOCK_G, BLOCK_M]."""
+    if MASKED:
+        mask_g = offs_g < g_end
+        mask_w = mask_n[:, None] & mask_g[None, :]
+        mask_x = mask_g[:, None] & mask_m[None, :]
+    else:
+        mask_w = mask_n[:, None]
+        mask_x = mask_m[None, :]
+    v_low, v_high, low, high = _load_pairs(
+        vals_ptr, meta_ptr, offs_n, offs_g, stride_vw, stride_mn, mask_w, x_ptrs.dtype.element_ty
+    )
+    zero = tl.zeros_like(v_low)
+    acc = tl.dot(tl.where(low == 0, v_low, zero), tl.load(x_ptrs, mask=mask_x, other=0.0), acc)
+    w1 = tl.where(low == 1, v_low, tl.where(high == 1, v_high, zero))
+    acc = tl.dot(w1, tl.load(x_ptrs + 1, mask=mask_x, other=0.0), acc)
+    w2 = tl.where(low == 2, v_low, tl.where(high == 2, v_high, zero))
+    acc = tl.dot(w2, tl.load(x_ptrs + 2, mask=mask_x, other=0.0), acc)
+    return tl.dot(tl.where(high == 3, v_high, zero), tl.load(x_ptrs + 3, mask=mask_x, other=0.0), acc)
+
+
+@triton.jit
+def spmm24_dot4_kernel(
+    x_ptr,  # [M, K] fp16/bf16, unit column stride
+    vals_ptr,  # [N, K/2], unit column stride, row stride even
+    meta_ptr,  # [N, K/16] int16, unit column stride
+    bias_ptr,  # [N] or a dummy when HAS_BIAS is False
+    y_ptr,  # [M, N] x.dtype (SPLIT_K == 1) or [SPLIT_K, M, N] fp32 partial sums, unit column stride
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_vw,  # row stride of values in int32 words
+    stride_mn,
+    stride_ym,
+    HAS_BIAS: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+):
+    """Tensor cores without re-interleaving: K is permuted so that position p of every group of 4 forms its own
+    (BLOCK_N, BLOCK_G) dense tile W_p (built with selects from the pair words), and
+    ``acc[N, M] += W_p @ x[:, p::4].T`` for p = 0..3 (four dots over BLOCK_G columns each)."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    num_g = K // 4
+    g_per_split = tl.cdiv(tl.cdiv(num_g, SPLIT_K), BLOCK_G) * BLOCK_G
+    g_begin = pid_k * g_per_split
+    g_end = tl.minimum(g_begin + g_per_split, num_g)
+    g_full = g_begin + tl.maximum(g_end - g_begin, 0) // BLOCK_G * BLOCK_G
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    x_cols = x_ptr + offs_m[None, :] * stride_xm
+    for g0 in range(g_begin, g_full, BLOCK_G):
+        offs_g = g0 + tl.arange(0, BLOCK_G)
+        acc = _dot4_step(acc, x_cols + 4 * offs_g[:, None], vals_ptr, meta_ptr, offs_n, offs_g, g_end, stride_vw,
+                         stride_mn, mask_n, mask_m, False)
+    if g_full < g_end:
+        offs_g = g_full + tl.arange(0, BLOCK_G)
+        acc = _dot4_step(acc, x_cols + 4 * offs_g[:, None], vals_ptr, meta_ptr, offs_n, offs_g, g_end, stride_vw,
+                         stride_mn, mask_n, mask_m, True)
+    y_ptrs = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
+    mask_y = mask_n[:, None] & mask_m[None, :]
+    if SPLIT_K == 1:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_y)
+    else:
+        tl.store(y_ptrs + pid_k * M * stride_ym, acc, mask=mask_y)

@@ -18,7 +18,8 @@ import triton
 from sparse_llm.format import unpack_2to4_reference
 from sparse_llm.kernels import spmm_small
 
-KERNELS = ("gemv", "select", "dot")
+KERNELS = ("gemv", "select", "dot", "fma", "dot4")
+PAIR_KERNELS = ("fma", "dot4")  # read values as int32 words (two kept values of a group)
 DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -101,6 +102,8 @@ def _check_inputs(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bia
         raise ValueError(f"meta must be int16 of shape {(n, half // 8)}, got {meta.dtype} {tuple(meta.shape)}")
     if values.stride(-1) != 1 or meta.stride(-1) != 1:
         raise ValueError("values and meta need a unit column stride")
+    if values.stride(0) % 2 or values.data_ptr() % 4:
+        raise ValueError("values rows must start at 4-byte boundaries (even row stride, aligned storage)")
     if bias is not None and (bias.shape != (n,) or bias.device != x.device):
         raise ValueError(f"bias must have shape ({n},) on {x.device}, got {tuple(bias.shape)} on {bias.device}")
 
@@ -117,7 +120,18 @@ def _launch(
     target = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)
     common = (x, values, meta, bias if bias is not None else values, target, m, n, k)
     strides = (x.stride(0), values.stride(0), meta.stride(0), n)
-    if config.kernel == "gemv":
+    if config.kernel in PAIR_KERNELS:
+        if config.kernel == "fma" and config.block_m != 1:
+            raise ValueError(f"the fma kernel takes one row of x per program (block_m=1), got {config.block_m}")
+        kernel = spmm_small.spmm24_fma_kernel if config.kernel == "fma" else spmm_small.spmm24_dot4_kernel
+        grid = (triton.cdiv(m, config.block_m), triton.cdiv(n, config.block_n), split)
+        kernel[grid](
+            x, values, meta, bias if bias is not None else values, target, m, n, k, x.stride(0),
+            values.stride(0) // 2, meta.stride(0), n, HAS_BIAS=bias is not None, SPLIT_K=split,
+            BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_G=4 * config.block_q, num_warps=config.num_warps,
+            num_stages=config.num_stages,
+        )  # fmt: skip
+    elif config.kernel == "gemv":
         grid = (m, triton.cdiv(n, config.block_n), split)
         spmm_small.spmm24_gemv_kernel[grid](
             *common, *strides, HAS_BIAS=bias is not None, SPLIT_K=split, BLOCK_N=config.block_n,
