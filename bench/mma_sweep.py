@@ -1,0 +1,160 @@
+"""Build, check and time the sparse-tensor-core small-M kernel (csrc/spmm24_mma.cu) against cuBLAS.
+
+    python bench/mma_sweep.py --out DIR [--ms 1 2 4 ...] [--quick]
+
+Builds the kernel with torch.utils.cpp_extension (JIT), checks it against F.linear on the dense masked weight
+for both candidate metadata register layouts (the one that is right is kept), then times every tile
+configuration per Llama shape and M as CUDA-graph replays (median of do_bench, L2 cleared before each replay)
+next to dense F.linear in the same run. Writes ``mma_sweep.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_result  # noqa: E402
+
+from sparse_llm import Sparse24Weight  # noqa: E402
+from sparse_llm.benchmark import LLAMA_SHAPES, time_graph_us  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def build():
+    from torch.utils import cpp_extension
+
+    t0 = time.time()
+    mod = cpp_extension.load(
+        name="spmm24_mma_sweep",
+        sources=[str(ROOT / "csrc" / "spmm24_mma.cu")],
+        extra_cuda_cflags=["-O3", "-lineinfo"],
+        verbose=False,
+    )
+    print(f"built in {time.time() - t0:.1f} s", flush=True)
+    return mod
+
+
+def random_packed(n, k, dtype):
+    w = torch.randn(n, k, device="cuda", dtype=dtype)
+    keep = torch.rand(n, k // 4, 4, device="cuda").argsort(-1) < 2
+    dense = w * keep.reshape(n, k)
+    p = Sparse24Weight.from_dense(dense)
+    return dense, p.values, p.meta
+
+
+def run(mod, x, values, meta, bias, rows, tokens, split, layout):
+    out = mod.spmm24_mma(x, values, meta, bias, rows, tokens, split, layout)
+    if split > 1:
+        total = out.sum(0)
+        if bias is not None:
+            total += bias.float()
+        return total.to(x.dtype)
+    return out
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--ms", type=int, nargs="+", default=list(MS))
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    mod = build()
+    # 1. which metadata register layout is right
+    checks = {}
+    for layout in (0, 1):
+        dense, values, meta = random_packed(128, 256, torch.bfloat16)
+        x = torch.randn(8, 256, device="cuda", dtype=torch.bfloat16)
+        out = run(mod, x, values, meta, None, 16, 8, 1, layout)
+        checks[layout] = rel(out, F.linear(x.float(), dense.float()))
+    print("metadata layout errors:", checks, flush=True)
+    layout = min(checks, key=checks.get)
+    if not checks[layout] < 1e-2:
+        write_result(args.out, "mma_sweep", {"checks": checks, "error": "no layout is right"})
+        raise SystemExit("no metadata layout gives the right product")
+    # 2. correctness over odd shapes, dtypes, bias, split, tiles
+    errors = []
+    for dtype, tol in ((torch.bfloat16, 1e-2), (torch.float16, 5e-3)):
+        for (n, k, m) in ((48, 192, 1), (80, 320, 7), (1000, 1024, 33), (256, 4096, 100), (64, 128, 257)):
+            dense, values, meta = random_packed(n, k, dtype)
+            x = torch.randn(m, k, device="cuda", dtype=dtype)
+            bias = torch.randn(n, device="cuda", dtype=dtype)
+            ref = F.linear(x.float(), dense.float(), bias.float())
+            for rows, tokens, split in ((16, 8, 1), (32, 16, 2), (64, 32, 3), (16, 64, 1), (32, 8, 1)):
+                split = min(split, k // 64)
+                out = run(mod, x, values, meta, bias, rows, tokens, split, layout)
+                e = rel(out, ref)
+                errors.append({"dtype": str(dtype), "n": n, "k": k, "m": m, "rows": rows, "tokens": tokens,
+                               "split": split, "rel_err": e})  # fmt: skip
+                if not e < tol:
+                    print("WRONG", errors[-1], flush=True)
+    bad = [e for e in errors if not e["rel_err"] < (1e-2 if "bfloat" in e["dtype"] else 5e-3)]
+    print(f"correctness: {len(errors) - len(bad)}/{len(errors)} ok, max err "
+          f"{max(e['rel_err'] for e in errors):.2e}", flush=True)  # fmt: skip
+    # 3. timing
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    shapes = sorted({(n, k) for layers in LLAMA_SHAPES.values() for _, n, k in layers})
+    if args.quick:
+        shapes = [(4096, 4096), (28672, 8192), (1024, 8192)]
+    table, rows_out = [], []
+    dtype = torch.bfloat16
+    for n, k in shapes:
+        dense, values, meta = random_packed(n, k, dtype)
+        for m in args.ms:
+            x = torch.randn(m, k, device="cuda", dtype=dtype)
+            t_dense = time_graph_us(lambda: F.linear(x, dense))
+            ref = F.linear(x.float(), dense.float())
+            best = None
+            nt_full = min(triton.next_power_of_2(triton.cdiv(m, 8)), 8)
+            for rows in (16, 32, 64):
+                for tokens in sorted({8 * min(nt_full, 4), 8 * nt_full, 8 * max(1, nt_full // 2)}):
+                    if (rows, tokens) in ((64, 32), (64, 64), (16, 64) if False else (0, 0)) and tokens > 16:
+                        continue
+                    blocks = triton.cdiv(n, 4 * rows) * triton.cdiv(m, tokens)
+                    split_auto = 1
+                    while blocks * split_auto < 4 * sms and split_auto * 2 <= k // 64 // 4:
+                        split_auto *= 2
+                    for split in sorted({1, split_auto}):
+                        cfg = {"rows": rows, "tokens": tokens, "split": split}
+                        try:
+                            out = run(mod, x, values, meta, None, rows, tokens, split, layout)
+                            err = rel(out, ref)
+                            if not err < 1e-2:
+                                raise AssertionError(f"rel err {err}")
+                            us = time_graph_us(lambda: run(mod, x, values, meta, None, rows, tokens, split, layout))
+                        except Exception as e:
+                            rows_out.append({"n": n, "k": k, "m": m, **cfg, "error": str(e)[:200]})
+                            continue
+                        rows_out.append({"n": n, "k": k, "m": m, **cfg, "us": us, "speedup": t_dense / us})
+                        if best is None or us < best["us"]:
+                            best = {**cfg, "us": us}
+            entry = {"n": n, "k": k, "m": m, "dense_us": t_dense, "best": best,
+                     "speedup": t_dense / best["us"] if best else None}  # fmt: skip
+            table.append(entry)
+            print(f"{n}x{k} M={m}: dense {t_dense:.1f} mma {best['us']:.1f} ({entry['speedup']:.2f}x "
+                  f"{best['rows']}/{best['tokens']}/{best['split']})" if best else f"{n}x{k} M={m}: no config",
+                  flush=True)  # fmt: skip
+        write_result(args.out, "mma_sweep", {"layout": layout, "checks": checks, "correctness": errors,
+                                             "table": table, "rows": rows_out})  # fmt: skip
+    print("median over shapes of dense/mma (graph replay):")
+    for m in args.ms:
+        vals = [e["speedup"] for e in table if e["m"] == m and e["speedup"]]
+        if vals:
+            print(f"M={m}: {statistics.median(vals):.2f} (min {min(vals):.2f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+// Small-M 2:4 sparse x dense product on the sparse tensor cores (mma.sp, sm_80+): y = x @ W.T (+ bias).
+//
+// W (N, K) is read in the package's canonical form: `values` (N, K/2) row-major (the kept pair of each group of
+// 4 is one 32-bit word) and natural `meta` (N, K/16) int16 (4 bits per group: first index in the low bits).
+// On the GPU `values` is the head of the cuSPARSELt compressed buffer: no second copy of the weight.
+//
+// The product is yT = W . xT: W is the sparse operand A of mma.sp.m16n8k32 (16 rows of W x 32 columns of K),
+// x the dense operand B (32 columns of K x 8 tokens), the accumulator 16 rows x 8 tokens in fp32.
+// Each warp owns R tiles of 16 rows and walks K in chunks of 64 columns (16 groups = 16 words per row). A thread
+// loads 16 bytes of each of its rows per chunk (words 4t..4t+3, t = lane % 4), so the reduction over K is
+// permuted: in step s (0, 1) of a chunk, the mma's group j of the row is our group 4j+2s (j < 4) or
+// 4(j-4)+2s+1 (j >= 4). The metadata register is rebuilt in that order from the row's 64 bits of natural
+// metadata, and x is read at the same permuted columns, so every product pairs the right x with each value.
+// No shared memory: A, metadata and x go global -> registers, the next chunk's A and metadata are loaded
+// before the current chunk's mma (register double buffering) to keep bytes in flight.
+//
+// Split-K (grid.z > 1) writes fp32 partial sums to a (split, M, N) buffer that the caller reduces in a fixed
+// order (deterministic), as the Triton kernels do.
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <torch/extension.h>
+
+#include <cstdint>
+
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kChunk = 64;  // K columns per main-loop step
+
+template <typename T>
+struct MmaSp;
+
+template <>
+struct MmaSp<__nv_bfloat16> {
+  static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[4],
+                                             uint32_t e) {
+    asm volatile(
+        "mma.sp.sync.aligned.m16n8k32.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9,%10,%11}, "
+        "{%0,%1,%2,%3}, %12, 0x0;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(e));
+  }
+};
+
+template <>
+struct MmaSp<__half> {
+  static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[4],
+                                             uint32_t e) {
+    asm volatile(
+        "mma.sp.sync.aligned.m16n8k32.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9,%10,%11}, "
+        "{%0,%1,%2,%3}, %12, 0x0;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(b[2]), "r"(b[3]), "r"(e));
+  }
+};
+
+// The 8 nibbles of step s, in the mma's group order, from a row's 16 natural nibbles (64 bits):
+// low 16 bits: our groups 2s, 4+2s, 8+2s, 12+2s; high 16 bits: our groups 2s+1, 5+2s, 9+2s, 13+2s.
+__device__ __forceinline__ uint32_t step_nibbles(uint64_t row_meta, int s) {
+  const uint64_t t = row_meta >> (8 * s);
+  // byte 2j of t holds (our group 4j+2s) | (our group 4j+2s+1) << 4, j = 0..3
+  const uint32_t lo32 = static_cast<uint32_t>(t), hi32 = static_cast<uint32_t>(t >> 32);
+  const uint32_t bytes = __byte_perm(lo32, hi32, 0x6420);
+  uint32_t even = bytes & 0x0F0F0F0Fu;
+  uint32_t odd = (bytes >> 4) & 0x0F0F0F0Fu;
+  even = (even | (even >> 4)) & 0x00FF00FFu;
+  even = (even | (even >> 8)) & 0x0000FFFFu;
+  odd = (odd | (odd >> 4)) & 0x00FF00FFu;
+  odd = (odd | (odd >> 8)) & 0x0000FFFFu;
+  return even | (odd << 16);
+}
+
+// Our group (0..15 within the chunk) that the mma's group j (0..7) stands for in step s.
+__device__ __forceinline__ int our_group(int j, int s) { return j < 4 ? 4 * j + 2 * s : 4 * (j - 4) + 2 * s + 1; }
+
+template <typename T, int R, int NT, int META_LAYOUT>
+__global__ void __launch_bounds__(kWarps * 32) spmm24_mma_kernel(
+    const T* __restrict__ x, const T* __restrict__ values, const int16_t* __restrict__ meta,
+    const T* __restrict__ bias, T* __restrict__ y, float* __restrict__ partial, int M, int N, int K,
+    int64_t stride_xm, int64_t stride_vn, int64_t stride_mn, int chunks_per_split) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int g = lane >> 2;  // groupID
+  const int t = lane & 3;   // thread in group
+  const int row0 = (blockIdx.x * kWarps + warp) * (16 * R);
+  const int tok0 = blockIdx.y * (8 * NT);
+  const int num_chunks = K / kChunk;
+  const int c_begin = blockIdx.z * chunks_per_split;
+  const int c_end = min(c_begin + chunks_per_split, num_chunks);
+
+  // Rows this thread loads: row0 + 16r + g and + 8; rows past N are clamped (their results are not stored).
+  const uint4* vrow[R][2];
+  const uint2* mrow[R][2];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = min(row0 + 16 * r + g + 8 * h, N - 1);
+      vrow[r][h] = reinterpret_cast<const uint4*>(values + row * stride_vn) + t;  // words 4t..4t+3 of chunk 0
+      mrow[r][h] = reinterpret_cast<const uint2*>(meta + row * stride_mn);        // 4 int16 = 64 bits per chunk
+    }
+  // Tokens of this thread's B fragments: tok0 + 8j + g (clamped; their columns are not stored).
+  const uint32_t* xrow[NT];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) xrow[j] = reinterpret_cast<const uint32_t*>(x + min(tok0 + 8 * j + g, M - 1) * stride_xm);
+
+  float acc[R][NT][4];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[r][j][i] = 0.f;
+
+  uint4 a_next[R][2];
+  uint2 m_next[R][2];
+  if (c_begin < c_end) {
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        a_next[r][h] = __ldg(vrow[r][h] + c_begin * 4);
+        m_next[r][h] = __ldg(mrow[r][h] + c_begin);
+      }
+  }
+  for (int c = c_begin; c < c_end; ++c) {
+    uint4 a_cur[R][2];
+    uint2 m_cur[R][2];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        a_cur[r][h] = a_next[r][h];
+        m_cur[r][h] = m_next[r][h];
+      }
+    if (c + 1 < c_end) {
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          a_next[r][h] = __ldg(vrow[r][h] + (c + 1) * 4);
+          m_next[r][h] = __ldg(mrow[r][h] + (c + 1));
+        }
+    }
+    // B fragments of both steps: register i holds K rows 8i + 2t, +1 of the mma, i.e. the mma's group
+    // 2i + t/2 at positions 2(t%2), +1: one 32-bit word of x at our permuted column.
+    uint32_t b[2][NT][4];
+#pragma unroll
+    for (int s = 0; s < 2; ++s)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int col = c * kChunk + 4 * our_group(2 * i + (t >> 1), s) + 2 * (t & 1);
+#pragma unroll
+        for (int j = 0; j < NT; ++j) b[s][j][i] = __ldg(xrow[j] + (col >> 1));
+      }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const uint64_t mg = *reinterpret_cast<const uint64_t*>(&m_cur[r][0]);
+      const uint64_t m8 = *reinterpret_cast<const uint64_t*>(&m_cur[r][1]);
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+        const uint32_t ng = step_nibbles(mg, s), n8 = step_nibbles(m8, s);
+        uint32_t e;
+        if (META_LAYOUT == 0) {  // thread 0 of a quad: rows g and g+8, mma groups 0-3; thread 1: groups 4-7
+          e = (t & 1) ? ((ng >> 16) | (n8 & 0xFFFF0000u)) : ((ng & 0xFFFFu) | (n8 << 16));
+        } else {  // thread 0: all 8 groups of row g; thread 1: of row g + 8
+          e = (t & 1) ? n8 : ng;
+        }
+        const uint32_t* wg = reinterpret_cast<const uint32_t*>(&a_cur[r][0]);
+        const uint32_t* w8 = reinterpret_cast<const uint32_t*>(&a_cur[r][1]);
+        // a0: row g, mma group t -> our word 4t+2s (= index 2s of the thread's 4 words); a2: group t+4 -> 2s+1
+        const uint32_t a[4] = {wg[2 * s], w8[2 * s], wg[2 * s + 1], w8[2 * s + 1]};
+#pragma unroll
+        for (int j = 0; j < NT; ++j) MmaSp<T>::run(acc[r][j], a, b[s][j], e);
+      }
+    }
+  }
+
+  // Accumulator: c0, c1 -> row g, tokens 2t, 2t+1; c2, c3 -> row g + 8.
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = row0 + 16 * r + g + 8 * h;
+      if (row >= N) continue;
+      const float b_row = (partial == nullptr && bias != nullptr) ? static_cast<float>(bias[row]) : 0.f;
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const int tok = tok0 + 8 * j + 2 * t + q;
+          if (tok >= M) continue;
+          const float v = acc[r][j][2 * h + q];
+          if (partial != nullptr) {
+            partial[(static_cast<int64_t>(blockIdx.z) * M + tok) * N + row] = v;
+          } else {
+            y[static_cast<int64_t>(tok) * N + row] = static_cast<T>(v + b_row);
+          }
+        }
+    }
+}
+
+template <typename T, int R, int NT>
+void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
+            const c10::optional<torch::Tensor>& bias, torch::Tensor& y, float* partial, int split, int meta_layout,
+            cudaStream_t stream) {
+  const int M = x.size(0), K = x.size(1), N = values.size(0);
+  const int num_chunks = K / kChunk;
+  const int per_split = (num_chunks + split - 1) / split;
+  dim3 grid((N + kWarps * 16 * R - 1) / (kWarps * 16 * R), (M + 8 * NT - 1) / (8 * NT), split);
+  const T* bias_ptr = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
+  auto args = std::make_tuple(reinterpret_cast<const T*>(x.data_ptr()), reinterpret_cast<const T*>(values.data_ptr()),
+                              meta.data_ptr<int16_t>(), bias_ptr, reinterpret_cast<T*>(y.data_ptr()), partial, M, N,
+                              K, x.stride(0), values.stride(0), meta.stride(0), per_split);
+  if (meta_layout == 0) {
+    std::apply([&](auto... a) { spmm24_mma_kernel<T, R, NT, 0><<<grid, kWarps * 32, 0, stream>>>(a...); }, args);
+  } else {
+    std::apply([&](auto... a) { spmm24_mma_kernel<T, R, NT, 1><<<grid, kWarps * 32, 0, stream>>>(a...); }, args);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T>
+void dispatch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
+              const c10::optional<torch::Tensor>& bias, torch::Tensor& y, float* partial, int rows, int tokens,
+              int split, int meta_layout, cudaStream_t stream) {
+#define SPARSE_LLM_MMA_CASE(R_, NT_)                                                                \
+  if (rows == R_ && tokens == NT_) {                                                                \
+    launch<T, R_, NT_>(x, values, meta, bias, y, partial, split, meta_layout, stream);              \
+    return;                                                                                         \
+  }
+  SPARSE_LLM_MMA_CASE(1, 1)
+  SPARSE_LLM_MMA_CASE(1, 2)
+  SPARSE_LLM_MMA_CASE(1, 4)
+  SPARSE_LLM_MMA_CASE(2, 1)
+  SPARSE_LLM_MMA_CASE(2, 2)
+  SPARSE_LLM_MMA_CASE(2, 4)
+  SPARSE_LLM_MMA_CASE(4, 1)
+  SPARSE_LLM_MMA_CASE(4, 2)
+  SPARSE_LLM_MMA_CASE(2, 8)
+  SPARSE_LLM_MMA_CASE(1, 8)
+#undef SPARSE_LLM_MMA_CASE
+  TORCH_CHECK(false, "spmm24_mma: no kernel for rows_per_warp=", rows / 16, " tokens_per_block=", tokens * 8);
+}
+
+}  // namespace
+
+// y (M, N) = x (M, K) @ W.T + bias. rows_per_warp in {16, 32, 64}, tokens_per_block in {8, 16, 32, 64}.
+// split > 1: returns the fp32 (split, M, N) partial sums (bias not added) for the caller to reduce.
+torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
+                         const c10::optional<torch::Tensor>& bias, int64_t rows_per_warp, int64_t tokens_per_block,
+                         int64_t split, int64_t meta_layout) {
+  TORCH_CHECK(x.is_cuda() && values.is_cuda() && meta.is_cuda(), "spmm24_mma: x, values and meta must be CUDA tensors");
+  TORCH_CHECK(x.device() == values.device() && meta.device() == values.device(),
+              "spmm24_mma: x, values and meta must be on one device");
+  TORCH_CHECK(x.dim() == 2 && values.dim() == 2 && meta.dim() == 2, "spmm24_mma: x, values, meta must be 2-D");
+  TORCH_CHECK(x.scalar_type() == values.scalar_type(), "spmm24_mma: x dtype ", x.scalar_type(),
+              " does not match the weight dtype ", values.scalar_type());
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
+              "spmm24_mma: float16 or bfloat16 only, got ", x.scalar_type());
+  TORCH_CHECK(meta.scalar_type() == at::kShort, "spmm24_mma: meta must be int16");
+  const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
+  TORCH_CHECK(values.size(1) * 2 == K, "spmm24_mma: x has ", K, " features, the weight expects ", values.size(1) * 2);
+  TORCH_CHECK(meta.size(0) == N && meta.size(1) * 16 == K, "spmm24_mma: meta shape does not match the weight");
+  TORCH_CHECK(K % kChunk == 0, "spmm24_mma: K must be a multiple of ", kChunk, ", got ", K);
+  TORCH_CHECK(x.stride(1) == 1 && values.stride(1) == 1 && meta.stride(1) == 1, "spmm24_mma: unit column strides");
+  TORCH_CHECK(x.stride(0) % 2 == 0 && values.stride(0) % 8 == 0 && meta.stride(0) % 4 == 0,
+              "spmm24_mma: row strides must keep 4-byte x, 16-byte values and 8-byte meta loads aligned");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 4 == 0 && reinterpret_cast<uintptr_t>(values.data_ptr()) % 16 == 0 &&
+                  reinterpret_cast<uintptr_t>(meta.data_ptr()) % 8 == 0,
+              "spmm24_mma: misaligned x, values or meta storage");
+  TORCH_CHECK(split >= 1 && split <= K / kChunk, "spmm24_mma: split must be in [1, K/64]");
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->is_cuda() && bias->device() == x.device() && bias->scalar_type() == x.scalar_type() &&
+                    bias->dim() == 1 && bias->size(0) == N && bias->stride(0) == 1,
+                "spmm24_mma: bias must be a contiguous (N,) tensor of x's dtype on x's device");
+  }
+  TORCH_CHECK(rows_per_warp % 16 == 0 && tokens_per_block % 8 == 0, "spmm24_mma: bad tile");
+  const c10::cuda::CUDAGuard guard(x.device());
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  torch::Tensor y, partial;
+  float* partial_ptr = nullptr;
+  if (split > 1) {
+    partial = torch::empty({split, M, N}, x.options().dtype(at::kFloat));
+    partial_ptr = partial.data_ptr<float>();
+    y = partial;
+  } else {
+    y = torch::empty({M, N}, x.options());
+  }
+  if (M == 0) return y;
+  const int rows = static_cast<int>(rows_per_warp / 16), tokens = static_cast<int>(tokens_per_block / 8);
+  if (x.scalar_type() == at::kBFloat16) {
+    dispatch<__nv_bfloat16>(x, values, meta, bias, y, partial_ptr, rows, tokens, split, meta_layout, stream);
+  } else {
+    dispatch<__half>(x, values, meta, bias, y, partial_ptr, rows, tokens, split, meta_layout, stream);
+  }
+  return y;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("spmm24_mma", &spmm24_mma, "y = x @ W.T (+ bias) for a canonical 2:4 W on the sparse tensor cores",
+        py::arg("x"), py::arg("values"), py::arg("meta"), py::arg("bias"), py::arg("rows_per_warp"),
+        py::arg("tokens_per_block"), py::arg("split"), py::arg("meta_layout") = 0);
+}
