@@ -57,6 +57,16 @@ struct MmaSp<__half> {
   }
 };
 
+// torch builds extensions without the implicit half/bfloat16 conversions: explicit ones.
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+
 // The 8 nibbles of step s, in the mma's group order, from a row's 16 natural nibbles (64 bits):
 // low 16 bits: our groups 2s, 4+2s, 8+2s, 12+2s; high 16 bits: our groups 2s+1, 5+2s, 9+2s, 13+2s.
 __device__ __forceinline__ uint32_t step_nibbles(uint64_t row_meta, int s) {
@@ -186,7 +196,7 @@ __global__ void __launch_bounds__(kWarps * 32) spmm24_mma_kernel(
     for (int h = 0; h < 2; ++h) {
       const int row = row0 + 16 * r + g + 8 * h;
       if (row >= N) continue;
-      const float b_row = (partial == nullptr && bias != nullptr) ? static_cast<float>(bias[row]) : 0.f;
+      const float b_row = (partial == nullptr && bias != nullptr) ? to_float(bias[row]) : 0.f;
 #pragma unroll
       for (int j = 0; j < NT; ++j)
 #pragma unroll
@@ -197,7 +207,7 @@ __global__ void __launch_bounds__(kWarps * 32) spmm24_mma_kernel(
           if (partial != nullptr) {
             partial[(static_cast<int64_t>(blockIdx.z) * M + tok) * N + row] = v;
           } else {
-            y[static_cast<int64_t>(tok) * N + row] = static_cast<T>(v + b_row);
+            y[static_cast<int64_t>(tok) * N + row] = from_float<T>(v + b_row);
           }
         }
     }
