@@ -93,7 +93,7 @@ def main() -> None:
             x = torch.randn(m, k, device="cuda", dtype=dtype)
             bias = torch.randn(n, device="cuda", dtype=dtype)
             ref = F.linear(x.float(), dense.float(), bias.float())
-            for rows, tokens, split in ((16, 8, 1), (32, 16, 2), (64, 32, 3), (16, 64, 1), (32, 8, 1)):
+            for rows, tokens, split in ((16, 8, 1), (32, 16, 2), (64, 16, 3), (16, 64, 1), (32, 64, 1), (64, 8, 2)):
                 split = min(split, k // 64)
                 out = run(mod, x, values, meta, bias, rows, tokens, split, layout)
                 e = rel(out, ref)
