@@ -86,7 +86,62 @@ __device__ __forceinline__ uint32_t step_nibbles(uint64_t row_meta, int s) {
 // Our group (0..15 within the chunk) that the mma's group j (0..7) stands for in step s.
 __device__ __forceinline__ int our_group(int j, int s) { return j < 4 ? 4 * j + 2 * s : 4 * (j - 4) + 2 * s + 1; }
 
-template <typename T, int R, int NT, int META_LAYOUT>
+// What one K chunk (64 columns) needs in registers: the thread's 16 bytes of values and 8 bytes of natural
+// metadata for each of its 2R rows, and its B fragments (x at the permuted columns) for both k32 steps.
+template <int R, int NT>
+struct Chunk {
+  uint4 a[R][2];
+  uint2 m[R][2];
+  uint32_t b[2][NT][4];
+};
+
+template <int R, int NT>
+__device__ __forceinline__ void load_chunk(Chunk<R, NT>& f, const uint4* (&vrow)[R][2],
+                                           const uint2* (&mrow)[R][2], const uint32_t* (&xrow)[NT],
+                                           int c, int t) {
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      f.a[r][h] = __ldg(vrow[r][h] + c * 4);
+      f.m[r][h] = __ldg(mrow[r][h] + c);
+    }
+  // B register i holds K rows 8i + 2t, +1 of the mma: the mma's group 2i + t/2 at positions 2(t%2), +1,
+  // i.e. one 32-bit word of x at our permuted column.
+#pragma unroll
+  for (int s = 0; s < 2; ++s)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int col = c * kChunk + 4 * our_group(2 * i + (t >> 1), s) + 2 * (t & 1);
+#pragma unroll
+      for (int j = 0; j < NT; ++j) f.b[s][j][i] = __ldg(xrow[j] + (col >> 1));
+    }
+}
+
+template <typename T, int R, int NT>
+__device__ __forceinline__ void mma_chunk(float (&acc)[R][NT][4], const Chunk<R, NT>& f, int t) {
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const uint64_t mg = *reinterpret_cast<const uint64_t*>(&f.m[r][0]);
+    const uint64_t m8 = *reinterpret_cast<const uint64_t*>(&f.m[r][1]);
+    const uint32_t* wg = reinterpret_cast<const uint32_t*>(&f.a[r][0]);
+    const uint32_t* w8 = reinterpret_cast<const uint32_t*>(&f.a[r][1]);
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+      const uint32_t ng = step_nibbles(mg, s), n8 = step_nibbles(m8, s);
+      // Metadata register (sparsity selector 0, measured on the H100 against F.linear): thread 0 of a quad holds
+      // mma groups 0-3 of rows g (low 16 bits) and g + 8 (high 16 bits), thread 1 groups 4-7.
+      const uint32_t e = (t & 1) ? ((ng >> 16) | (n8 & 0xFFFF0000u)) : ((ng & 0xFFFFu) | (n8 << 16));
+      // a0: row g, mma group t -> our word 4t+2s (index 2s of the thread's 4 words); a2: group t+4 -> 2s+1
+      const uint32_t a[4] = {wg[2 * s], w8[2 * s], wg[2 * s + 1], w8[2 * s + 1]};
+#pragma unroll
+      for (int j = 0; j < NT; ++j) MmaSp<T>::run(acc[r][j], a, f.b[s][j], e);
+    }
+  }
+}
+
+// STAGES chunks live in registers: while chunk c is multiplied, chunks c+1 .. c+STAGES-1 are in flight.
+template <typename T, int R, int NT, int STAGES>
 __global__ void __launch_bounds__(kWarps * 32) spmm24_mma_kernel(
     const T* __restrict__ x, const T* __restrict__ values, const int16_t* __restrict__ meta,
     const T* __restrict__ bias, T* __restrict__ y, float* __restrict__ partial, int M, int N, int K,
@@ -115,7 +170,8 @@ __global__ void __launch_bounds__(kWarps * 32) spmm24_mma_kernel(
   // Tokens of this thread's B fragments: tok0 + 8j + g (clamped; their columns are not stored).
   const uint32_t* xrow[NT];
 #pragma unroll
-  for (int j = 0; j < NT; ++j) xrow[j] = reinterpret_cast<const uint32_t*>(x + min(tok0 + 8 * j + g, M - 1) * stride_xm);
+  for (int j = 0; j < NT; ++j)
+    xrow[j] = reinterpret_cast<const uint32_t*>(x + min(tok0 + 8 * j + g, M - 1) * stride_xm);
 
   float acc[R][NT][4];
 #pragma unroll
@@ -125,67 +181,16 @@ __global__ void __launch_bounds__(kWarps * 32) spmm24_mma_kernel(
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[r][j][i] = 0.f;
 
-  uint4 a_next[R][2];
-  uint2 m_next[R][2];
-  if (c_begin < c_end) {
+  Chunk<R, NT> f[STAGES];
 #pragma unroll
-    for (int r = 0; r < R; ++r)
+  for (int u = 0; u < STAGES - 1; ++u)
+    if (c_begin + u < c_end) load_chunk(f[u], vrow, mrow, xrow, c_begin + u, t);
+  for (int c = c_begin; c < c_end; c += STAGES) {
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        a_next[r][h] = __ldg(vrow[r][h] + c_begin * 4);
-        m_next[r][h] = __ldg(mrow[r][h] + c_begin);
-      }
-  }
-  for (int c = c_begin; c < c_end; ++c) {
-    uint4 a_cur[R][2];
-    uint2 m_cur[R][2];
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        a_cur[r][h] = a_next[r][h];
-        m_cur[r][h] = m_next[r][h];
-      }
-    if (c + 1 < c_end) {
-#pragma unroll
-      for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          a_next[r][h] = __ldg(vrow[r][h] + (c + 1) * 4);
-          m_next[r][h] = __ldg(mrow[r][h] + (c + 1));
-        }
-    }
-    // B fragments of both steps: register i holds K rows 8i + 2t, +1 of the mma, i.e. the mma's group
-    // 2i + t/2 at positions 2(t%2), +1: one 32-bit word of x at our permuted column.
-    uint32_t b[2][NT][4];
-#pragma unroll
-    for (int s = 0; s < 2; ++s)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int col = c * kChunk + 4 * our_group(2 * i + (t >> 1), s) + 2 * (t & 1);
-#pragma unroll
-        for (int j = 0; j < NT; ++j) b[s][j][i] = __ldg(xrow[j] + (col >> 1));
-      }
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const uint64_t mg = *reinterpret_cast<const uint64_t*>(&m_cur[r][0]);
-      const uint64_t m8 = *reinterpret_cast<const uint64_t*>(&m_cur[r][1]);
-#pragma unroll
-      for (int s = 0; s < 2; ++s) {
-        const uint32_t ng = step_nibbles(mg, s), n8 = step_nibbles(m8, s);
-        uint32_t e;
-        if (META_LAYOUT == 0) {  // thread 0 of a quad: rows g and g+8, mma groups 0-3; thread 1: groups 4-7
-          e = (t & 1) ? ((ng >> 16) | (n8 & 0xFFFF0000u)) : ((ng & 0xFFFFu) | (n8 << 16));
-        } else {  // thread 0: all 8 groups of row g; thread 1: of row g + 8
-          e = (t & 1) ? n8 : ng;
-        }
-        const uint32_t* wg = reinterpret_cast<const uint32_t*>(&a_cur[r][0]);
-        const uint32_t* w8 = reinterpret_cast<const uint32_t*>(&a_cur[r][1]);
-        // a0: row g, mma group t -> our word 4t+2s (= index 2s of the thread's 4 words); a2: group t+4 -> 2s+1
-        const uint32_t a[4] = {wg[2 * s], w8[2 * s], wg[2 * s + 1], w8[2 * s + 1]};
-#pragma unroll
-        for (int j = 0; j < NT; ++j) MmaSp<T>::run(acc[r][j], a, b[s][j], e);
-      }
+    for (int u = 0; u < STAGES; ++u) {  // unrolled: every ring index is a compile-time constant
+      const int cc = c + u;
+      if (cc + STAGES - 1 < c_end) load_chunk(f[(u + STAGES - 1) % STAGES], vrow, mrow, xrow, cc + STAGES - 1, t);
+      if (cc < c_end) mma_chunk<T, R, NT>(acc, f[u], t);
     }
   }
 
@@ -213,9 +218,9 @@ __global__ void __launch_bounds__(kWarps * 32) spmm24_mma_kernel(
     }
 }
 
-template <typename T, int R, int NT>
+template <typename T, int R, int NT, int STAGES>
 void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
-            const c10::optional<torch::Tensor>& bias, torch::Tensor& y, float* partial, int split, int meta_layout,
+            const c10::optional<torch::Tensor>& bias, torch::Tensor& y, float* partial, int split,
             cudaStream_t stream) {
   const int M = x.size(0), K = x.size(1), N = values.size(0);
   const int num_chunks = K / kChunk;
@@ -225,44 +230,43 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   auto args = std::make_tuple(reinterpret_cast<const T*>(x.data_ptr()), reinterpret_cast<const T*>(values.data_ptr()),
                               meta.data_ptr<int16_t>(), bias_ptr, reinterpret_cast<T*>(y.data_ptr()), partial, M, N,
                               K, x.stride(0), values.stride(0), meta.stride(0), per_split);
-  if (meta_layout == 0) {
-    std::apply([&](auto... a) { spmm24_mma_kernel<T, R, NT, 0><<<grid, kWarps * 32, 0, stream>>>(a...); }, args);
-  } else {
-    std::apply([&](auto... a) { spmm24_mma_kernel<T, R, NT, 1><<<grid, kWarps * 32, 0, stream>>>(a...); }, args);
-  }
+  std::apply([&](auto... a) { spmm24_mma_kernel<T, R, NT, STAGES><<<grid, kWarps * 32, 0, stream>>>(a...); }, args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The instantiated tiles: (rows per warp / 16, tokens per block / 8, stages).
+#define SPARSE_LLM_MMA_TILES(X) \
+  X(1, 1, 2) X(1, 1, 4) X(2, 1, 2) X(2, 1, 4) X(4, 1, 2) X(1, 2, 2) X(1, 2, 4) X(2, 2, 2) X(2, 2, 4) X(1, 4, 2) \
+  X(2, 4, 2) X(1, 8, 2) X(2, 8, 2)
+
+bool tile_supported(int rows, int tokens, int stages) {
+#define SPARSE_LLM_MMA_MATCH(R_, NT_, S_) \
+  if (rows == R_ && tokens == NT_ && stages == S_) return true;
+  SPARSE_LLM_MMA_TILES(SPARSE_LLM_MMA_MATCH)
+#undef SPARSE_LLM_MMA_MATCH
+  return false;
 }
 
 template <typename T>
 void dispatch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
               const c10::optional<torch::Tensor>& bias, torch::Tensor& y, float* partial, int rows, int tokens,
-              int split, int meta_layout, cudaStream_t stream) {
-#define SPARSE_LLM_MMA_CASE(R_, NT_)                                                                \
-  if (rows == R_ && tokens == NT_) {                                                                \
-    launch<T, R_, NT_>(x, values, meta, bias, y, partial, split, meta_layout, stream);              \
-    return;                                                                                         \
+              int stages, int split, cudaStream_t stream) {
+#define SPARSE_LLM_MMA_CASE(R_, NT_, S_)                                           \
+  if (rows == R_ && tokens == NT_ && stages == S_) {                               \
+    launch<T, R_, NT_, S_>(x, values, meta, bias, y, partial, split, stream);      \
+    return;                                                                        \
   }
-  SPARSE_LLM_MMA_CASE(1, 1)
-  SPARSE_LLM_MMA_CASE(1, 2)
-  SPARSE_LLM_MMA_CASE(1, 4)
-  SPARSE_LLM_MMA_CASE(2, 1)
-  SPARSE_LLM_MMA_CASE(2, 2)
-  SPARSE_LLM_MMA_CASE(2, 4)
-  SPARSE_LLM_MMA_CASE(4, 1)
-  SPARSE_LLM_MMA_CASE(4, 2)
-  SPARSE_LLM_MMA_CASE(2, 8)
-  SPARSE_LLM_MMA_CASE(1, 8)
+  SPARSE_LLM_MMA_TILES(SPARSE_LLM_MMA_CASE)
 #undef SPARSE_LLM_MMA_CASE
-  TORCH_CHECK(false, "spmm24_mma: no kernel for rows_per_warp=", rows / 16, " tokens_per_block=", tokens * 8);
 }
 
 }  // namespace
 
-// y (M, N) = x (M, K) @ W.T + bias. rows_per_warp in {16, 32, 64}, tokens_per_block in {8, 16, 32, 64}.
+// y (M, N) = x (M, K) @ W.T + bias, tiles as listed in SPARSE_LLM_MMA_TILES.
 // split > 1: returns the fp32 (split, M, N) partial sums (bias not added) for the caller to reduce.
 torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
                          const c10::optional<torch::Tensor>& bias, int64_t rows_per_warp, int64_t tokens_per_block,
-                         int64_t split, int64_t meta_layout) {
+                         int64_t split, int64_t stages) {
   TORCH_CHECK(x.is_cuda() && values.is_cuda() && meta.is_cuda(), "spmm24_mma: x, values and meta must be CUDA tensors");
   TORCH_CHECK(x.device() == values.device() && meta.device() == values.device(),
               "spmm24_mma: x, values and meta must be on one device");
@@ -288,7 +292,11 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
                     bias->dim() == 1 && bias->size(0) == N && bias->stride(0) == 1,
                 "spmm24_mma: bias must be a contiguous (N,) tensor of x's dtype on x's device");
   }
-  TORCH_CHECK(rows_per_warp % 16 == 0 && tokens_per_block % 8 == 0, "spmm24_mma: bad tile");
+  TORCH_CHECK(rows_per_warp % 16 == 0 && tokens_per_block % 8 == 0 &&
+                  tile_supported(static_cast<int>(rows_per_warp / 16), static_cast<int>(tokens_per_block / 8),
+                                 static_cast<int>(stages)),
+              "spmm24_mma: no kernel for rows_per_warp=", rows_per_warp, " tokens_per_block=", tokens_per_block,
+              " stages=", stages);
   const c10::cuda::CUDAGuard guard(x.device());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   torch::Tensor y, partial;
@@ -303,9 +311,9 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
   if (M == 0) return y;
   const int rows = static_cast<int>(rows_per_warp / 16), tokens = static_cast<int>(tokens_per_block / 8);
   if (x.scalar_type() == at::kBFloat16) {
-    dispatch<__nv_bfloat16>(x, values, meta, bias, y, partial_ptr, rows, tokens, split, meta_layout, stream);
+    dispatch<__nv_bfloat16>(x, values, meta, bias, y, partial_ptr, rows, tokens, static_cast<int>(stages), split, stream);
   } else {
-    dispatch<__half>(x, values, meta, bias, y, partial_ptr, rows, tokens, split, meta_layout, stream);
+    dispatch<__half>(x, values, meta, bias, y, partial_ptr, rows, tokens, static_cast<int>(stages), split, stream);
   }
   return y;
 }
@@ -313,5 +321,5 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm24_mma", &spmm24_mma, "y = x @ W.T (+ bias) for a canonical 2:4 W on the sparse tensor cores",
         py::arg("x"), py::arg("values"), py::arg("meta"), py::arg("bias"), py::arg("rows_per_warp"),
-        py::arg("tokens_per_block"), py::arg("split"), py::arg("meta_layout") = 0);
+        py::arg("tokens_per_block"), py::arg("split"), py::arg("stages"));
 }
