@@ -6,13 +6,13 @@
 //
 // The product is yT = W . xT: W is the sparse operand A of mma.sp.m16n8k32 (16 rows of W x 32 columns of K),
 // x the dense operand B (32 columns of K x 8 tokens), the accumulator 16 rows x 8 tokens in fp32.
-// Each warp owns R tiles of 16 rows and walks K in chunks of 64 columns (16 groups = 16 words per row). A thread
-// loads 16 bytes of each of its rows per chunk (words 4t..4t+3, t = lane % 4), so the reduction over K is
-// permuted: in step s (0, 1) of a chunk, the mma's group j of the row is our group 4j+2s (j < 4) or
-// 4(j-4)+2s+1 (j >= 4). The metadata register is rebuilt in that order from the row's 64 bits of natural
-// metadata, and x is read at the same permuted columns, so every product pairs the right x with each value.
-// No shared memory: A, metadata and x go global -> registers, the next chunk's A and metadata are loaded
-// before the current chunk's mma (register double buffering) to keep bytes in flight.
+// Each warp owns R tiles of 16 rows and walks K in chunks of 256 columns (64 groups = 64 words per row). A
+// thread loads 64 contiguous bytes of each of its rows per chunk (words 16t..16t+15, t = lane % 4: a warp reads
+// 256 contiguous bytes per row), so the reduction over K is permuted: in step s (0..7) of a chunk, the mma's
+// group j of the row is our group 16j+2s (j < 4) or 16(j-4)+2s+1 (j >= 4). The metadata register is rebuilt in
+// that order from the row's 256 bits of natural metadata, and x is read at the same permuted columns, so every
+// product pairs the right x with each value. No shared memory: A, metadata and x go global -> registers; with
+// STAGES = 2 the next chunk is loaded before the current one is multiplied.
 //
 // Split-K (grid.z > 1) writes fp32 partial sums to a (split, M, N) buffer that the caller reduces in a fixed
 // order (deterministic), as the Triton kernels do.
@@ -28,7 +28,7 @@
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int kChunk = 64;  // K columns per main-loop step
+constexpr int kChunk = 256;  // K columns per main-loop step
 
 template <typename T>
 struct MmaSp;
@@ -67,13 +67,26 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { re
 template <>
 __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
 
-// The 8 nibbles of step s, in the mma's group order, from a row's 16 natural nibbles (64 bits):
-// low 16 bits: our groups 2s, 4+2s, 8+2s, 12+2s; high 16 bits: our groups 2s+1, 5+2s, 9+2s, 13+2s.
-__device__ __forceinline__ uint32_t step_nibbles(uint64_t row_meta, int s) {
-  const uint64_t t = row_meta >> (8 * s);
-  // byte 2j of t holds (our group 4j+2s) | (our group 4j+2s+1) << 4, j = 0..3
-  const uint32_t lo32 = static_cast<uint32_t>(t), hi32 = static_cast<uint32_t>(t >> 32);
-  const uint32_t bytes = __byte_perm(lo32, hi32, 0x6420);
+// What one K chunk (256 columns = 64 groups per row) needs in registers: the thread's 64 contiguous bytes of
+// values (words 16t .. 16t+15) and the row's 32 bytes of natural metadata for each of its 2R rows, and its
+// B fragments (x at the permuted columns) for the chunk's 8 k32 steps. In step s the thread feeds the mma
+// group t with its word 2s and the group t+4 with its word 2s+1: mma group j < 4 is our group 16j + 2s,
+// j >= 4 our group 16(j-4) + 2s + 1.
+template <int R, int NT>
+struct Chunk {
+  uint4 a[R][2][4];
+  uint4 m[R][2][2];
+  uint32_t b[8][NT][4];
+};
+
+__device__ __forceinline__ int our_group(int j, int s) { return j < 4 ? 16 * j + 2 * s : 16 * (j - 4) + 2 * s + 1; }
+
+// The 8 nibbles of step s in the mma's group order from a row's 64 natural nibbles (8 words): byte s of the
+// row's 64-bit word j holds our groups 16j+2s (low nibble) and 16j+2s+1 (high nibble).
+__device__ __forceinline__ uint32_t step_nibbles(const uint32_t (&w)[8], int s) {
+  uint32_t bytes = 0;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) bytes |= ((w[2 * j + (s >> 2)] >> (8 * (s & 3))) & 0xFFu) << (8 * j);
   uint32_t even = bytes & 0x0F0F0F0Fu;
   uint32_t odd = (bytes >> 4) & 0x0F0F0F0Fu;
   even = (even | (even >> 4)) & 0x00FF00FFu;
@@ -83,33 +96,22 @@ __device__ __forceinline__ uint32_t step_nibbles(uint64_t row_meta, int s) {
   return even | (odd << 16);
 }
 
-// Our group (0..15 within the chunk) that the mma's group j (0..7) stands for in step s.
-__device__ __forceinline__ int our_group(int j, int s) { return j < 4 ? 4 * j + 2 * s : 4 * (j - 4) + 2 * s + 1; }
-
-// What one K chunk (64 columns) needs in registers: the thread's 16 bytes of values and 8 bytes of natural
-// metadata for each of its 2R rows, and its B fragments (x at the permuted columns) for both k32 steps.
 template <int R, int NT>
-struct Chunk {
-  uint4 a[R][2];
-  uint2 m[R][2];
-  uint32_t b[2][NT][4];
-};
-
-template <int R, int NT>
-__device__ __forceinline__ void load_chunk(Chunk<R, NT>& f, const uint4* (&vrow)[R][2],
-                                           const uint2* (&mrow)[R][2], const uint32_t* (&xrow)[NT],
-                                           int c, int t) {
+__device__ __forceinline__ void load_chunk(Chunk<R, NT>& f, const uint4* (&vrow)[R][2], const uint4* (&mrow)[R][2],
+                                           const uint32_t* (&xrow)[NT], int c, int t) {
 #pragma unroll
   for (int r = 0; r < R; ++r)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      f.a[r][h] = __ldg(vrow[r][h] + c * 4);
-      f.m[r][h] = __ldg(mrow[r][h] + c);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) f.a[r][h][q] = __ldg(vrow[r][h] + c * 16 + q);
+      f.m[r][h][0] = __ldg(mrow[r][h] + 2 * c);
+      f.m[r][h][1] = __ldg(mrow[r][h] + 2 * c + 1);
     }
   // B register i holds K rows 8i + 2t, +1 of the mma: the mma's group 2i + t/2 at positions 2(t%2), +1,
   // i.e. one 32-bit word of x at our permuted column.
 #pragma unroll
-  for (int s = 0; s < 2; ++s)
+  for (int s = 0; s < 8; ++s)
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int col = c * kChunk + 4 * our_group(2 * i + (t >> 1), s) + 2 * (t & 1);
@@ -122,17 +124,16 @@ template <typename T, int R, int NT>
 __device__ __forceinline__ void mma_chunk(float (&acc)[R][NT][4], const Chunk<R, NT>& f, int t) {
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    const uint64_t mg = *reinterpret_cast<const uint64_t*>(&f.m[r][0]);
-    const uint64_t m8 = *reinterpret_cast<const uint64_t*>(&f.m[r][1]);
-    const uint32_t* wg = reinterpret_cast<const uint32_t*>(&f.a[r][0]);
-    const uint32_t* w8 = reinterpret_cast<const uint32_t*>(&f.a[r][1]);
+    const uint32_t(&mg)[8] = *reinterpret_cast<const uint32_t(*)[8]>(&f.m[r][0][0]);
+    const uint32_t(&m8)[8] = *reinterpret_cast<const uint32_t(*)[8]>(&f.m[r][1][0]);
+    const uint32_t(&wg)[16] = *reinterpret_cast<const uint32_t(*)[16]>(&f.a[r][0][0]);
+    const uint32_t(&w8)[16] = *reinterpret_cast<const uint32_t(*)[16]>(&f.a[r][1][0]);
 #pragma unroll
-    for (int s = 0; s < 2; ++s) {
+    for (int s = 0; s < 8; ++s) {
       const uint32_t ng = step_nibbles(mg, s), n8 = step_nibbles(m8, s);
-      // Metadata register (sparsity selector 0, measured on the H100 against F.linear): thread 0 of a quad holds
+      // Metadata register (sparsity selector 0, found on the H100 against F.linear): thread 0 of a quad holds
       // mma groups 0-3 of rows g (low 16 bits) and g + 8 (high 16 bits), thread 1 groups 4-7.
       const uint32_t e = (t & 1) ? ((ng >> 16) | (n8 & 0xFFFF0000u)) : ((ng & 0xFFFFu) | (n8 << 16));
-      // a0: row g, mma group t -> our word 4t+2s (index 2s of the thread's 4 words); a2: group t+4 -> 2s+1
       const uint32_t a[4] = {wg[2 * s], w8[2 * s], wg[2 * s + 1], w8[2 * s + 1]};
 #pragma unroll
       for (int j = 0; j < NT; ++j) MmaSp<T>::run(acc[r][j], a, f.b[s][j], e);
@@ -158,14 +159,14 @@ __global__ void __launch_bounds__(kWarps * 32) spmm24_mma_kernel(
 
   // Rows this thread loads: row0 + 16r + g and + 8; rows past N are clamped (their results are not stored).
   const uint4* vrow[R][2];
-  const uint2* mrow[R][2];
+  const uint4* mrow[R][2];
 #pragma unroll
   for (int r = 0; r < R; ++r)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int row = min(row0 + 16 * r + g + 8 * h, N - 1);
-      vrow[r][h] = reinterpret_cast<const uint4*>(values + row * stride_vn) + t;  // words 4t..4t+3 of chunk 0
-      mrow[r][h] = reinterpret_cast<const uint2*>(meta + row * stride_mn);        // 4 int16 = 64 bits per chunk
+      vrow[r][h] = reinterpret_cast<const uint4*>(values + row * stride_vn) + 4 * t;  // words 16t.. of chunk 0
+      mrow[r][h] = reinterpret_cast<const uint4*>(meta + row * stride_mn);            // 16 int16 = 32 B per chunk
     }
   // Tokens of this thread's B fragments: tok0 + 8j + g (clamped; their columns are not stored).
   const uint32_t* xrow[NT];
@@ -236,8 +237,7 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
 
 // The instantiated tiles: (rows per warp / 16, tokens per block / 8, stages).
 #define SPARSE_LLM_MMA_TILES(X) \
-  X(1, 1, 2) X(1, 1, 4) X(2, 1, 2) X(2, 1, 4) X(4, 1, 2) X(1, 2, 2) X(1, 2, 4) X(2, 2, 2) X(2, 2, 4) X(1, 4, 2) \
-  X(2, 4, 2) X(1, 8, 2) X(2, 8, 2)
+  X(1, 1, 1) X(1, 1, 2) X(2, 1, 1) X(2, 1, 2) X(4, 1, 1) X(1, 2, 1) X(1, 2, 2) X(2, 2, 1) X(1, 4, 1) X(2, 4, 1)
 
 bool tile_supported(int rows, int tokens, int stages) {
 #define SPARSE_LLM_MMA_MATCH(R_, NT_, S_) \
@@ -281,12 +281,12 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
   TORCH_CHECK(meta.size(0) == N && meta.size(1) * 16 == K, "spmm24_mma: meta shape does not match the weight");
   TORCH_CHECK(K % kChunk == 0, "spmm24_mma: K must be a multiple of ", kChunk, ", got ", K);
   TORCH_CHECK(x.stride(1) == 1 && values.stride(1) == 1 && meta.stride(1) == 1, "spmm24_mma: unit column strides");
-  TORCH_CHECK(x.stride(0) % 2 == 0 && values.stride(0) % 8 == 0 && meta.stride(0) % 4 == 0,
-              "spmm24_mma: row strides must keep 4-byte x, 16-byte values and 8-byte meta loads aligned");
+  TORCH_CHECK(x.stride(0) % 2 == 0 && values.stride(0) % 8 == 0 && meta.stride(0) % 8 == 0,
+              "spmm24_mma: row strides must keep 4-byte x, 16-byte values and 16-byte meta loads aligned");
   TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 4 == 0 && reinterpret_cast<uintptr_t>(values.data_ptr()) % 16 == 0 &&
-                  reinterpret_cast<uintptr_t>(meta.data_ptr()) % 8 == 0,
+                  reinterpret_cast<uintptr_t>(meta.data_ptr()) % 16 == 0,
               "spmm24_mma: misaligned x, values or meta storage");
-  TORCH_CHECK(split >= 1 && split <= K / kChunk, "spmm24_mma: split must be in [1, K/64]");
+  TORCH_CHECK(split >= 1 && split <= K / kChunk, "spmm24_mma: split must be in [1, K/256]");
   if (bias.has_value()) {
     TORCH_CHECK(bias->is_cuda() && bias->device() == x.device() && bias->scalar_type() == x.scalar_type() &&
                     bias->dim() == 1 && bias->size(0) == N && bias->stride(0) == 1,
