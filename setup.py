@@ -3,10 +3,10 @@
 The folder is not installed as a top-level ``kernels`` module: that name belongs to Hugging Face's
 ``kernels`` package, which transformers probes for.
 
-When torch with CUDA, the CUDA toolkit (nvcc) and the ``nvidia-cusparselt`` wheel are importable at build time
-(``pip install --no-build-isolation``), the cuSPARSELt extension (``csrc/``) is built as
-``sparse_llm._cusparselt``; otherwise, or if that build fails, it is skipped silently and the package builds it
-lazily on first GPU use (``sparse_llm/backends/_build.py``).
+When torch with CUDA and the CUDA toolkit (nvcc) are importable at build time (``pip install
+--no-build-isolation``), the extensions in ``csrc/`` are built: ``sparse_llm._mma`` (the sparse tensor-core small-M
+kernel) and, where the ``nvidia-cusparselt`` wheel is installed, ``sparse_llm._cusparselt``. Otherwise, or if a
+build fails, it is skipped and the package builds it lazily on first GPU use (``sparse_llm/backends/_build.py``).
 """
 
 import glob
@@ -18,8 +18,8 @@ from setuptools import find_packages, setup
 PACKAGES = ["sparse_llm", "sparse_llm.kernels"] + [f"sparse_llm.{p}" for p in find_packages("sparse_llm")]
 
 
-def _cusparselt_extension() -> dict:
-    """setup() arguments that build the extension, or {} where it cannot be built here."""
+def _cuda_extensions() -> dict:
+    """setup() arguments that build the extensions, or {} where they cannot be built here."""
     try:
         import torch
         from torch.utils import cpp_extension
@@ -27,35 +27,49 @@ def _cusparselt_extension() -> dict:
         return {}
     if torch.version.cuda is None or cpp_extension.CUDA_HOME is None:
         return {}
+
+    class OptionalBuild(cpp_extension.BuildExtension):
+        def build_extension(self, ext):  # a failed build must not fail the install: the lazy build remains
+            try:
+                super().build_extension(ext)
+            except Exception as err:
+                print(f"sparse-llm: skipping {ext.name} ({type(err).__name__}: {err})")
+
+    extensions = [
+        cpp_extension.CUDAExtension(
+            "sparse_llm._mma", ["csrc/spmm24_mma.cu"], extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]}
+        )
+    ]
+    cusparselt = _cusparselt_extension()
+    if cusparselt is not None:
+        extensions.append(cusparselt)
+    return {"ext_modules": extensions, "cmdclass": {"build_ext": OptionalBuild}}
+
+
+def _cusparselt_extension():
+    """The cuSPARSELt extension, or None where the nvidia-cusparselt wheel is not installed."""
+    from torch.utils import cpp_extension
+
     nvidia = importlib.util.find_spec("nvidia")
     roots = [os.path.join(p, "cusparselt") for p in (nvidia.submodule_search_locations if nvidia else [])]
     headers = [h for r in roots for h in glob.glob(os.path.join(r, "**", "cusparseLt.h"), recursive=True)]
     libraries = [lib for r in roots for lib in glob.glob(os.path.join(r, "**", "libcusparseLt.so*"), recursive=True)]
     if not headers or not libraries:
-        return {}
+        return None
     lib_dir = os.path.dirname(sorted(libraries)[0])
     names = sorted(os.path.basename(p) for p in libraries)
     link = "-lcusparseLt" if "libcusparseLt.so" in names else f"-l:{names[0]}"
-
-    class OptionalBuild(cpp_extension.BuildExtension):
-        def run(self):  # a failed build must not fail the install: the lazy build remains
-            try:
-                super().run()
-            except Exception as err:
-                print(f"sparse-llm: skipping the cuSPARSELt extension ({type(err).__name__}: {err})")
-
-    extension = cpp_extension.CUDAExtension(
+    return cpp_extension.CUDAExtension(
         "sparse_llm._cusparselt",
         ["csrc/cusparselt_linear.cpp"],
         include_dirs=[os.path.dirname(headers[0])],
         extra_compile_args={"cxx": ["-O3"]},
         extra_link_args=[f"-L{lib_dir}", link, f"-Wl,-rpath,{lib_dir}"],
     )
-    return {"ext_modules": [extension], "cmdclass": {"build_ext": OptionalBuild}}
 
 
 setup(
     packages=PACKAGES,
     package_dir={"sparse_llm": "sparse_llm", "sparse_llm.kernels": "kernels"},
-    **_cusparselt_extension(),
+    **_cuda_extensions(),
 )

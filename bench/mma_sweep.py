@@ -53,8 +53,21 @@ def random_packed(n, k, dtype):
 
 
 # (rows per warp, tokens per block, stages) instantiated in csrc/spmm24_mma.cu (SPARSE_LLM_MMA_TILES)
-TILES = {(16 * r, 8 * t, s) for r, t, s in ((1, 1, 1), (1, 1, 2), (2, 1, 1), (2, 1, 2), (4, 1, 1), (1, 2, 1),
-                                            (1, 2, 2), (2, 2, 1), (1, 4, 1), (2, 4, 1))}
+TILES = {
+    (16 * r, 8 * t, s)
+    for r, t, s in (
+        (1, 1, 1),
+        (1, 1, 2),
+        (2, 1, 1),
+        (2, 1, 2),
+        (4, 1, 1),
+        (1, 2, 1),
+        (1, 2, 2),
+        (2, 2, 1),
+        (1, 4, 1),
+        (2, 4, 1),
+    )
+}
 
 
 def run(mod, x, values, meta, bias, rows, tokens, split, stages):
@@ -89,7 +102,7 @@ def main() -> None:
     # 2. correctness over odd shapes, dtypes, bias, split, tiles
     errors = []
     for dtype, tol in ((torch.bfloat16, 1e-2), (torch.float16, 5e-3)):
-        for (n, k, m) in ((48, 256, 1), (80, 512, 7), (1000, 1024, 33), (256, 4096, 100), (64, 768, 257)):
+        for n, k, m in ((48, 256, 1), (80, 512, 7), (1000, 1024, 33), (256, 4096, 100), (64, 768, 257)):
             dense, values, meta = random_packed(n, k, dtype)
             x = torch.randn(m, k, device="cuda", dtype=dtype)
             bias = torch.randn(n, device="cuda", dtype=dtype)
@@ -116,7 +129,7 @@ def main() -> None:
         dense, values, meta = random_packed(n, k, dtype)
         for m in args.ms:
             x = torch.randn(m, k, device="cuda", dtype=dtype)
-            t_dense = time_graph_us(lambda: F.linear(x, dense))
+            t_dense = time_graph_us(lambda x=x, dense=dense: F.linear(x, dense))
             ref = F.linear(x.float(), dense.float())
             best = None
             nt_full = min(triton.next_power_of_2(triton.cdiv(m, 8)), 4)
@@ -135,7 +148,11 @@ def main() -> None:
                             err = rel(out, ref)
                             if not err < 1e-2:
                                 raise AssertionError(f"rel err {err}")
-                            us = time_graph_us(lambda: run(mod, x, values, meta, None, rows, tokens, split, stages))
+                            us = time_graph_us(
+                                lambda x=x, v=values, mt=meta, c=(rows, tokens, split, stages): run(
+                                    mod, x, v, mt, None, *c
+                                )
+                            )
                         except Exception as e:
                             rows_out.append({"n": n, "k": k, "m": m, **cfg, "error": str(e)[:200]})
                             continue
@@ -145,9 +162,9 @@ def main() -> None:
             entry = {"n": n, "k": k, "m": m, "dense_us": t_dense, "best": best,
                      "speedup": t_dense / best["us"] if best else None}  # fmt: skip
             table.append(entry)
-            print(f"{n}x{k} M={m}: dense {t_dense:.1f} mma {best['us']:.1f} ({entry['speedup']:.2f}x "
-                  f"{best['rows']}/{best['tokens']}/{best['stages']}/{best['split']})" if best else f"{n}x{k} M={m}: no config",
-                  flush=True)  # fmt: skip
+            tile = f"{best['rows']}/{best['tokens']}/{best['stages']}/{best['split']}" if best else "-"
+            speed = f"{best['us']:.1f} ({entry['speedup']:.2f}x {tile})" if best else "no config"
+            print(f"{n}x{k} M={m}: dense {t_dense:.1f} mma {speed}", flush=True)
         write_result(args.out, "mma_sweep", {"checks": checks, "correctness": errors,
                                              "table": table, "rows": rows_out})  # fmt: skip
     print("median over shapes of dense/mma (graph replay):")

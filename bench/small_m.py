@@ -75,8 +75,8 @@ def main() -> None:
         for m in args.ms:
             x = torch.randn(m, k, device="cuda", dtype=dtype)
             ref = F.linear(x.float(), dense.float())
-            t_dense = time_graph_us(lambda: F.linear(x, dense))
-            t_cslt = time_graph_us(lambda: cusparselt.cusparselt_linear(x, compressed, n, k))
+            t_dense = time_graph_us(lambda x=x, dense=dense: F.linear(x, dense))
+            t_cslt = time_graph_us(lambda x=x, c=compressed, n=n, k=k: cusparselt.cusparselt_linear(x, c, n, k))
             best = {}
             for kernel in args.kernels:
                 for cfg in candidates(kernel, m, n, k, sms):
@@ -87,7 +87,9 @@ def main() -> None:
                         row["rel_err"] = err
                         if not err < 1e-2:
                             raise AssertionError(f"relative error {err}")
-                        row["us"] = time_graph_us(lambda cfg=cfg: spmm24_small(x, values, meta, None, cfg))
+                        row["us"] = time_graph_us(
+                            lambda cfg=cfg, x=x, v=values, mt=meta: spmm24_small(x, v, mt, None, cfg)
+                        )
                         row["speedup"] = t_dense / row["us"]
                     except Exception as e:  # a config that does not compile or is wrong: recorded, skipped
                         row["error"] = f"{type(e).__name__}: {e}"[:300]

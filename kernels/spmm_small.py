@@ -268,8 +268,9 @@ def _load_or_zero(ptrs, mask, MASKED: tl.constexpr):
 
 
 @triton.jit
-def _fma_step(acc, x_row, vals_ptr, meta_ptr, offs_n, offs_g, g_end, stride_vw, stride_mn, mask_n,
-              MASKED: tl.constexpr):
+def _fma_step(
+    acc, x_row, vals_ptr, meta_ptr, offs_n, offs_g, g_end, stride_vw, stride_mn, mask_n, MASKED: tl.constexpr
+):
     """acc[BLOCK_N, BLOCK_G] += kept values * the x of their columns (one row of x). Unmasked steps (whole tiles)
     let the compiler use vector loads."""
     if MASKED:
@@ -341,8 +342,9 @@ def spmm24_fma_kernel(
 
 
 @triton.jit
-def _dot4_step(acc, x_ptrs, vals_ptr, meta_ptr, offs_n, offs_g, g_end, stride_vw, stride_mn, mask_n, mask_m,
-               MASKED: tl.constexpr):
+def _dot4_step(
+    acc, x_ptrs, vals_ptr, meta_ptr, offs_n, offs_g, g_end, stride_vw, stride_mn, mask_n, mask_m, MASKED: tl.constexpr
+):
     """acc[BLOCK_N, BLOCK_M] += W_p @ x[:, p::4].T over the tile's groups, p = 0..3. ``x_ptrs`` points at
     position 0 of each group: [BLOCK_G, BLOCK_M]."""
     if MASKED:
@@ -403,12 +405,36 @@ def spmm24_dot4_kernel(
     x_cols = x_ptr + offs_m[None, :] * stride_xm
     for g0 in range(g_begin, g_full, BLOCK_G):
         offs_g = g0 + tl.arange(0, BLOCK_G)
-        acc = _dot4_step(acc, x_cols + 4 * offs_g[:, None], vals_ptr, meta_ptr, offs_n, offs_g, g_end, stride_vw,
-                         stride_mn, mask_n, mask_m, False)
+        acc = _dot4_step(
+            acc,
+            x_cols + 4 * offs_g[:, None],
+            vals_ptr,
+            meta_ptr,
+            offs_n,
+            offs_g,
+            g_end,
+            stride_vw,
+            stride_mn,
+            mask_n,
+            mask_m,
+            False,
+        )
     if g_full < g_end:
         offs_g = g_full + tl.arange(0, BLOCK_G)
-        acc = _dot4_step(acc, x_cols + 4 * offs_g[:, None], vals_ptr, meta_ptr, offs_n, offs_g, g_end, stride_vw,
-                         stride_mn, mask_n, mask_m, True)
+        acc = _dot4_step(
+            acc,
+            x_cols + 4 * offs_g[:, None],
+            vals_ptr,
+            meta_ptr,
+            offs_n,
+            offs_g,
+            g_end,
+            stride_vw,
+            stride_mn,
+            mask_n,
+            mask_m,
+            True,
+        )
     y_ptrs = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
     mask_y = mask_n[:, None] & mask_m[None, :]
     if SPLIT_K == 1:

@@ -27,6 +27,8 @@ CACHE_FILE = "crossover.json"
 DEFAULT_CROSSOVER = 4
 # Above 256 cuSPARSELt won on every shape measured (bench/NOTES.md, layers): not worth tuning time.
 TUNE_MS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# The sparse tensor-core kernel lost to cuBLAS from M = 16 on every shape of the H100 sweep: timed up to here.
+MMA_TUNE_MAX_M = 32
 
 
 def cache_path() -> Path:
@@ -72,11 +74,27 @@ def _cached_gpu_name(index: int | None) -> str:
     return gpu_name(index)
 
 
-def choose_backend(n: int, k: int, m: int, dtype: torch.dtype, device: torch.device, cusparselt_ok: bool) -> str:
-    """``"triton_small"`` or ``"cusparselt"`` for a call with M rows (the measured crossover, else the default)."""
+# Before a shape is tuned, the sparse tensor-core kernel takes M up to here (H100 sweep: >= 1.0x of cuBLAS up to
+# M = 8 on the large shapes, bench/results/mma_sweep.json).
+DEFAULT_MMA_MAX = 8
+
+
+def choose_backend(
+    n: int, k: int, m: int, dtype: torch.dtype, device: torch.device, cusparselt_ok: bool, mma_ok: bool = False
+) -> str:
+    """``"sparse_mma"``, ``"triton_small"`` or ``"cusparselt"`` for a call with M rows: the fastest measured for
+    M's bucket (``sparse-llm tune``), else the defaults (sparse tensor cores up to :data:`DEFAULT_MMA_MAX`, then
+    Triton up to :data:`DEFAULT_CROSSOVER`, then cuSPARSELt)."""
+    available = {"triton_small": True, "cusparselt": cusparselt_ok, "sparse_mma": mma_ok}
+    entry = lookup(n, k, dtype, device)
+    if entry:
+        best = entry.get("backends", {}).get(str(m_bucket(m)))
+        if best and available.get(best):
+            return best
+    if mma_ok and m <= DEFAULT_MMA_MAX:
+        return "sparse_mma"
     if not cusparselt_ok:
         return "triton_small"
-    entry = lookup(n, k, dtype, device)
     crossover = entry["crossover"] if entry else DEFAULT_CROSSOVER
     return "triton_small" if m <= crossover else "cusparselt"
 
@@ -89,6 +107,35 @@ def small_config(n: int, k: int, m: int, dtype: torch.dtype, device: torch.devic
         if cfg:
             return SmallConfig(**cfg)
     return default_config(m, n, k, device)
+
+
+def mma_config(n: int, k: int, m: int, dtype: torch.dtype, device: torch.device):
+    """The tuned sparse tensor-core configuration for M's bucket, else its heuristic ``default_config``."""
+    from sparse_llm.backends.sparse_mma import MmaConfig
+    from sparse_llm.backends.sparse_mma import default_config as mma_default
+
+    entry = lookup(n, k, dtype, device)
+    if entry:
+        cfg = entry.get("mma_configs", {}).get(str(m_bucket(m)))
+        if cfg:
+            return MmaConfig(**cfg)
+    return mma_default(m, n, k, device)
+
+
+def mma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
+    """The heuristic's tile plus its neighbours (rows per warp, pipeline depth, split of K)."""
+    from sparse_llm.backends.sparse_mma import TILES, MmaConfig
+    from sparse_llm.backends.sparse_mma import default_config as mma_default
+
+    base = mma_default(m, n, k, device)
+    out = [base]
+    for rows in (16, 32, 64):
+        for stages in (1, 2):
+            for split in sorted({base.split, max(1, base.split // 2), base.split * 2}):
+                cfg = MmaConfig(rows, base.tokens, stages, split)
+                if (rows, base.tokens, stages) in TILES and split <= k // 256 and cfg not in out:
+                    out.append(cfg)
+    return out
 
 
 def candidate_configs(m: int, n: int, k: int, device: torch.device) -> list[SmallConfig]:
@@ -151,9 +198,16 @@ def tune_shape(
         values = compressed[: values.numel()].view(values.shape)
     except ExtensionUnavailable:
         compressed = None
+    from sparse_llm.backends import sparse_mma
+
+    try:
+        sparse_mma.load_mma_extension()
+        mma_ok = sparse_mma.shape_supported(n, k)
+    except ExtensionUnavailable:
+        mma_ok = False
     rows = []
     crossover = max(ms)
-    configs = {}
+    configs, mma_configs, backends = {}, {}, {}
     for m in ms:
         x = torch.randn(m, k, device=dev, dtype=dtype)
         best_cfg, best_t = None, float("inf")
@@ -174,13 +228,27 @@ def tune_shape(
         rows.append({"m": m, "backend": "triton_small", "us": best_t})
         if t_cslt is not None and t_cslt < best_t and crossover == max(ms):
             crossover = ms[ms.index(m) - 1] if ms.index(m) > 0 else 0
+        times = {"triton_small": best_t, "cusparselt": t_cslt}
+        if mma_ok and m <= MMA_TUNE_MAX_M:
+            best_mma, t_mma = None, float("inf")
+            for cfg in mma_candidates(m, n, k, dev):
+                t = _bench(lambda cfg=cfg, x=x: sparse_mma.spmm24_mma(x, values, meta, None, cfg))
+                rows.append({"m": m, "mma_config": cfg.as_dict(), "us": t})
+                if t < t_mma:
+                    best_mma, t_mma = cfg, t
+            mma_configs[str(m)] = best_mma.as_dict()
+            rows.append({"m": m, "backend": "sparse_mma", "us": t_mma})
+            times["sparse_mma"] = t_mma
+        backends[str(m)] = min((t, name) for name, t in times.items() if t is not None)[1]
     return {
         "gpu": gpu_name(dev),
         "n": n,
         "k": k,
         "dtype": str(dtype).removeprefix("torch."),
         "crossover": crossover,
+        "backends": backends,
         "triton_configs": configs,
+        "mma_configs": mma_configs,
         "measurements": rows,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,

@@ -54,6 +54,20 @@ def _cusparselt_supports(module: torch.nn.Module, x: torch.Tensor) -> bool:
     return cusparselt.supports(module, x)
 
 
+def _mma_supports(module: torch.nn.Module, x: torch.Tensor) -> bool:
+    from sparse_llm.backends import sparse_mma
+    from sparse_llm.backends._build import mma_status
+
+    return sparse_mma.why_not(x, module.values) is None and mma_status()["available"]
+
+
+def _mma_why_not(module: torch.nn.Module, x: torch.Tensor) -> str:
+    from sparse_llm.backends import sparse_mma
+    from sparse_llm.backends._build import mma_status
+
+    return sparse_mma.why_not(x, module.values) or mma_status()["reason"]
+
+
 def _gpu_why_not(module: torch.nn.Module, x: torch.Tensor) -> str:
     if not x.is_cuda:
         return "it needs a CUDA input"
@@ -75,7 +89,9 @@ def _gpu_choice(module: torch.nn.Module, x: torch.Tensor) -> str | None:
         from sparse_llm import tune
 
         n, k = module.values.shape[0], 2 * module.values.shape[1]
-        choices[key] = tune.choose_backend(n, k, x.shape[0], x.dtype, x.device, _cusparselt_supports(module, x))
+        choices[key] = tune.choose_backend(
+            n, k, x.shape[0], x.dtype, x.device, _cusparselt_supports(module, x), _mma_supports(module, x)
+        )
     return choices[key]
 
 
@@ -99,12 +115,36 @@ def _triton_small_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return triton_small.spmm24_small(x, module.values, module.meta, bias, config, check=False)
 
 
+def _mma_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from sparse_llm.backends import cusparselt, sparse_mma
+
+    if cusparselt.supports(module, x):
+        cusparselt.ensure_prepared(module)  # one copy of the weight: ``values`` becomes a view of cuSPARSELt's buffer
+    key = (x.shape[0], x.dtype, x.device)
+    configs = module.__dict__.setdefault("_sparse_llm_mma_config", {})
+    config = configs.get(key)
+    if config is None:
+        from sparse_llm import tune
+
+        n, k = module.values.shape[0], 2 * module.values.shape[1]
+        config = configs[key] = tune.mma_config(n, k, x.shape[0], x.dtype, x.device)
+    bias = None if module.bias is None else module.bias.detach()
+    return sparse_mma.spmm24_mma(x, module.values, module.meta, bias, config)
+
+
 def _cusparselt_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     from sparse_llm.backends import cusparselt
 
     return cusparselt.run(module, x)
 
 
+SPARSE_MMA = Backend(
+    "sparse_mma",
+    applies=lambda module, x: _gpu_choice(module, x) == "sparse_mma",
+    run=_mma_run,
+    supports=_mma_supports,
+    why_not=_mma_why_not,
+)
 TRITON_SMALL = Backend(
     "triton_small",
     applies=lambda module, x: _gpu_choice(module, x) == "triton_small",
@@ -121,18 +161,21 @@ CUSPARSELT = Backend(
 )
 
 # Ordered: the first entry that applies wins; the reference is last and always applies.
-BACKENDS: list[Backend] = [TRITON_SMALL, CUSPARSELT, REFERENCE]
+BACKENDS: list[Backend] = [SPARSE_MMA, TRITON_SMALL, CUSPARSELT, REFERENCE]
 
 
 def status() -> dict:
     """Which backends can run here and, for the cuSPARSELt fast path, why it is off when it is (builds it once)."""
-    from sparse_llm.backends._build import extension_status
+    from sparse_llm.backends._build import extension_status, mma_status
 
     cuda = torch.cuda.is_available()
     ext = extension_status()
+    mma = mma_status()
     return {
         "cuda": cuda,
         "device": torch.cuda.get_device_name() if cuda else None,
+        "sparse_mma": mma["available"],
+        "sparse_mma_reason": mma["reason"],
         "triton_small": cuda,
         "cusparselt": ext["available"],
         "cusparselt_reason": ext["reason"],

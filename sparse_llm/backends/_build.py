@@ -22,6 +22,9 @@ from sparse_llm.cache import cache_dir
 
 EXTENSION_NAME = "sparse_llm_cusparselt"
 SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "cusparselt_linear.cpp"
+# The sparse tensor-core small-M kernel: CUDA only, no cuSPARSELt (csrc/spmm24_mma.cu).
+MMA_EXTENSION_NAME = "sparse_llm_mma"
+MMA_SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "spmm24_mma.cu"
 
 
 class ExtensionUnavailable(RuntimeError):
@@ -96,6 +99,56 @@ def _load() -> tuple[ModuleType | None, str]:
         return None, str(err)
     except Exception as err:  # a compiler or linker failure: keep the reason, never break the import
         return None, f"building the cuSPARSELt extension failed: {type(err).__name__}: {err}"
+
+
+def _jit_build_mma() -> ModuleType:
+    from torch.utils import cpp_extension
+
+    if cpp_extension.CUDA_HOME is None:
+        raise ExtensionUnavailable("CUDA_HOME / nvcc not found: the CUDA toolkit is needed to build the extension")
+    if not MMA_SOURCE.is_file():
+        raise ExtensionUnavailable(f"extension source {MMA_SOURCE} is missing (non-editable install without a build)")
+    build_dir = cache_dir() / "torch_extensions" / f"mma-torch{torch.__version__}-cuda{torch.version.cuda}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    return cpp_extension.load(
+        name=MMA_EXTENSION_NAME,
+        sources=[str(MMA_SOURCE)],
+        extra_cuda_cflags=["-O3"],
+        build_directory=str(build_dir),
+        verbose=os.environ.get("SPARSE_LLM_BUILD_VERBOSE") == "1",
+    )
+
+
+@functools.cache
+def _load_mma() -> tuple[ModuleType | None, str]:
+    try:
+        _check_environment()
+        major, minor = torch.cuda.get_device_capability()
+        if major < 8:
+            raise ExtensionUnavailable(f"sparse tensor cores need compute capability 8.0+, not {major}.{minor}")
+        try:
+            return importlib.import_module("sparse_llm._mma"), "prebuilt by setup.py"
+        except ImportError:
+            pass
+        return _jit_build_mma(), "built on first use"
+    except ExtensionUnavailable as err:
+        return None, str(err)
+    except Exception as err:  # a compiler failure: keep the reason, never break the import
+        return None, f"building the sparse tensor-core extension failed: {type(err).__name__}: {err}"
+
+
+def load_mma_extension() -> ModuleType:
+    """The sparse tensor-core (mma.sp) kernel module; builds it on first use. Raises ExtensionUnavailable."""
+    module, reason = _load_mma()
+    if module is None:
+        raise ExtensionUnavailable(f"sparse tensor-core kernel is off: {reason}")
+    return module
+
+
+def mma_status() -> dict:
+    """``{"available", "reason"}`` of the sparse tensor-core kernel (builds it if possible), never raises."""
+    module, reason = _load_mma()
+    return {"available": module is not None, "reason": reason}
 
 
 def load_extension() -> ModuleType:

@@ -1,4 +1,5 @@
-"""GPU backends of SparseLinear (Triton small-M, cuSPARSELt) against F.linear on the masked dense weight."""
+"""GPU backends of SparseLinear (sparse tensor cores, Triton small-M, cuSPARSELt) against F.linear on the masked
+dense weight."""
 
 import io
 
@@ -45,7 +46,50 @@ def test_backend_matches_dense_for_every_m(backend, dtype, with_bias):
         assert err < TOL[dtype], f"{backend} M={m} {dtype} bias={with_bias}: rel err {err:.2e}"
 
 
-@pytest.mark.parametrize("backend", GPU_BACKENDS + [None])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_sparse_mma_matches_dense_for_every_m(dtype, with_bias):
+    """The mma.sp kernel needs K % 256 == 0; N = 300 is not a multiple of its row tiles."""
+    layer, dense, bias = _layer(300, 768, dtype, with_bias)
+    for m in MS:
+        x = torch.randn(m, 768, device="cuda").to(dtype)
+        out = backends.linear(layer, x, backend="sparse_mma")
+        assert out.shape == (m, 300) and out.dtype == dtype
+        assert torch.isfinite(out).all(), f"sparse_mma M={m}: non-finite output"
+        err = _rel_err(out, _ref(x, dense, bias))
+        assert err < TOL[dtype], f"sparse_mma M={m} {dtype} bias={with_bias}: rel err {err:.2e}"
+
+
+def test_sparse_mma_every_tile_and_split():
+    from sparse_llm.backends.sparse_mma import TILES, MmaConfig, spmm24_mma
+
+    layer, dense, bias = _layer(200, 1024, torch.bfloat16, True)
+    for m in (1, 9, 40):
+        x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
+        ref = _ref(x, dense, bias)
+        for rows, tokens, stages in sorted(TILES):
+            for split in (1, 3):
+                out = spmm24_mma(x, layer.values, layer.meta, layer.bias, MmaConfig(rows, tokens, stages, split))
+                assert _rel_err(out, ref) < 1e-2, (m, rows, tokens, stages, split)
+        first = spmm24_mma(x, layer.values, layer.meta, None, MmaConfig(32, 8, 1, 4))
+        assert torch.equal(first, spmm24_mma(x, layer.values, layer.meta, None, MmaConfig(32, 8, 1, 4)))
+
+
+def test_sparse_mma_refuses_what_it_cannot_run():
+    layer, _, _ = _layer(64, 544, torch.bfloat16, False)
+    with pytest.raises(RuntimeError, match="divisible by 256"):
+        backends.linear(layer, torch.randn(2, 544, device="cuda", dtype=torch.bfloat16), backend="sparse_mma")
+    from sparse_llm.backends.sparse_mma import MmaConfig, spmm24_mma
+
+    layer, _, _ = _layer(64, 512, torch.bfloat16, False)
+    x = torch.randn(2, 512, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="no sparse tensor-core kernel"):
+        spmm24_mma(x, layer.values, layer.meta, None, MmaConfig(64, 32, 2, 1))
+    with pytest.raises(ValueError, match="float16/bfloat16"):
+        spmm24_mma(x.float(), layer.values, layer.meta)
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS + ["sparse_mma", None])
 def test_3d_and_non_contiguous_inputs(backend):
     layer, dense, bias = _layer(256, 512, torch.bfloat16, True)
     layer.backend = backend
@@ -158,14 +202,15 @@ def test_dispatch_by_m_is_inspectable():
     layer, _, _ = _layer(256, 512, torch.bfloat16, False)
     small = backends.select(layer, torch.randn(1, 512, device="cuda", dtype=torch.bfloat16))
     large = backends.select(layer, torch.randn(16384, 512, device="cuda", dtype=torch.bfloat16))
-    assert small.name == "triton_small"
     status = backends.status()
+    assert small.name == ("sparse_mma" if status["sparse_mma"] else "triton_small"), status["sparse_mma_reason"]
     assert large.name == ("cusparselt" if status["cusparselt"] else "triton_small")
 
 
 def test_extension_status_and_wrong_inputs():
     status = backends.status()
     assert status["cusparselt"], f"cuSPARSELt fast path is off: {status['cusparselt_reason']}"
+    assert status["sparse_mma"], f"sparse tensor-core kernel is off: {status['sparse_mma_reason']}"
     assert status["cusparselt_version"] >= 500
     layer, _, _ = _layer(256, 512, torch.bfloat16, False)
     with pytest.raises(TypeError, match="dtype"):

@@ -1,0 +1,140 @@
+"""Small-M backend on the sparse tensor cores: ``mma.sp`` through our CUDA kernel (``csrc/spmm24_mma.cu``).
+
+It reads the layer's canonical ``values`` (on the GPU a view of the head of cuSPARSELt's compressed buffer: one
+copy of the weight) and natural ``meta`` directly: no conversion, no padding of M. Memory-bound at decode sizes,
+it is the dispatcher's choice for the smallest M (the crossover to cuSPARSELt is measured, ``sparse_llm.tune``).
+
+``spmm24_mma(x, values, meta, bias, config)`` computes ``x @ W.T + bias``; :class:`MmaConfig` is the tile
+(rows of W per warp, tokens per block), the register pipeline depth and the split of K (split > 1: fp32 partial
+sums reduced in a fixed order, so results are the same on every run).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass
+
+import torch
+import triton
+
+from sparse_llm.backends._build import load_mma_extension
+
+DTYPES = (torch.float16, torch.bfloat16)
+CHUNK = 256  # K columns per step of the kernel: K must be a multiple
+# (rows per warp, tokens per block, stages) instantiated in csrc/spmm24_mma.cu (SPARSE_LLM_MMA_TILES)
+TILES = frozenset(
+    (16 * r, 8 * t, s)
+    for r, t, s in ((1, 1, 1), (1, 1, 2), (2, 1, 1), (2, 1, 2), (4, 1, 1), (1, 2, 1), (1, 2, 2), (2, 2, 1), (1, 4, 1),
+                    (2, 4, 1))
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MmaConfig:
+    rows: int = 32  # rows of W per warp (16, 32, 64)
+    tokens: int = 8  # tokens per block (8, 16, 32)
+    stages: int = 1  # chunks of K in registers at once (2: the next one is loaded during the current mma)
+    split: int = 1  # pieces of K (blocks along grid.z)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@functools.lru_cache(maxsize=8)
+def _num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def default_config(m: int, n: int, k: int, device: torch.device) -> MmaConfig:
+    """Heuristic from the H100 sweep (bench/results/mma_sweep.json): 32 rows per warp (16 below 4096 rows),
+    8 tokens per block up to M = 8, and K split until there are about 4 blocks per SM."""
+    rows = 32 if n >= 4096 else 16
+    tokens = 8 if m <= 8 else 16
+    sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+    blocks = triton.cdiv(n, 4 * rows) * triton.cdiv(m, tokens)
+    split = 1
+    while blocks * split < 4 * sms and split * 2 <= k // (2 * CHUNK):
+        split *= 2
+    return MmaConfig(rows, tokens, 1, split)
+
+
+def shape_supported(n: int, k: int) -> bool:
+    return k % CHUNK == 0 and n >= 1
+
+
+def why_not(x: torch.Tensor, values: torch.Tensor) -> str | None:
+    """None if the kernel can run this call, else the reason."""
+    if not x.is_cuda:
+        return "it needs a CUDA input"
+    if x.dtype not in DTYPES or values.dtype != x.dtype:
+        return f"it needs float16/bfloat16 input and weight of one dtype, got {x.dtype} and {values.dtype}"
+    if not shape_supported(values.shape[0], 2 * values.shape[1]):
+        return f"it needs in_features divisible by {CHUNK}, got {2 * values.shape[1]}"
+    major, _ = torch.cuda.get_device_capability(x.device)
+    if major < 8:
+        return "sparse tensor cores need compute capability 8.0+"
+    return None
+
+
+def _launch(x, values, meta, bias, config: MmaConfig) -> torch.Tensor:
+    out = load_mma_extension().spmm24_mma(x, values, meta, bias, config.rows, config.tokens, config.split,
+                                          config.stages)  # fmt: skip
+    if config.split > 1:  # fixed-order reduction of the fp32 partial sums
+        total = out.sum(0)
+        if bias is not None:
+            total += bias.float()
+        return total.to(x.dtype)
+    return out
+
+
+@torch.library.custom_op("sparse_llm::spmm24_mma", mutates_args=())
+def _spmm24_mma_op(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    meta: torch.Tensor,
+    bias: torch.Tensor | None,
+    rows: int,
+    tokens: int,
+    stages: int,
+    split: int,
+) -> torch.Tensor:
+    return _launch(x, values, meta, bias, MmaConfig(rows, tokens, stages, split))
+
+
+@_spmm24_mma_op.register_fake
+def _(x, values, meta, bias, rows, tokens, stages, split):
+    return x.new_empty(x.shape[0], values.shape[0])
+
+
+def spmm24_mma(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    meta: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    config: MmaConfig | None = None,
+) -> torch.Tensor:
+    """``x @ W.T + bias`` for W = (values (N, K/2), meta (N, K/16) int16); x (..., K) fp16/bf16 on CUDA."""
+    reason = why_not(x, values)
+    if reason is not None:
+        raise ValueError(f"sparse tensor-core kernel cannot run: {reason}")
+    if x.shape[-1] != 2 * values.shape[1]:
+        raise ValueError(f"input has {x.shape[-1]} features (shape {tuple(x.shape)}), the weight expects "
+                         f"{2 * values.shape[1]}")  # fmt: skip
+    if bias is not None and (bias.shape != (values.shape[0],) or bias.dtype != x.dtype or bias.device != x.device):
+        raise ValueError(f"bias must be ({values.shape[0]},) {x.dtype} on {x.device}, got {tuple(bias.shape)} "
+                         f"{bias.dtype} on {bias.device}")  # fmt: skip
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.stride(-1) != 1 or x2.stride(0) % 2 or x2.data_ptr() % 4:
+        x2 = x2.contiguous()
+    m, n = x2.shape[0], values.shape[0]
+    config = config or default_config(m, n, x2.shape[1], x.device)
+    if (config.rows, config.tokens, config.stages) not in TILES:
+        raise ValueError(f"no sparse tensor-core kernel for {config}; tiles: {sorted(TILES)}")
+    if m == 0:
+        return x.new_empty(*lead, n)
+    if torch.compiler.is_compiling():
+        out = _spmm24_mma_op(x2, values, meta, bias, config.rows, config.tokens, config.stages, config.split)
+    else:  # eager: skip the custom-op dispatcher (microseconds that matter at decode sizes)
+        out = _launch(x2, values, meta, bias, config)
+    return out.reshape(*lead, n)
