@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 STYLES = {
     "ours_auto": ("SparseLinear (auto)", "C0", "-"),
+    "ours_sparse_mma": ("sparse tensor-core mma.sp (forced)", "C4", ":"),
     "ours_triton_small": ("Triton small-M (forced)", "C2", ":"),
     "ours_cusparselt": ("our cuSPARSELt (forced)", "C1", ":"),
     "torch_semi": ("torch semi-structured", "C3", "--"),

@@ -49,7 +49,7 @@ QUICK_SHAPES = {
     "Llama-3-8B": [("k/v_proj", 1024, 4096)],
 }
 QUICK_MS = (1, 7, 16, 64, 256, 1024, 4096)
-PROVIDERS = ("dense", "torch_semi", "ours_auto", "ours_triton_small", "ours_cusparselt")
+PROVIDERS = ("dense", "torch_semi", "ours_auto", "ours_sparse_mma", "ours_triton_small", "ours_cusparselt")
 # Beyond this M the small-M kernel is not a candidate (minutes of benchmark for a known loser).
 TRITON_SMALL_MAX_M = 256
 REGIMES = {"M<=16": (1, 16), "M 32-256": (32, 256), "M>=1024": (1024, 1 << 30)}
@@ -136,6 +136,11 @@ def _providers(dense: torch.Tensor, layer: SparseLinear, semi, x: torch.Tensor, 
     out: dict[str, Callable[[], object] | str] = {"dense": lambda: F.linear(x, dense)}
     out["torch_semi"] = (lambda: F.linear(x, semi)) if not isinstance(semi, str) else semi
     out["ours_auto"] = lambda: layer(x)
+    out["ours_sparse_mma"] = (
+        (lambda: backends.linear(layer, x, backend="sparse_mma"))
+        if m <= TRITON_SMALL_MAX_M
+        else f"skipped: M > {TRITON_SMALL_MAX_M} is beyond the small-M kernels' range"
+    )
     out["ours_triton_small"] = (
         (lambda: backends.linear(layer, x, backend="triton_small"))
         if m <= TRITON_SMALL_MAX_M
@@ -189,7 +194,9 @@ def bench_shape(
             d = results["dense"]
             row["speedup"] = d["us"] / row["us"] if row["us"] and d["us"] else None
             row["graph_speedup"] = d["graph_us"] / row["graph_us"] if row["graph_us"] and d["graph_us"] else None
-        times = " ".join(f"{r['provider']}={r['us']:.1f}us" if r["us"] else f"{r['provider']}=-" for r in rows[-5:])
+        times = " ".join(
+            f"{r['provider']}={r['us']:.1f}us" if r["us"] else f"{r['provider']}=-" for r in rows[-len(results) :]
+        )
         log(f"{n}x{k} M={m}: {times} auto={chosen} x{results['ours_auto'].get('speedup') or 0:.2f}")
         del x
     return rows
