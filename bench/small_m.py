@@ -1,6 +1,6 @@
 """Kernel-level sweep of the small-M 2:4 kernels against cuBLAS and our cuSPARSELt on the Llama linear shapes.
 
-    python bench/small_m.py --out DIR [--ms 1 2 4 ...] [--kernels fma dot4 select]
+    python bench/small_m.py --out DIR [--ms 1 2 4 ...] [--kernels fma select]
 
 For every distinct (N, K) and M it times, as CUDA-graph replays (median of do_bench, L2 cleared before each
 replay), dense ``F.linear`` and every candidate launch configuration of the small-M kernels, plus the cuSPARSELt
@@ -44,13 +44,6 @@ def candidates(kernel: str, m: int, n: int, k: int, sms: int) -> list[SmallConfi
             add("fma", 1, bn, bq, warps, 1)
     if kernel == "select" and m <= 2:
         add("select", triton.next_power_of_2(m), 16, 64, 4, 1)
-    if kernel == "dot4":
-        bm = min(max(16, triton.next_power_of_2(m)), 64)
-        for bn, bq, warps, stages in (
-            (16, 16, 4, 3), (32, 16, 4, 3), (64, 8, 4, 3), (64, 16, 4, 3), (128, 8, 4, 3), (128, 8, 8, 3),
-            (64, 8, 4, 1),
-        ):  # fmt: skip
-            add("dot4", bm, bn, bq, warps, stages)
     return out
 
 
@@ -58,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--ms", type=int, nargs="+", default=list(MS))
-    parser.add_argument("--kernels", nargs="+", default=["fma", "dot4", "select"])
+    parser.add_argument("--kernels", nargs="+", default=["fma", "select"])
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)

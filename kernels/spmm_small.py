@@ -14,6 +14,9 @@ so one metadata load serves 8 values and no gather is needed.
 
 - ``spmm24_gemv_kernel`` (M of 1 to a few): the select idea with every tensor 2-D in one layout (gathered
   values/metadata per group): no reshape/split layout conversions in the loop; one row of x per program.
+- ``spmm24_fma_kernel`` (M = 1): as gemv, but the two kept values of a group are one int32 word (one coalesced
+  16-byte load per 4 groups) and the main loop runs unmasked (vector loads); 1.29x of cuBLAS at M = 1 on the H100
+  (bench/NOTES.md). A variant that put K-permuted tiles on the tensor cores ("dot4") ran at 0.65x and was removed.
 
 All support split-K: with ``SPLIT_K > 1`` each program writes fp32 partial sums to its slice of a
 (SPLIT_K, M, N) buffer and the launcher sums them (deterministic, unlike atomics) and adds the bias, which keeps
@@ -339,107 +342,3 @@ def spmm24_fma_kernel(
         tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=mask_n)
     else:
         tl.store(y_ptrs + pid_k * M * stride_ym, out, mask=mask_n)
-
-
-@triton.jit
-def _dot4_step(
-    acc, x_ptrs, vals_ptr, meta_ptr, offs_n, offs_g, g_end, stride_vw, stride_mn, mask_n, mask_m, MASKED: tl.constexpr
-):
-    """acc[BLOCK_N, BLOCK_M] += W_p @ x[:, p::4].T over the tile's groups, p = 0..3. ``x_ptrs`` points at
-    position 0 of each group: [BLOCK_G, BLOCK_M]."""
-    if MASKED:
-        mask_g = offs_g < g_end
-        mask_w = mask_n[:, None] & mask_g[None, :]
-        mask_x = mask_g[:, None] & mask_m[None, :]
-    else:
-        mask_w = mask_n[:, None]
-        mask_x = mask_m[None, :]
-    v_low, v_high, low, high = _load_pairs(
-        vals_ptr, meta_ptr, offs_n, offs_g, stride_vw, stride_mn, mask_w, x_ptrs.dtype.element_ty
-    )
-    zero = tl.zeros_like(v_low)
-    acc = tl.dot(tl.where(low == 0, v_low, zero), tl.load(x_ptrs, mask=mask_x, other=0.0), acc)
-    w1 = tl.where(low == 1, v_low, tl.where(high == 1, v_high, zero))
-    acc = tl.dot(w1, tl.load(x_ptrs + 1, mask=mask_x, other=0.0), acc)
-    w2 = tl.where(low == 2, v_low, tl.where(high == 2, v_high, zero))
-    acc = tl.dot(w2, tl.load(x_ptrs + 2, mask=mask_x, other=0.0), acc)
-    return tl.dot(tl.where(high == 3, v_high, zero), tl.load(x_ptrs + 3, mask=mask_x, other=0.0), acc)
-
-
-@triton.jit
-def spmm24_dot4_kernel(
-    x_ptr,  # [M, K] fp16/bf16, unit column stride
-    vals_ptr,  # [N, K/2], unit column stride, row stride even
-    meta_ptr,  # [N, K/16] int16, unit column stride
-    bias_ptr,  # [N] or a dummy when HAS_BIAS is False
-    y_ptr,  # [M, N] x.dtype (SPLIT_K == 1) or [SPLIT_K, M, N] fp32 partial sums, unit column stride
-    M,
-    N,
-    K,
-    stride_xm,
-    stride_vw,  # row stride of values in int32 words
-    stride_mn,
-    stride_ym,
-    HAS_BIAS: tl.constexpr,
-    SPLIT_K: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_G: tl.constexpr,
-):
-    """Tensor cores without re-interleaving: K is permuted so that position p of every group of 4 forms its own
-    (BLOCK_N, BLOCK_G) dense tile W_p (built with selects from the pair words), and
-    ``acc[N, M] += W_p @ x[:, p::4].T`` for p = 0..3 (four dots over BLOCK_G columns each)."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    pid_k = tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-    num_g = K // 4
-    g_per_split = tl.cdiv(tl.cdiv(num_g, SPLIT_K), BLOCK_G) * BLOCK_G
-    g_begin = pid_k * g_per_split
-    g_end = tl.minimum(g_begin + g_per_split, num_g)
-    g_full = g_begin + tl.maximum(g_end - g_begin, 0) // BLOCK_G * BLOCK_G
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    x_cols = x_ptr + offs_m[None, :] * stride_xm
-    for g0 in range(g_begin, g_full, BLOCK_G):
-        offs_g = g0 + tl.arange(0, BLOCK_G)
-        acc = _dot4_step(
-            acc,
-            x_cols + 4 * offs_g[:, None],
-            vals_ptr,
-            meta_ptr,
-            offs_n,
-            offs_g,
-            g_end,
-            stride_vw,
-            stride_mn,
-            mask_n,
-            mask_m,
-            False,
-        )
-    if g_full < g_end:
-        offs_g = g_full + tl.arange(0, BLOCK_G)
-        acc = _dot4_step(
-            acc,
-            x_cols + 4 * offs_g[:, None],
-            vals_ptr,
-            meta_ptr,
-            offs_n,
-            offs_g,
-            g_end,
-            stride_vw,
-            stride_mn,
-            mask_n,
-            mask_m,
-            True,
-        )
-    y_ptrs = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
-    mask_y = mask_n[:, None] & mask_m[None, :]
-    if SPLIT_K == 1:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[:, None]
-        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask_y)
-    else:
-        tl.store(y_ptrs + pid_k * M * stride_ym, acc, mask=mask_y)

@@ -146,7 +146,7 @@ def candidate_configs(m: int, n: int, k: int, device: torch.device) -> list[Smal
     out = [default_config(m, n, k, device)]
 
     def add(kernel: str, block_m: int, block_n: int, block_q: int, warps: int, stages: int) -> None:
-        programs = triton.cdiv(n, block_n) * (m if kernel == "gemv" else triton.cdiv(m, block_m))
+        programs = triton.cdiv(n, block_n) * (m if kernel in ("gemv", "fma") else triton.cdiv(m, block_m))
         split = _split_k_for(programs, k // 16, block_q, sms)
         for s in sorted({1, split}):
             cfg = SmallConfig(kernel, block_m, block_n, block_q, s, warps, stages)
@@ -159,6 +159,9 @@ def candidate_configs(m: int, n: int, k: int, device: torch.device) -> list[Smal
             add("select", bm, bn, bq, 4, 1)
         for bn, bq in ((16, 32), (32, 16), (8, 64)):
             add("gemv", 1, bn, bq, 4, 1)
+    if m <= 2:  # one row of x per program: best at M = 1 on the H100 with BLOCK_N 8 (bench/results/small_m_*)
+        for bn, bq in ((8, 64), (16, 64)):
+            add("fma", 1, bn, bq, 4, 1)
     if m >= 2:
         bm = min(max(16, triton.next_power_of_2(m)), 128)
         for bn, bq, stages in ((64, 4, 4), (128, 4, 3), (32, 8, 3)):

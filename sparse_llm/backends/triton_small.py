@@ -18,8 +18,7 @@ import triton
 from sparse_llm.format import unpack_2to4_reference
 from sparse_llm.kernels import spmm_small
 
-KERNELS = ("gemv", "select", "dot", "fma", "dot4")
-PAIR_KERNELS = ("fma", "dot4")  # read values as int32 words (two kept values of a group)
+KERNELS = ("gemv", "select", "dot", "fma")
 DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -120,10 +119,10 @@ def _launch(
     target = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x.device)
     common = (x, values, meta, bias if bias is not None else values, target, m, n, k)
     strides = (x.stride(0), values.stride(0), meta.stride(0), n)
-    if config.kernel in PAIR_KERNELS:
-        if config.kernel == "fma" and config.block_m != 1:
+    if config.kernel == "fma":  # reads values as int32 words (the two kept values of a group)
+        if config.block_m != 1:
             raise ValueError(f"the fma kernel takes one row of x per program (block_m=1), got {config.block_m}")
-        kernel = spmm_small.spmm24_fma_kernel if config.kernel == "fma" else spmm_small.spmm24_dot4_kernel
+        kernel = spmm_small.spmm24_fma_kernel
         grid = (triton.cdiv(m, config.block_m), triton.cdiv(n, config.block_n), split)
         kernel[grid](
             x, values, meta, bias if bias is not None else values, target, m, n, k, x.stride(0),
