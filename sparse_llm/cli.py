@@ -341,7 +341,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     else:
         shapes = sorted({(n, k) for layers in benchmark.LLAMA_SHAPES.values() for _, n, k in layers})
     for entry in tune.tune(shapes, getattr(torch, args.dtype)):
-        print(f"{entry['n']}x{entry['k']}: Triton small-M kernel up to M = {entry['crossover']}, cuSPARSELt above")
+        chosen = ", ".join(f"M<={m}: {name}" for m, name in entry["backends"].items())
+        print(f"{entry['n']}x{entry['k']}: {chosen}; cuSPARSELt above M = {max(int(m) for m in entry['backends'])}")
     print(f"crossover table: {tune.cache_path()}")
     return 0
 
@@ -369,5 +370,5 @@ def cmd_bench_layers(args: argparse.Namespace) -> int:
 register("prune", cmd_prune, _prune_args, "prune a model (magnitude, wanda, sparsegpt) and save it with a report")
 register("eval", cmd_eval, _eval_args, "perplexity of a model and the sparsity of its linears")
 register("demo", cmd_demo, _demo_args, "prune the embedded model three ways at 2:4 and compare (CPU, minutes)")
-register("tune", cmd_tune, _tune_args, "measure the Triton / cuSPARSELt crossover per shape on this GPU (cached)")
+register("tune", cmd_tune, _tune_args, "measure which backend is fastest per shape and M on this GPU (cached)")
 register("bench layers", cmd_bench_layers, _bench_layers_args, "per-layer latency: dense vs PyTorch 2:4 vs ours (GPU)")

@@ -1,11 +1,12 @@
-"""The crossover between the small-M Triton kernel and cuSPARSELt, measured per GPU and layer shape.
+"""Which GPU backend runs which M, measured per GPU and layer shape.
 
-``tune_shape`` times, for M in powers of two, a few launch configurations of the Triton kernels and the
-cuSPARSELt extension on a random 2:4 weight of the layer's shape, keeps the fastest Triton configuration per M
-and records the crossover: the largest tuned M at which Triton still wins. ``tune`` does this for a list of shapes
-and merges the entries into ``crossover.json`` in the user cache dir (``sparse_llm.cache.cache_dir``),
-keyed by GPU name, shape and dtype. The dispatcher reads the file through :func:`choose_backend` and
-:func:`small_config`; without an entry it assumes a crossover of :data:`DEFAULT_CROSSOVER`.
+``tune_shape`` times, for M in powers of two, a few launch configurations of the Triton kernels and of the sparse
+tensor-core kernel, and the cuSPARSELt extension, on a random 2:4 weight of the layer's shape; it keeps the
+fastest configuration of each kernel per M, the fastest backend per M (``backends``) and the Triton/cuSPARSELt
+crossover. ``tune`` does this for a list of shapes and merges the entries into ``crossover.json`` in the user
+cache dir (``sparse_llm.cache.cache_dir``), keyed by GPU name, shape and dtype. The dispatcher reads the file
+through :func:`choose_backend`, :func:`small_config` and :func:`mma_config`; without an entry it uses the defaults
+(:data:`DEFAULT_MMA_MAX`, :data:`DEFAULT_CROSSOVER`).
 """
 
 from __future__ import annotations
