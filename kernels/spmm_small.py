@@ -28,6 +28,14 @@ import triton.language as tl
 
 
 @triton.jit
+def _split_range(pid_k, num, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+    """[begin, end) of the ``pid_k``-th of SPLIT_K pieces of ``num`` steps; piece starts are multiples of BLOCK."""
+    per_split = tl.cdiv(tl.cdiv(num, SPLIT_K), BLOCK) * BLOCK
+    begin = pid_k * per_split
+    return begin, tl.minimum(begin + per_split, num)
+
+
+@triton.jit
 def _decode_group_indices(meta_ptr, offs_n, offs_q, stride_mn, mask):
     """(BLOCK_N, BLOCK_Q, 4) low and high kept column indices (0..3) of every group of 4 in the tile."""
     word = tl.load(meta_ptr + offs_n[:, None] * stride_mn + offs_q[None, :], mask=mask, other=0)
@@ -71,10 +79,7 @@ def spmm24_select_kernel(
     pid_k = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    num_q = K // 16
-    q_per_split = tl.cdiv(tl.cdiv(num_q, SPLIT_K), BLOCK_Q) * BLOCK_Q
-    q_begin = pid_k * q_per_split
-    q_end = tl.minimum(q_begin + q_per_split, num_q)
+    q_begin, q_end = _split_range(pid_k, K // 16, SPLIT_K, BLOCK_Q)
     mask_m = offs_m < M
     mask_n = offs_n < N
     acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_Q, 4), dtype=tl.float32)
@@ -141,10 +146,7 @@ def spmm24_dot_kernel(
     pid_k = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    num_q = K // 16
-    q_per_split = tl.cdiv(tl.cdiv(num_q, SPLIT_K), BLOCK_Q) * BLOCK_Q
-    q_begin = pid_k * q_per_split
-    q_end = tl.minimum(q_begin + q_per_split, num_q)
+    q_begin, q_end = _split_range(pid_k, K // 16, SPLIT_K, BLOCK_Q)
     mask_m = offs_m < M
     mask_n = offs_n < N
     positions = tl.arange(0, 4)[None, None, None, :]
@@ -208,10 +210,7 @@ def spmm24_gemv_kernel(
     pid_k = tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    num_g = K // 4
-    g_per_split = tl.cdiv(tl.cdiv(num_g, SPLIT_K), BLOCK_G) * BLOCK_G
-    g_begin = pid_k * g_per_split
-    g_end = tl.minimum(g_begin + g_per_split, num_g)
+    g_begin, g_end = _split_range(pid_k, K // 4, SPLIT_K, BLOCK_G)
     acc = tl.zeros((BLOCK_N, BLOCK_G), dtype=tl.float32)
     x_row = x_ptr + pid_m * stride_xm
     for g0 in range(g_begin, g_end, BLOCK_G):
@@ -321,10 +320,7 @@ def spmm24_fma_kernel(
     pid_k = tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    num_g = K // 4
-    g_per_split = tl.cdiv(tl.cdiv(num_g, SPLIT_K), BLOCK_G) * BLOCK_G
-    g_begin = pid_k * g_per_split
-    g_end = tl.minimum(g_begin + g_per_split, num_g)
+    g_begin, g_end = _split_range(pid_k, K // 4, SPLIT_K, BLOCK_G)
     g_full = g_begin + tl.maximum(g_end - g_begin, 0) // BLOCK_G * BLOCK_G
     x_row = x_ptr + pid_m * stride_xm
     acc = tl.zeros((BLOCK_N, BLOCK_G), dtype=tl.float32)

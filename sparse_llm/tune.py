@@ -100,14 +100,16 @@ def choose_backend(
     return "triton_small" if m <= crossover else "cusparselt"
 
 
+def _tuned(field: str, n: int, k: int, m: int, dtype: torch.dtype, device: torch.device) -> dict | None:
+    """The tuned configuration ``field`` of this shape for M's bucket, or None."""
+    entry = lookup(n, k, dtype, device)
+    return entry.get(field, {}).get(str(m_bucket(m))) if entry else None
+
+
 def small_config(n: int, k: int, m: int, dtype: torch.dtype, device: torch.device) -> SmallConfig:
     """The tuned Triton configuration for M's bucket, else the heuristic ``default_config``."""
-    entry = lookup(n, k, dtype, device)
-    if entry:
-        cfg = entry.get("triton_configs", {}).get(str(m_bucket(m)))
-        if cfg:
-            return SmallConfig(**cfg)
-    return default_config(m, n, k, device)
+    cfg = _tuned("triton_configs", n, k, m, dtype, device)
+    return SmallConfig(**cfg) if cfg else default_config(m, n, k, device)
 
 
 def mma_config(n: int, k: int, m: int, dtype: torch.dtype, device: torch.device):
@@ -115,12 +117,8 @@ def mma_config(n: int, k: int, m: int, dtype: torch.dtype, device: torch.device)
     from sparse_llm.backends.sparse_mma import MmaConfig
     from sparse_llm.backends.sparse_mma import default_config as mma_default
 
-    entry = lookup(n, k, dtype, device)
-    if entry:
-        cfg = entry.get("mma_configs", {}).get(str(m_bucket(m)))
-        if cfg:
-            return MmaConfig(**cfg)
-    return mma_default(m, n, k, device)
+    cfg = _tuned("mma_configs", n, k, m, dtype, device)
+    return MmaConfig(**cfg) if cfg else mma_default(m, n, k, device)
 
 
 def mma_candidates(m: int, n: int, k: int, device: torch.device) -> list:

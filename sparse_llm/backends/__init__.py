@@ -95,19 +95,27 @@ def _gpu_choice(module: torch.nn.Module, x: torch.Tensor) -> str | None:
     return choices[key]
 
 
-def _triton_small_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    from sparse_llm.backends import cusparselt, triton_small
+def _prepared_config(module: torch.nn.Module, x: torch.Tensor, attr: str, tuned: Callable):
+    """Shared by the kernels that read ``values`` + ``meta``: make ``values`` a view of cuSPARSELt's buffer (one
+    copy of the weight) and return the kernel's configuration for this call's M, cached on the module (dispatch
+    is host time on every call)."""
+    from sparse_llm.backends import cusparselt
 
     if cusparselt.supports(module, x):
-        cusparselt.ensure_prepared(module)  # one copy of the weight: ``values`` becomes a view of cuSPARSELt's buffer
+        cusparselt.ensure_prepared(module)
     key = (x.shape[0], x.dtype, x.device)
-    configs = module.__dict__.setdefault("_sparse_llm_small_config", {})
-    config = configs.get(key)
-    if config is None:
-        from sparse_llm import tune
-
+    configs = module.__dict__.setdefault(attr, {})
+    if key not in configs:
         n, k = module.values.shape[0], 2 * module.values.shape[1]
-        config = configs[key] = tune.small_config(n, k, x.shape[0], x.dtype, x.device)
+        configs[key] = tuned(n, k, x.shape[0], x.dtype, x.device)
+    return configs[key]
+
+
+def _triton_small_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from sparse_llm import tune
+    from sparse_llm.backends import triton_small
+
+    config = _prepared_config(module, x, "_sparse_llm_small_config", tune.small_config)
     bias = None if module.bias is None else module.bias.detach()
     if x.shape[-1] != 2 * module.values.shape[1]:
         raise ValueError(f"input has {x.shape[-1]} features, the layer expects {2 * module.values.shape[1]}")
@@ -116,20 +124,13 @@ def _triton_small_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _mma_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    from sparse_llm.backends import cusparselt, sparse_mma
+    from sparse_llm import tune
+    from sparse_llm.backends import sparse_mma
 
-    if cusparselt.supports(module, x):
-        cusparselt.ensure_prepared(module)  # one copy of the weight: ``values`` becomes a view of cuSPARSELt's buffer
-    key = (x.shape[0], x.dtype, x.device)
-    configs = module.__dict__.setdefault("_sparse_llm_mma_config", {})
-    config = configs.get(key)
-    if config is None:
-        from sparse_llm import tune
-
-        n, k = module.values.shape[0], 2 * module.values.shape[1]
-        config = configs[key] = tune.mma_config(n, k, x.shape[0], x.dtype, x.device)
+    config = _prepared_config(module, x, "_sparse_llm_mma_config", tune.mma_config)
     bias = None if module.bias is None else module.bias.detach()
-    return sparse_mma.spmm24_mma(x, module.values, module.meta, bias, config)
+    # device, dtype and shape were checked by ``supports`` (``sparse_mma.why_not``)
+    return sparse_mma.spmm24_mma(x, module.values, module.meta, bias, config, check=False)
 
 
 def _cusparselt_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

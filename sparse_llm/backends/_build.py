@@ -64,77 +64,74 @@ def _check_environment() -> None:
         raise ExtensionUnavailable("no CUDA device is visible")
 
 
-def _jit_build() -> ModuleType:
+def _jit(name: str, source: Path, build_subdir: str, **load_kwargs) -> ModuleType:
+    """Compile ``source`` with torch's cpp_extension into the user cache dir (reused by later imports)."""
     from torch.utils import cpp_extension
 
     if cpp_extension.CUDA_HOME is None:
         raise ExtensionUnavailable("CUDA_HOME / nvcc not found: the CUDA toolkit is needed to build the extension")
-    if not SOURCE.is_file():
-        raise ExtensionUnavailable(f"extension source {SOURCE} is missing (non-editable install without a build)")
-    include_dir, lib_dir = cusparselt_paths()
-    build_dir = cache_dir() / "torch_extensions" / f"torch{torch.__version__}-cuda{torch.version.cuda}"
+    if not source.is_file():
+        raise ExtensionUnavailable(f"extension source {source} is missing (non-editable install without a build)")
+    build_dir = cache_dir() / "torch_extensions" / f"{build_subdir}torch{torch.__version__}-cuda{torch.version.cuda}"
     build_dir.mkdir(parents=True, exist_ok=True)
     return cpp_extension.load(
-        name=EXTENSION_NAME,
-        sources=[str(SOURCE)],
+        name=name,
+        sources=[str(source)],
+        build_directory=str(build_dir),
+        verbose=os.environ.get("SPARSE_LLM_BUILD_VERBOSE") == "1",
+        **load_kwargs,
+    )
+
+
+def _jit_build() -> ModuleType:
+    include_dir, lib_dir = cusparselt_paths()
+    return _jit(
+        EXTENSION_NAME,
+        SOURCE,
+        "",
         extra_include_paths=[str(include_dir)],
         extra_cflags=["-O3"],
         extra_ldflags=[f"-L{lib_dir}", _library_flag(lib_dir), f"-Wl,-rpath,{lib_dir}"],
-        build_directory=str(build_dir),
         with_cuda=True,
-        verbose=os.environ.get("SPARSE_LLM_BUILD_VERBOSE") == "1",
     )
+
+
+def _check_sparse_tensor_cores() -> None:
+    major, minor = torch.cuda.get_device_capability()
+    if major < 8:
+        raise ExtensionUnavailable(f"sparse tensor cores need compute capability 8.0+, not {major}.{minor}")
+
+
+def _jit_build_mma() -> ModuleType:
+    return _jit(MMA_EXTENSION_NAME, MMA_SOURCE, "mma-", extra_cuda_cflags=["-O3"])
+
+
+def _find_or_build(prebuilt: str, build, what: str, check=None) -> tuple[ModuleType | None, str]:
+    """(module, how it was found) or (None, why not): the module ``setup.py`` built, else a JIT build. Every
+    failure is kept as the reason string, never raised: the package works without its extensions."""
+    try:
+        _check_environment()
+        if check is not None:
+            check()
+        try:
+            return importlib.import_module(prebuilt), "prebuilt by setup.py"
+        except ImportError:
+            pass
+        return build(), "built on first use"
+    except ExtensionUnavailable as err:
+        return None, str(err)
+    except Exception as err:  # a compiler or linker failure
+        return None, f"building the {what} extension failed: {type(err).__name__}: {err}"
 
 
 @functools.cache
 def _load() -> tuple[ModuleType | None, str]:
-    try:
-        _check_environment()
-        try:
-            return importlib.import_module("sparse_llm._cusparselt"), "prebuilt by setup.py"
-        except ImportError:
-            pass
-        return _jit_build(), "built on first use"
-    except ExtensionUnavailable as err:
-        return None, str(err)
-    except Exception as err:  # a compiler or linker failure: keep the reason, never break the import
-        return None, f"building the cuSPARSELt extension failed: {type(err).__name__}: {err}"
-
-
-def _jit_build_mma() -> ModuleType:
-    from torch.utils import cpp_extension
-
-    if cpp_extension.CUDA_HOME is None:
-        raise ExtensionUnavailable("CUDA_HOME / nvcc not found: the CUDA toolkit is needed to build the extension")
-    if not MMA_SOURCE.is_file():
-        raise ExtensionUnavailable(f"extension source {MMA_SOURCE} is missing (non-editable install without a build)")
-    build_dir = cache_dir() / "torch_extensions" / f"mma-torch{torch.__version__}-cuda{torch.version.cuda}"
-    build_dir.mkdir(parents=True, exist_ok=True)
-    return cpp_extension.load(
-        name=MMA_EXTENSION_NAME,
-        sources=[str(MMA_SOURCE)],
-        extra_cuda_cflags=["-O3"],
-        build_directory=str(build_dir),
-        verbose=os.environ.get("SPARSE_LLM_BUILD_VERBOSE") == "1",
-    )
+    return _find_or_build("sparse_llm._cusparselt", _jit_build, "cuSPARSELt")
 
 
 @functools.cache
 def _load_mma() -> tuple[ModuleType | None, str]:
-    try:
-        _check_environment()
-        major, minor = torch.cuda.get_device_capability()
-        if major < 8:
-            raise ExtensionUnavailable(f"sparse tensor cores need compute capability 8.0+, not {major}.{minor}")
-        try:
-            return importlib.import_module("sparse_llm._mma"), "prebuilt by setup.py"
-        except ImportError:
-            pass
-        return _jit_build_mma(), "built on first use"
-    except ExtensionUnavailable as err:
-        return None, str(err)
-    except Exception as err:  # a compiler failure: keep the reason, never break the import
-        return None, f"building the sparse tensor-core extension failed: {type(err).__name__}: {err}"
+    return _find_or_build("sparse_llm._mma", _jit_build_mma, "sparse tensor-core", _check_sparse_tensor_cores)
 
 
 def load_mma_extension() -> ModuleType:
