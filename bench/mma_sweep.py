@@ -2,10 +2,11 @@
 
     python bench/mma_sweep.py --out DIR [--ms 1 2 4 ...] [--quick]
 
-Builds the kernel with torch.utils.cpp_extension (JIT), checks every instantiated tile against F.linear on the
-dense masked weight (odd shapes, both dtypes, bias, split-K), then times every tile
-configuration per Llama shape and M as CUDA-graph replays (median of do_bench, L2 cleared before each replay)
-next to dense F.linear in the same run. Writes ``mma_sweep.json``.
+Loads the package's kernel (built by setup.py, or JIT-built on first use), checks every instantiated tile
+against F.linear on the dense masked weight (odd shapes, both dtypes, bias, split-K), then times the candidate
+configurations of ``sparse-llm tune`` (``tune.mma_candidates``) per Llama shape and M as CUDA-graph replays
+(median of do_bench, L2 cleared before each replay) next to dense F.linear in the same run. Writes
+``mma_sweep.json``.
 """
 
 from __future__ import annotations
@@ -18,29 +19,25 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_result  # noqa: E402
 
 from sparse_llm import Sparse24Weight  # noqa: E402
+from sparse_llm.backends.sparse_mma import TILES  # noqa: E402
 from sparse_llm.benchmark import LLAMA_SHAPES, time_graph_us  # noqa: E402
+from sparse_llm.tune import mma_candidates  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 def build():
-    from torch.utils import cpp_extension
+    from sparse_llm.backends._build import load_mma_extension
 
     t0 = time.time()
-    mod = cpp_extension.load(
-        name="spmm24_mma_sweep",
-        sources=[str(ROOT / "csrc" / "spmm24_mma.cu")],
-        extra_cuda_cflags=["-O3", "-lineinfo"],
-        verbose=False,
-    )
-    print(f"built in {time.time() - t0:.1f} s", flush=True)
+    mod = load_mma_extension()
+    print(f"extension ready in {time.time() - t0:.1f} s ({mod.__name__})", flush=True)
     return mod
 
 
@@ -52,32 +49,8 @@ def random_packed(n, k, dtype):
     return dense, p.values, p.meta
 
 
-# (rows per warp, tokens per block, stages) instantiated in csrc/spmm24_mma.cu (SPARSE_LLM_MMA_TILES)
-TILES = {
-    (16 * r, 8 * t, s)
-    for r, t, s in (
-        (1, 1, 1),
-        (1, 1, 2),
-        (2, 1, 1),
-        (2, 1, 2),
-        (4, 1, 1),
-        (1, 2, 1),
-        (1, 2, 2),
-        (2, 2, 1),
-        (1, 4, 1),
-        (2, 4, 1),
-    )
-}
-
-
 def run(mod, x, values, meta, bias, rows, tokens, split, stages):
-    out = mod.spmm24_mma(x, values, meta, bias, rows, tokens, split, stages)
-    if split > 1:
-        total = out.sum(0)
-        if bias is not None:
-            total += bias.float()
-        return total.to(x.dtype)
-    return out
+    return mod.spmm24_mma(x, values, meta, bias, rows, tokens, split, stages)
 
 
 def rel(a, b):
@@ -108,18 +81,19 @@ def main() -> None:
             bias = torch.randn(n, device="cuda", dtype=dtype)
             ref = F.linear(x.float(), dense.float(), bias.float())
             for rows, tokens, stages in sorted(TILES):
-                split = min(1 + rows // 32, k // 256)
-                out = run(mod, x, values, meta, bias, rows, tokens, split, stages)
-                e = rel(out, ref)
-                errors.append({"dtype": str(dtype), "n": n, "k": k, "m": m, "rows": rows, "tokens": tokens,
-                               "stages": stages, "split": split, "rel_err": e})  # fmt: skip
-                if not e < tol:
-                    print("WRONG", errors[-1], flush=True)
-    bad = [e for e in errors if not e["rel_err"] < (1e-2 if "bfloat" in e["dtype"] else 5e-3)]
+                # split 3 of 4 chunks (k = 1024) leaves the last piece empty: it must still count in
+                for split in sorted({1, min(3, k // 256), k // 256}):
+                    out = run(mod, x, values, meta, bias, rows, tokens, split, stages)
+                    e = rel(out, ref)
+                    same = torch.equal(out, run(mod, x, values, meta, bias, rows, tokens, split, stages))
+                    errors.append({"dtype": str(dtype), "n": n, "k": k, "m": m, "rows": rows, "tokens": tokens,
+                                   "stages": stages, "split": split, "rel_err": e, "deterministic": same})  # fmt: skip
+                    if not (e < tol and same):
+                        print("WRONG", errors[-1], flush=True)
+    bad = [e for e in errors if not (e["rel_err"] < (1e-2 if "bfloat" in e["dtype"] else 5e-3) and e["deterministic"])]
     print(f"correctness: {len(errors) - len(bad)}/{len(errors)} ok, max err "
           f"{max(e['rel_err'] for e in errors):.2e}", flush=True)  # fmt: skip
     # 3. timing
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
     shapes = sorted({(n, k) for layers in LLAMA_SHAPES.values() for _, n, k in layers})
     if args.quick:
         shapes = [(4096, 4096), (28672, 8192), (1024, 8192)]
@@ -132,33 +106,24 @@ def main() -> None:
             t_dense = time_graph_us(lambda x=x, dense=dense: F.linear(x, dense))
             ref = F.linear(x.float(), dense.float())
             best = None
-            nt_full = min(triton.next_power_of_2(triton.cdiv(m, 8)), 4)
-            for rows, tokens, stages in sorted(TILES):
-                if tokens not in {8 * min(nt_full, 4), 8 * nt_full, 8 * max(1, nt_full // 2)}:
+            for c in mma_candidates(m, n, k, torch.device("cuda", 0)):
+                cfg = c.as_dict()
+                try:
+                    out = run(mod, x, values, meta, None, c.rows, c.tokens, c.split, c.stages)
+                    err = rel(out, ref)
+                    if not err < 1e-2:
+                        raise AssertionError(f"rel err {err}")
+                    us = time_graph_us(
+                        lambda x=x, v=values, mt=meta, c=c: run(
+                            mod, x, v, mt, None, c.rows, c.tokens, c.split, c.stages
+                        )
+                    )
+                except Exception as e:
+                    rows_out.append({"n": n, "k": k, "m": m, **cfg, "error": str(e)[:200]})
                     continue
-                if True:
-                    blocks = triton.cdiv(n, 4 * rows) * triton.cdiv(m, tokens)
-                    split_auto = 1
-                    while blocks * split_auto < 4 * sms and split_auto * 2 <= k // 256 // 2:
-                        split_auto *= 2
-                    for split in sorted({1, split_auto}):
-                        cfg = {"rows": rows, "tokens": tokens, "stages": stages, "split": split}
-                        try:
-                            out = run(mod, x, values, meta, None, rows, tokens, split, stages)
-                            err = rel(out, ref)
-                            if not err < 1e-2:
-                                raise AssertionError(f"rel err {err}")
-                            us = time_graph_us(
-                                lambda x=x, v=values, mt=meta, c=(rows, tokens, split, stages): run(
-                                    mod, x, v, mt, None, *c
-                                )
-                            )
-                        except Exception as e:
-                            rows_out.append({"n": n, "k": k, "m": m, **cfg, "error": str(e)[:200]})
-                            continue
-                        rows_out.append({"n": n, "k": k, "m": m, **cfg, "us": us, "speedup": t_dense / us})
-                        if best is None or us < best["us"]:
-                            best = {**cfg, "us": us}
+                rows_out.append({"n": n, "k": k, "m": m, **cfg, "us": us, "speedup": t_dense / us})
+                if best is None or us < best["us"]:
+                    best = {**cfg, "us": us}
             entry = {"n": n, "k": k, "m": m, "dense_us": t_dense, "best": best,
                      "speedup": t_dense / best["us"] if best else None}  # fmt: skip
             table.append(entry)

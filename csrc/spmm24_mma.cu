@@ -6,16 +6,18 @@
 //
 // The product is yT = W . xT: W is the sparse operand A of mma.sp.m16n8k32 (16 rows of W x 32 columns of K),
 // x the dense operand B (32 columns of K x 8 tokens), the accumulator 16 rows x 8 tokens in fp32.
-// Each warp owns R tiles of 16 rows and walks K in chunks of 256 columns (64 groups = 64 words per row). A
-// thread loads 64 contiguous bytes of each of its rows per chunk (words 16t..16t+15, t = lane % 4: a warp reads
-// 256 contiguous bytes per row), so the reduction over K is permuted: in step s (0..7) of a chunk, the mma's
-// group j of the row is our group 16j+2s (j < 4) or 16(j-4)+2s+1 (j >= 4). The metadata register is rebuilt in
-// that order from the row's 256 bits of natural metadata, and x is read at the same permuted columns, so every
-// product pairs the right x with each value. No shared memory: A, metadata and x go global -> registers; with
-// STAGES = 2 the next chunk is loaded before the current one is multiplied.
+// A block has 4 warps; each warp owns R tiles of 16 rows, and all of them share the block's 8 NT tokens. K is
+// walked in chunks of 256 columns (64 groups = 64 words per row). A thread loads 64 contiguous bytes of each of
+// its rows per chunk (words 16t..16t+15, t = lane % 4: a warp reads 256 contiguous bytes per row), so the
+// reduction over K is permuted: in step s (0..7) of a chunk, the mma's group j of the row is our group 16j+2s
+// (j < 4) or 16(j-4)+2s+1 (j >= 4). The metadata register is rebuilt in that order from the row's 256 bits of
+// natural metadata. The block's x chunk is staged in shared memory in the same permuted order (stored once per
+// block and chunk, coalesced from global memory), so a thread's B fragment of a step is one conflict-free
+// 16-byte shared load. x is double-buffered: the next chunk is fetched while the current one is multiplied.
 //
-// Split-K (grid.z > 1) writes fp32 partial sums to a (split, M, N) buffer that the caller reduces in a fixed
-// order (deterministic), as the Triton kernels do.
+// Split-K (grid.z > 1): each block writes its fp32 partial tile to a workspace and counts itself in on the
+// tile's counter; the last block of a tile adds the partials in split order (the same result on every run),
+// adds the bias, writes y and resets the counter to 0 for the next call. One kernel per product.
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -24,11 +26,16 @@
 #include <torch/extension.h>
 
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <utility>
 
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int kChunk = 256;  // K columns per main-loop step
+constexpr int kThreads = kWarps * 32;
+constexpr int kChunk = 256;    // K columns per main-loop step
+constexpr int kXStride = 144;  // 32-bit words per token row of a staged x chunk: 128 + 16 (conflict-free reads)
 
 template <typename T>
 struct MmaSp;
@@ -67,19 +74,15 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { re
 template <>
 __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
 
-// What one K chunk (256 columns = 64 groups per row) needs in registers: the thread's 64 contiguous bytes of
-// values (words 16t .. 16t+15) and the row's 32 bytes of natural metadata for each of its 2R rows, and its
-// B fragments (x at the permuted columns) for the chunk's 8 k32 steps. In step s the thread feeds the mma
-// group t with its word 2s and the group t+4 with its word 2s+1: mma group j < 4 is our group 16j + 2s,
-// j >= 4 our group 16(j-4) + 2s + 1.
-template <int R, int NT>
-struct Chunk {
+// One K chunk of W in registers: the thread's 64 contiguous bytes of values (words 16t .. 16t+15) and the row's
+// 32 bytes of natural metadata, for each of its 2R rows. In step s the thread feeds the mma group t with its
+// word 2s and the group t+4 with its word 2s+1: mma group j < 4 is our group 16j + 2s, j >= 4 our group
+// 16(j-4) + 2s + 1.
+template <int R>
+struct WChunk {
   uint4 a[R][2][4];
   uint4 m[R][2][2];
-  uint32_t b[8][NT][4];
 };
-
-__device__ __forceinline__ int our_group(int j, int s) { return j < 4 ? 16 * j + 2 * s : 16 * (j - 4) + 2 * s + 1; }
 
 // The 8 nibbles of step s in the mma's group order from a row's 64 natural nibbles (8 words): byte s of the
 // row's 64-bit word j holds our groups 16j+2s (low nibble) and 16j+2s+1 (high nibble).
@@ -96,9 +99,8 @@ __device__ __forceinline__ uint32_t step_nibbles(const uint32_t (&w)[8], int s) 
   return even | (odd << 16);
 }
 
-template <int R, int NT>
-__device__ __forceinline__ void load_chunk(Chunk<R, NT>& f, const uint4* (&vrow)[R][2], const uint4* (&mrow)[R][2],
-                                           const uint32_t* (&xrow)[NT], int c, int t) {
+template <int R>
+__device__ __forceinline__ void load_w(WChunk<R>& f, const uint4* (&vrow)[R][2], const uint4* (&mrow)[R][2], int c) {
 #pragma unroll
   for (int r = 0; r < R; ++r)
 #pragma unroll
@@ -108,51 +110,91 @@ __device__ __forceinline__ void load_chunk(Chunk<R, NT>& f, const uint4* (&vrow)
       f.m[r][h][0] = __ldg(mrow[r][h] + 2 * c);
       f.m[r][h][1] = __ldg(mrow[r][h] + 2 * c + 1);
     }
-  // B register i holds K rows 8i + 2t, +1 of the mma: the mma's group 2i + t/2 at positions 2(t%2), +1,
-  // i.e. one 32-bit word of x at our permuted column.
+}
+
+// The block's x chunk: 8 NT tokens x 256 columns = 32 granules of 16 bytes per token; thread i holds the
+// granules i + 128u (u < 2 NT). Tokens past M repeat the last token (their products are never stored).
+template <int NT>
+struct XChunk {
+  uint4 v[2 * NT];
+};
+
+template <typename T, int NT>
+__device__ __forceinline__ void load_x(XChunk<NT>& xr, const T* __restrict__ x, int tok0, int M, int64_t stride_xm,
+                                       int c, int tid) {
 #pragma unroll
-  for (int s = 0; s < 8; ++s)
+  for (int u = 0; u < 2 * NT; ++u) {
+    const int q = tid + kThreads * u;
+    const int tok = min(tok0 + (q >> 5), M - 1);
+    xr.v[u] = __ldg(reinterpret_cast<const uint4*>(x + tok * stride_xm + c * kChunk) + (q & 31));
+  }
+}
+
+// Shared layout of a staged chunk, per token row: word (s, t, i) at 16s + 4t + i is the i-th B register of
+// thread t in step s. Granule cg (natural words 4cg .. 4cg+3 = our groups 2cg, 2cg+1) belongs to step s = cg % 8
+// and mma groups a = cg / 8 (even word) and a + 4 (odd word): words 0, 1 go to threads 2(a%2), 2(a%2)+1 as
+// register a/2, words 2, 3 to the same threads as register a/2 + 2.
+template <int NT>
+__device__ __forceinline__ void store_x(uint32_t* __restrict__ xs, const XChunk<NT>& xr, int tid) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int col = c * kChunk + 4 * our_group(2 * i + (t >> 1), s) + 2 * (t & 1);
-#pragma unroll
-      for (int j = 0; j < NT; ++j) f.b[s][j][i] = __ldg(xrow[j] + (col >> 1));
-    }
+  for (int u = 0; u < 2 * NT; ++u) {
+    const int q = tid + kThreads * u;
+    const int cg = q & 31, a = cg >> 3;
+    uint32_t* p = xs + (q >> 5) * kXStride + 16 * (cg & 7) + 8 * (a & 1) + (a >> 1);
+    p[0] = xr.v[u].x;
+    p[4] = xr.v[u].y;
+    p[2] = xr.v[u].z;
+    p[6] = xr.v[u].w;
+  }
 }
 
 template <typename T, int R, int NT>
-__device__ __forceinline__ void mma_chunk(float (&acc)[R][NT][4], const Chunk<R, NT>& f, int t) {
+__device__ __forceinline__ void mma_chunk(float (&acc)[R][NT][4], const WChunk<R>& f, const uint32_t* xs, int g,
+                                          int t) {
 #pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const uint32_t(&mg)[8] = *reinterpret_cast<const uint32_t(*)[8]>(&f.m[r][0][0]);
-    const uint32_t(&m8)[8] = *reinterpret_cast<const uint32_t(*)[8]>(&f.m[r][1][0]);
-    const uint32_t(&wg)[16] = *reinterpret_cast<const uint32_t(*)[16]>(&f.a[r][0][0]);
-    const uint32_t(&w8)[16] = *reinterpret_cast<const uint32_t(*)[16]>(&f.a[r][1][0]);
+  for (int s = 0; s < 8; ++s) {
+    uint32_t e[R], a[R][4];
 #pragma unroll
-    for (int s = 0; s < 8; ++s) {
+    for (int r = 0; r < R; ++r) {
+      const uint32_t(&mg)[8] = *reinterpret_cast<const uint32_t(*)[8]>(&f.m[r][0][0]);
+      const uint32_t(&m8)[8] = *reinterpret_cast<const uint32_t(*)[8]>(&f.m[r][1][0]);
+      const uint32_t(&wg)[16] = *reinterpret_cast<const uint32_t(*)[16]>(&f.a[r][0][0]);
+      const uint32_t(&w8)[16] = *reinterpret_cast<const uint32_t(*)[16]>(&f.a[r][1][0]);
       const uint32_t ng = step_nibbles(mg, s), n8 = step_nibbles(m8, s);
       // Metadata register (sparsity selector 0, found on the H100 against F.linear): thread 0 of a quad holds
       // mma groups 0-3 of rows g (low 16 bits) and g + 8 (high 16 bits), thread 1 groups 4-7.
-      const uint32_t e = (t & 1) ? ((ng >> 16) | (n8 & 0xFFFF0000u)) : ((ng & 0xFFFFu) | (n8 << 16));
-      const uint32_t a[4] = {wg[2 * s], w8[2 * s], wg[2 * s + 1], w8[2 * s + 1]};
+      e[r] = (t & 1) ? ((ng >> 16) | (n8 & 0xFFFF0000u)) : ((ng & 0xFFFFu) | (n8 << 16));
+      a[r][0] = wg[2 * s];
+      a[r][1] = w8[2 * s];
+      a[r][2] = wg[2 * s + 1];
+      a[r][3] = w8[2 * s + 1];
+    }
 #pragma unroll
-      for (int j = 0; j < NT; ++j) MmaSp<T>::run(acc[r][j], a, f.b[s][j], e);
+    for (int j = 0; j < NT; ++j) {
+      const uint4 bv = *reinterpret_cast<const uint4*>(xs + (8 * j + g) * kXStride + 16 * s + 4 * t);
+      const uint32_t b[4] = {bv.x, bv.y, bv.z, bv.w};
+#pragma unroll
+      for (int r = 0; r < R; ++r) MmaSp<T>::run(acc[r][j], a[r], b, e[r]);
     }
   }
 }
 
-// STAGES chunks live in registers: while chunk c is multiplied, chunks c+1 .. c+STAGES-1 are in flight.
+// STAGES chunks of W live in registers: while chunk c is multiplied, chunks c+1 .. c+STAGES-1 are in flight.
 template <typename T, int R, int NT, int STAGES>
-__global__ void __launch_bounds__(kWarps * 32) spmm24_mma_kernel(
+__global__ void __launch_bounds__(kThreads) spmm24_mma_kernel(
     const T* __restrict__ x, const T* __restrict__ values, const int16_t* __restrict__ meta,
-    const T* __restrict__ bias, T* __restrict__ y, float* __restrict__ partial, int M, int N, int K,
-    int64_t stride_xm, int64_t stride_vn, int64_t stride_mn, int chunks_per_split) {
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
+    const T* __restrict__ bias, T* __restrict__ y, float* __restrict__ partial, int* __restrict__ counters, int M,
+    int N, int K, int64_t stride_xm, int64_t stride_vn, int64_t stride_mn, int chunks_per_split) {
+  extern __shared__ uint4 smem[];
+  uint32_t* xs = reinterpret_cast<uint32_t*>(smem);
+  constexpr int kBuf = 8 * NT * kXStride;  // words per staged chunk
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
   const int g = lane >> 2;  // groupID
   const int t = lane & 3;   // thread in group
-  const int row0 = (blockIdx.x * kWarps + warp) * (16 * R);
-  const int tok0 = blockIdx.y * (8 * NT);
+  const int row0 = (blockIdx.y * kWarps + warp) * (16 * R);
+  const int tok0 = blockIdx.x * (8 * NT);
   const int num_chunks = K / kChunk;
   const int c_begin = blockIdx.z * chunks_per_split;
   const int c_end = min(c_begin + chunks_per_split, num_chunks);
@@ -168,11 +210,6 @@ __global__ void __launch_bounds__(kWarps * 32) spmm24_mma_kernel(
       vrow[r][h] = reinterpret_cast<const uint4*>(values + row * stride_vn) + 4 * t;  // words 16t.. of chunk 0
       mrow[r][h] = reinterpret_cast<const uint4*>(meta + row * stride_mn);            // 16 int16 = 32 B per chunk
     }
-  // Tokens of this thread's B fragments: tok0 + 8j + g (clamped; their columns are not stored).
-  const uint32_t* xrow[NT];
-#pragma unroll
-  for (int j = 0; j < NT; ++j)
-    xrow[j] = reinterpret_cast<const uint32_t*>(x + min(tok0 + 8 * j + g, M - 1) * stride_xm);
 
   float acc[R][NT][4];
 #pragma unroll
@@ -182,17 +219,55 @@ __global__ void __launch_bounds__(kWarps * 32) spmm24_mma_kernel(
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[r][j][i] = 0.f;
 
-  Chunk<R, NT> f[STAGES];
+  WChunk<R> f[STAGES];
+  XChunk<NT> xr;
 #pragma unroll
   for (int u = 0; u < STAGES - 1; ++u)
-    if (c_begin + u < c_end) load_chunk(f[u], vrow, mrow, xrow, c_begin + u, t);
+    if (c_begin + u < c_end) load_w(f[u], vrow, mrow, c_begin + u);
+  if (c_begin < c_end) {
+    load_x<T, NT>(xr, x, tok0, M, stride_xm, c_begin, tid);
+    store_x<NT>(xs, xr, tid);
+  }
+  __syncthreads();
   for (int c = c_begin; c < c_end; c += STAGES) {
 #pragma unroll
     for (int u = 0; u < STAGES; ++u) {  // unrolled: every ring index is a compile-time constant
       const int cc = c + u;
-      if (cc + STAGES - 1 < c_end) load_chunk(f[(u + STAGES - 1) % STAGES], vrow, mrow, xrow, cc + STAGES - 1, t);
-      if (cc < c_end) mma_chunk<T, R, NT>(acc, f[u], t);
+      if (cc + STAGES - 1 < c_end) load_w(f[(u + STAGES - 1) % STAGES], vrow, mrow, cc + STAGES - 1);
+      if (cc < c_end) {  // block-uniform: the barrier below is reached by every thread or none
+        const bool next = cc + 1 < c_end;
+        if (next) load_x<T, NT>(xr, x, tok0, M, stride_xm, cc + 1, tid);
+        mma_chunk<T, R, NT>(acc, f[u], xs + ((cc - c_begin) & 1) * kBuf, g, t);
+        if (next) store_x<NT>(xs + ((cc + 1 - c_begin) & 1) * kBuf, xr, tid);
+        __syncthreads();
+      }
     }
+  }
+
+  if (gridDim.z > 1) {
+    // Partial tile in [split][tile][value][thread] order: coalesced, and read back by the same thread slots.
+    constexpr int kValues = R * NT * 4;
+    const int tile = blockIdx.y * gridDim.x + blockIdx.x;
+    const int64_t tiles = static_cast<int64_t>(gridDim.x) * gridDim.y;
+    float* mine = partial + (blockIdx.z * tiles + tile) * kValues * kThreads + tid;
+    float* flat = &acc[0][0][0];
+#pragma unroll
+    for (int v = 0; v < kValues; ++v) mine[v * kThreads] = flat[v];
+    __threadfence();
+    __syncthreads();
+    __shared__ int is_last;
+    if (tid == 0) is_last = atomicAdd(counters + tile, 1) == static_cast<int>(gridDim.z) - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+#pragma unroll
+    for (int v = 0; v < kValues; ++v) flat[v] = 0.f;
+    for (int z = 0; z < static_cast<int>(gridDim.z); ++z) {
+      const float* theirs = partial + (z * tiles + tile) * kValues * kThreads + tid;
+#pragma unroll
+      for (int v = 0; v < kValues; ++v) flat[v] += __ldcg(theirs + v * kThreads);
+    }
+    if (tid == 0) counters[tile] = 0;
   }
 
   // Accumulator: c0, c1 -> row g, tokens 2t, 2t+1; c2, c3 -> row g + 8.
@@ -202,42 +277,43 @@ __global__ void __launch_bounds__(kWarps * 32) spmm24_mma_kernel(
     for (int h = 0; h < 2; ++h) {
       const int row = row0 + 16 * r + g + 8 * h;
       if (row >= N) continue;
-      const float b_row = (partial == nullptr && bias != nullptr) ? to_float(bias[row]) : 0.f;
+      const float b_row = bias != nullptr ? to_float(bias[row]) : 0.f;
 #pragma unroll
       for (int j = 0; j < NT; ++j)
 #pragma unroll
         for (int q = 0; q < 2; ++q) {
           const int tok = tok0 + 8 * j + 2 * t + q;
-          if (tok >= M) continue;
-          const float v = acc[r][j][2 * h + q];
-          if (partial != nullptr) {
-            partial[(static_cast<int64_t>(blockIdx.z) * M + tok) * N + row] = v;
-          } else {
-            y[static_cast<int64_t>(tok) * N + row] = from_float<T>(v + b_row);
-          }
+          if (tok < M) y[static_cast<int64_t>(tok) * N + row] = from_float<T>(acc[r][j][2 * h + q] + b_row);
         }
     }
 }
 
+constexpr int smem_bytes(int NT) { return 2 * 8 * NT * kXStride * 4; }
+
 template <typename T, int R, int NT, int STAGES>
 void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
-            const c10::optional<torch::Tensor>& bias, torch::Tensor& y, float* partial, int split,
+            const c10::optional<torch::Tensor>& bias, torch::Tensor& y, float* partial, int* counters, int split,
             cudaStream_t stream) {
   const int M = x.size(0), K = x.size(1), N = values.size(0);
   const int num_chunks = K / kChunk;
   const int per_split = (num_chunks + split - 1) / split;
-  dim3 grid((N + kWarps * 16 * R - 1) / (kWarps * 16 * R), (M + 8 * NT - 1) / (8 * NT), split);
+  dim3 grid((M + 8 * NT - 1) / (8 * NT), (N + kWarps * 16 * R - 1) / (kWarps * 16 * R), split);
+  auto kernel = spmm24_mma_kernel<T, R, NT, STAGES>;
+  constexpr int kSmem = smem_bytes(NT);
+  if (kSmem > 48 * 1024) {  // idempotent, per device: cheap enough to repeat
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  }
   const T* bias_ptr = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
-  auto args = std::make_tuple(reinterpret_cast<const T*>(x.data_ptr()), reinterpret_cast<const T*>(values.data_ptr()),
-                              meta.data_ptr<int16_t>(), bias_ptr, reinterpret_cast<T*>(y.data_ptr()), partial, M, N,
-                              K, x.stride(0), values.stride(0), meta.stride(0), per_split);
-  std::apply([&](auto... a) { spmm24_mma_kernel<T, R, NT, STAGES><<<grid, kWarps * 32, 0, stream>>>(a...); }, args);
+  kernel<<<grid, kThreads, kSmem, stream>>>(
+      reinterpret_cast<const T*>(x.data_ptr()), reinterpret_cast<const T*>(values.data_ptr()),
+      meta.data_ptr<int16_t>(), bias_ptr, reinterpret_cast<T*>(y.data_ptr()), partial, counters, M, N, K,
+      x.stride(0), values.stride(0), meta.stride(0), per_split);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // The instantiated tiles: (rows per warp / 16, tokens per block / 8, stages).
 #define SPARSE_LLM_MMA_TILES(X) \
-  X(1, 1, 1) X(1, 1, 2) X(2, 1, 1) X(2, 1, 2) X(4, 1, 1) X(1, 2, 1) X(1, 2, 2) X(2, 2, 1) X(1, 4, 1) X(2, 4, 1)
+  X(1, 1, 1) X(1, 1, 2) X(2, 1, 1) X(2, 1, 2) X(4, 1, 1) X(1, 2, 1) X(2, 2, 1) X(1, 4, 1) X(2, 4, 1) X(1, 8, 1)
 
 bool tile_supported(int rows, int tokens, int stages) {
 #define SPARSE_LLM_MMA_MATCH(R_, NT_, S_) \
@@ -249,21 +325,34 @@ bool tile_supported(int rows, int tokens, int stages) {
 
 template <typename T>
 void dispatch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
-              const c10::optional<torch::Tensor>& bias, torch::Tensor& y, float* partial, int rows, int tokens,
-              int stages, int split, cudaStream_t stream) {
-#define SPARSE_LLM_MMA_CASE(R_, NT_, S_)                                           \
-  if (rows == R_ && tokens == NT_ && stages == S_) {                               \
-    launch<T, R_, NT_, S_>(x, values, meta, bias, y, partial, split, stream);      \
-    return;                                                                        \
+              const c10::optional<torch::Tensor>& bias, torch::Tensor& y, float* partial, int* counters, int rows,
+              int tokens, int stages, int split, cudaStream_t stream) {
+#define SPARSE_LLM_MMA_CASE(R_, NT_, S_)                                                 \
+  if (rows == R_ && tokens == NT_ && stages == S_) {                                     \
+    launch<T, R_, NT_, S_>(x, values, meta, bias, y, partial, counters, split, stream);  \
+    return;                                                                              \
   }
   SPARSE_LLM_MMA_TILES(SPARSE_LLM_MMA_CASE)
 #undef SPARSE_LLM_MMA_CASE
 }
 
+// Split-K tile counters, one zeroed buffer per (device, stream): every kernel leaves its counters at 0, and
+// kernels of one stream run one after the other, so the buffer is reused without a reset. (Two products that
+// run at the same time on two streams get two buffers.)
+int* tile_counters(const torch::Tensor& like, cudaStream_t stream, int64_t tiles) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, cudaStream_t>, torch::Tensor> buffers;
+  const std::lock_guard<std::mutex> lock(mutex);
+  torch::Tensor& buf = buffers[{like.get_device(), stream}];
+  if (!buf.defined() || buf.numel() < tiles) {
+    buf = torch::zeros({std::max<int64_t>(tiles, 4096)}, like.options().dtype(at::kInt));
+  }
+  return buf.data_ptr<int>();
+}
+
 }  // namespace
 
-// y (M, N) = x (M, K) @ W.T + bias, tiles as listed in SPARSE_LLM_MMA_TILES.
-// split > 1: returns the fp32 (split, M, N) partial sums (bias not added) for the caller to reduce.
+// y (M, N) = x (M, K) @ W.T + bias, tiles as listed in SPARSE_LLM_MMA_TILES; split > 1 splits K over grid.z.
 torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
                          const c10::optional<torch::Tensor>& bias, int64_t rows_per_warp, int64_t tokens_per_block,
                          int64_t split, int64_t stages) {
@@ -281,9 +370,10 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
   TORCH_CHECK(meta.size(0) == N && meta.size(1) * 16 == K, "spmm24_mma: meta shape does not match the weight");
   TORCH_CHECK(K % kChunk == 0, "spmm24_mma: K must be a multiple of ", kChunk, ", got ", K);
   TORCH_CHECK(x.stride(1) == 1 && values.stride(1) == 1 && meta.stride(1) == 1, "spmm24_mma: unit column strides");
-  TORCH_CHECK(x.stride(0) % 2 == 0 && values.stride(0) % 8 == 0 && meta.stride(0) % 8 == 0,
-              "spmm24_mma: row strides must keep 4-byte x, 16-byte values and 16-byte meta loads aligned");
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 4 == 0 && reinterpret_cast<uintptr_t>(values.data_ptr()) % 16 == 0 &&
+  TORCH_CHECK(x.stride(0) % 8 == 0 && values.stride(0) % 8 == 0 && meta.stride(0) % 8 == 0,
+              "spmm24_mma: row strides must keep the 16-byte x, values and meta loads aligned");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
+                  reinterpret_cast<uintptr_t>(values.data_ptr()) % 16 == 0 &&
                   reinterpret_cast<uintptr_t>(meta.data_ptr()) % 16 == 0,
               "spmm24_mma: misaligned x, values or meta storage");
   TORCH_CHECK(split >= 1 && split <= K / kChunk, "spmm24_mma: split must be in [1, K/256]");
@@ -299,21 +389,25 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
               " stages=", stages);
   const c10::cuda::CUDAGuard guard(x.device());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  torch::Tensor y, partial;
-  float* partial_ptr = nullptr;
-  if (split > 1) {
-    partial = torch::empty({split, M, N}, x.options().dtype(at::kFloat));
-    partial_ptr = partial.data_ptr<float>();
-    y = partial;
-  } else {
-    y = torch::empty({M, N}, x.options());
-  }
+  torch::Tensor y = torch::empty({M, N}, x.options());
   if (M == 0) return y;
   const int rows = static_cast<int>(rows_per_warp / 16), tokens = static_cast<int>(tokens_per_block / 8);
+  torch::Tensor partial;
+  float* partial_ptr = nullptr;
+  int* counters = nullptr;
+  if (split > 1) {
+    const int64_t tiles = ((M + tokens_per_block - 1) / tokens_per_block) *
+                          ((N + kWarps * rows_per_warp - 1) / (kWarps * rows_per_warp));
+    partial = torch::empty({split * tiles * kWarps * rows_per_warp * tokens_per_block}, x.options().dtype(at::kFloat));
+    partial_ptr = partial.data_ptr<float>();
+    counters = tile_counters(x, stream, tiles);
+  }
   if (x.scalar_type() == at::kBFloat16) {
-    dispatch<__nv_bfloat16>(x, values, meta, bias, y, partial_ptr, rows, tokens, static_cast<int>(stages), split, stream);
+    dispatch<__nv_bfloat16>(x, values, meta, bias, y, partial_ptr, counters, rows, tokens, static_cast<int>(stages),
+                            static_cast<int>(split), stream);
   } else {
-    dispatch<__half>(x, values, meta, bias, y, partial_ptr, rows, tokens, static_cast<int>(stages), split, stream);
+    dispatch<__half>(x, values, meta, bias, y, partial_ptr, counters, rows, tokens, static_cast<int>(stages),
+                     static_cast<int>(split), stream);
   }
   return y;
 }

@@ -29,7 +29,7 @@ DEFAULT_CROSSOVER = 4
 # Above 256 cuSPARSELt won on every shape measured (bench/NOTES.md, layers): not worth tuning time.
 TUNE_MS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # The sparse tensor-core kernel lost to cuBLAS from M = 16 on every shape of the H100 sweep: timed up to here.
-MMA_TUNE_MAX_M = 32
+MMA_TUNE_MAX_M = 256
 
 
 def cache_path() -> Path:
@@ -122,18 +122,23 @@ def mma_config(n: int, k: int, m: int, dtype: torch.dtype, device: torch.device)
 
 
 def mma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
-    """The heuristic's tile plus its neighbours (rows per warp, pipeline depth, split of K)."""
-    from sparse_llm.backends.sparse_mma import TILES, MmaConfig
+    """The heuristic's tile and its neighbours: tokens per block (half, same, double), rows per warp, pipeline
+    depth, and for each tile its automatic split of K and twice that."""
+    from sparse_llm.backends.sparse_mma import TILES, MmaConfig, auto_split
     from sparse_llm.backends.sparse_mma import default_config as mma_default
 
     base = mma_default(m, n, k, device)
     out = [base]
-    for rows in (16, 32, 64):
-        for stages in (1, 2):
-            for split in sorted({base.split, max(1, base.split // 2), base.split * 2}):
-                cfg = MmaConfig(rows, base.tokens, stages, split)
-                if (rows, base.tokens, stages) in TILES and split <= k // 256 and cfg not in out:
-                    out.append(cfg)
+    for tokens in (base.tokens // 2, base.tokens, base.tokens * 2):
+        for rows in (16, 32, 64):
+            for stages in (1, 2):
+                if (rows, tokens, stages) not in TILES:
+                    continue
+                split = auto_split(m, n, k, rows, tokens, device)
+                for s in (split, 2 * split):
+                    cfg = MmaConfig(rows, tokens, stages, s)
+                    if s <= k // 256 and cfg not in out:
+                        out.append(cfg)
     return out
 
 

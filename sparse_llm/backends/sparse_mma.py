@@ -1,12 +1,14 @@
 """Small-M backend on the sparse tensor cores: ``mma.sp`` through our CUDA kernel (``csrc/spmm24_mma.cu``).
 
 It reads the layer's canonical ``values`` (on the GPU a view of the head of cuSPARSELt's compressed buffer: one
-copy of the weight) and natural ``meta`` directly: no conversion, no padding of M. Memory-bound at decode sizes,
-it is the dispatcher's choice for the smallest M (the crossover to cuSPARSELt is measured, ``sparse_llm.tune``).
+copy of the weight) and natural ``meta`` directly: no conversion, no padding of M. A block stages its tokens of x
+in shared memory, so the weight is streamed once per 64 tokens. Memory-bound at decode and small-batch sizes,
+it is the dispatcher's choice for small M (the crossover to cuSPARSELt is measured, ``sparse_llm.tune``).
 
 ``spmm24_mma(x, values, meta, bias, config)`` computes ``x @ W.T + bias``; :class:`MmaConfig` is the tile
-(rows of W per warp, tokens per block), the register pipeline depth and the split of K (split > 1: fp32 partial
-sums reduced in a fixed order, so results are the same on every run).
+(rows of W per warp, tokens per block), the register pipeline depth and the split of K (split > 1: the last
+block of each tile adds the fp32 partial sums in a fixed order inside the same kernel, so results are the same
+on every run).
 """
 
 from __future__ import annotations
@@ -24,15 +26,15 @@ CHUNK = 256  # K columns per step of the kernel: K must be a multiple
 # (rows per warp, tokens per block, stages) instantiated in csrc/spmm24_mma.cu (SPARSE_LLM_MMA_TILES)
 TILES = frozenset(
     (16 * r, 8 * t, s)
-    for r, t, s in ((1, 1, 1), (1, 1, 2), (2, 1, 1), (2, 1, 2), (4, 1, 1), (1, 2, 1), (1, 2, 2), (2, 2, 1), (1, 4, 1),
-                    (2, 4, 1))
+    for r, t, s in ((1, 1, 1), (1, 1, 2), (2, 1, 1), (2, 1, 2), (4, 1, 1), (1, 2, 1), (2, 2, 1), (1, 4, 1), (2, 4, 1),
+                    (1, 8, 1))
 )  # fmt: skip
 
 
 @dataclass(frozen=True)
 class MmaConfig:
     rows: int = 32  # rows of W per warp (16, 32, 64)
-    tokens: int = 8  # tokens per block (8, 16, 32)
+    tokens: int = 8  # tokens per block (8, 16, 32, 64)
     stages: int = 1  # chunks of K in registers at once (2: the next one is loaded during the current mma)
     split: int = 1  # pieces of K (blocks along grid.z)
 
@@ -45,17 +47,22 @@ def _num_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def default_config(m: int, n: int, k: int, device: torch.device) -> MmaConfig:
-    """Heuristic from the H100 sweep (bench/results/mma_sweep.json): 32 rows per warp (16 below 4096 rows),
-    8 tokens per block up to M = 8, and K split until there are about 4 blocks per SM."""
-    rows = 32 if n >= 4096 else 16
-    tokens = 8 if m <= 8 else 16
+def auto_split(m: int, n: int, k: int, rows: int, tokens: int, device: torch.device) -> int:
+    """Split K (powers of two, at least 2 chunks of 256 per piece) until there are about 4 blocks per SM."""
     sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
     blocks = triton.cdiv(n, 4 * rows) * triton.cdiv(m, tokens)
     split = 1
     while blocks * split < 4 * sms and split * 2 <= k // (2 * CHUNK):
         split *= 2
-    return MmaConfig(rows, tokens, 1, split)
+    return split
+
+
+def default_config(m: int, n: int, k: int, device: torch.device) -> MmaConfig:
+    """Before a tuning table exists: all of M's tokens in one block up to 64 (x is staged once per block), 32 rows
+    per warp on layers of 4096+ rows (16 below, and with 64 tokens), K split to about 4 blocks per SM."""
+    tokens = min(8 * triton.next_power_of_2(triton.cdiv(m, 8)), 64)
+    rows = 32 if n >= 4096 and tokens <= 32 else 16
+    return MmaConfig(rows, tokens, 1, auto_split(m, n, k, rows, tokens, device))
 
 
 def shape_supported(n: int, k: int) -> bool:
@@ -77,14 +84,8 @@ def why_not(x: torch.Tensor, values: torch.Tensor) -> str | None:
 
 
 def _launch(x, values, meta, bias, config: MmaConfig) -> torch.Tensor:
-    out = load_mma_extension().spmm24_mma(x, values, meta, bias, config.rows, config.tokens, config.split,
-                                          config.stages)  # fmt: skip
-    if config.split > 1:  # fixed-order reduction of the fp32 partial sums
-        total = out.sum(0)
-        if bias is not None:
-            total += bias.float()
-        return total.to(x.dtype)
-    return out
+    return load_mma_extension().spmm24_mma(x, values, meta, bias, config.rows, config.tokens, config.split,
+                                           config.stages)  # fmt: skip
 
 
 @torch.library.custom_op("sparse_llm::spmm24_mma", mutates_args=())
@@ -127,7 +128,7 @@ def spmm24_mma(
                          f"{bias.dtype} on {bias.device}")  # fmt: skip
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    if x2.stride(-1) != 1 or x2.stride(0) % 2 or x2.data_ptr() % 4:
+    if x2.stride(-1) != 1 or x2.stride(0) % 8 or x2.data_ptr() % 16:  # the kernel's 16-byte loads of x
         x2 = x2.contiguous()
     m, n = x2.shape[0], values.shape[0]
     config = config or default_config(m, n, x2.shape[1], x.device)
