@@ -49,8 +49,8 @@ def random_packed(n, k, dtype):
     return dense, p.values, p.meta
 
 
-def run(mod, x, values, meta, bias, rows, tokens, split, stages):
-    return mod.spmm24_mma(x, values, meta, bias, rows, tokens, split, stages)
+def run(mod, x, values, meta, bias, rows, tokens, split, stages, warps=4):
+    return mod.spmm24_mma(x, values, meta, bias, rows, tokens, split, stages, warps)
 
 
 def rel(a, b):
@@ -80,14 +80,15 @@ def main() -> None:
             x = torch.randn(m, k, device="cuda", dtype=dtype)
             bias = torch.randn(n, device="cuda", dtype=dtype)
             ref = F.linear(x.float(), dense.float(), bias.float())
-            for rows, tokens, stages in sorted(TILES):
+            for rows, tokens, stages, warps in sorted(TILES):
                 # split 3 of 4 chunks (k = 1024) leaves the last piece empty: it must still count in
                 for split in sorted({1, min(3, k // 256), k // 256}):
-                    out = run(mod, x, values, meta, bias, rows, tokens, split, stages)
+                    out = run(mod, x, values, meta, bias, rows, tokens, split, stages, warps)
                     e = rel(out, ref)
-                    same = torch.equal(out, run(mod, x, values, meta, bias, rows, tokens, split, stages))
+                    same = torch.equal(out, run(mod, x, values, meta, bias, rows, tokens, split, stages, warps))
                     errors.append({"dtype": str(dtype), "n": n, "k": k, "m": m, "rows": rows, "tokens": tokens,
-                                   "stages": stages, "split": split, "rel_err": e, "deterministic": same})  # fmt: skip
+                                   "stages": stages, "warps": warps, "split": split, "rel_err": e,
+                                   "deterministic": same})  # fmt: skip
                     if not (e < tol and same):
                         print("WRONG", errors[-1], flush=True)
     bad = [e for e in errors if not (e["rel_err"] < (1e-2 if "bfloat" in e["dtype"] else 5e-3) and e["deterministic"])]
@@ -109,13 +110,13 @@ def main() -> None:
             for c in mma_candidates(m, n, k, torch.device("cuda", 0)):
                 cfg = c.as_dict()
                 try:
-                    out = run(mod, x, values, meta, None, c.rows, c.tokens, c.split, c.stages)
+                    out = run(mod, x, values, meta, None, c.rows, c.tokens, c.split, c.stages, c.warps)
                     err = rel(out, ref)
                     if not err < 1e-2:
                         raise AssertionError(f"rel err {err}")
                     us = time_graph_us(
                         lambda x=x, v=values, mt=meta, c=c: run(
-                            mod, x, v, mt, None, c.rows, c.tokens, c.split, c.stages
+                            mod, x, v, mt, None, c.rows, c.tokens, c.split, c.stages, c.warps
                         )
                     )
                 except Exception as e:
@@ -127,7 +128,7 @@ def main() -> None:
             entry = {"n": n, "k": k, "m": m, "dense_us": t_dense, "best": best,
                      "speedup": t_dense / best["us"] if best else None}  # fmt: skip
             table.append(entry)
-            tile = f"{best['rows']}/{best['tokens']}/{best['stages']}/{best['split']}" if best else "-"
+            tile = f"{best['rows']}/{best['tokens']}/{best['stages']}/{best['split']}/{best['warps']}w" if best else "-"
             speed = f"{best['us']:.1f} ({entry['speedup']:.2f}x {tile})" if best else "no config"
             print(f"{n}x{k} M={m}: dense {t_dense:.1f} mma {speed}", flush=True)
         write_result(args.out, "mma_sweep", {"checks": checks, "correctness": errors,

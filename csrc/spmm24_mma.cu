@@ -6,14 +6,15 @@
 //
 // The product is yT = W . xT: W is the sparse operand A of mma.sp.m16n8k32 (16 rows of W x 32 columns of K),
 // x the dense operand B (32 columns of K x 8 tokens), the accumulator 16 rows x 8 tokens in fp32.
-// A block has 4 warps; each warp owns R tiles of 16 rows, and all of them share the block's 8 NT tokens. K is
+// A block has 4 or 8 warps; each warp owns R tiles of 16 rows, and all of them share the block's 8 NT tokens. K is
 // walked in chunks of 256 columns (64 groups = 64 words per row). A thread loads 64 contiguous bytes of each of
 // its rows per chunk (words 16t..16t+15, t = lane % 4: a warp reads 256 contiguous bytes per row), so the
 // reduction over K is permuted: in step s (0..7) of a chunk, the mma's group j of the row is our group 16j+2s
 // (j < 4) or 16(j-4)+2s+1 (j >= 4). The metadata register is rebuilt in that order from the row's 256 bits of
-// natural metadata. The block's x chunk is staged in shared memory in the same permuted order (stored once per
-// block and chunk, coalesced from global memory), so a thread's B fragment of a step is one conflict-free
-// 16-byte shared load. x is double-buffered: the next chunk is fetched while the current one is multiplied.
+// natural metadata. The block's x chunk is staged in shared memory in the same permuted order (4-byte cp.async,
+// coalesced on the global side, at most 2-way bank conflicts on the shared side, no registers), so a thread's B
+// fragment of a step is one conflict-free 16-byte shared load. x is double-buffered: the next chunk is copied
+// while the current one is multiplied, and one barrier per chunk orders the two.
 //
 // Split-K (grid.z > 1): each block writes its fp32 partial tile to a workspace and counts itself in on the
 // tile's counter; the last block of a tile adds the partials in split order (the same result on every run),
@@ -32,10 +33,9 @@
 
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
 constexpr int kChunk = 256;    // K columns per main-loop step
-constexpr int kXStride = 144;  // 32-bit words per token row of a staged x chunk: 128 + 16 (conflict-free reads)
+constexpr int kStepStride = 20;  // 32-bit words per step in a staged token row (16 used; 20: 2-way stores, not 4)
+constexpr int kXStride = 176;    // words per staged token row: >= 8 steps, = 16 mod 32 (conflict-free reads)
 
 template <typename T>
 struct MmaSp;
@@ -112,41 +112,35 @@ __device__ __forceinline__ void load_w(WChunk<R>& f, const uint4* (&vrow)[R][2],
     }
 }
 
-// The block's x chunk: 8 NT tokens x 256 columns = 32 granules of 16 bytes per token; thread i holds the
-// granules i + 128u (u < 2 NT). Tokens past M repeat the last token (their products are never stored).
-template <int NT>
-struct XChunk {
-  uint4 v[2 * NT];
-};
-
-template <typename T, int NT>
-__device__ __forceinline__ void load_x(XChunk<NT>& xr, const T* __restrict__ x, int tok0, int M, int64_t stride_xm,
-                                       int c, int tid) {
-#pragma unroll
-  for (int u = 0; u < 2 * NT; ++u) {
-    const int q = tid + kThreads * u;
-    const int tok = min(tok0 + (q >> 5), M - 1);
-    xr.v[u] = __ldg(reinterpret_cast<const uint4*>(x + tok * stride_xm + c * kChunk) + (q & 31));
-  }
+// Shared layout of a staged chunk, per token row: word (s, t, i) at kStepStride s + 4t + i is the i-th B
+// register of thread t in step s. Natural word w of the chunk (columns 2w, 2w+1) is in our group G = w / 2, i.e.
+// G = 16a + 2s + e (a < 4, e < 2), and goes to thread t = 2(a % 2) + w % 2 as register i = a / 2 + 2e.
+__device__ __forceinline__ int staged_offset(int w) {
+  const int G = w >> 1, a = G >> 4, s = (G >> 1) & 7, e = G & 1;
+  return kStepStride * s + 4 * (2 * (a & 1) + (w & 1)) + (a >> 1) + 2 * e;
 }
 
-// Shared layout of a staged chunk, per token row: word (s, t, i) at 16s + 4t + i is the i-th B register of
-// thread t in step s. Granule cg (natural words 4cg .. 4cg+3 = our groups 2cg, 2cg+1) belongs to step s = cg % 8
-// and mma groups a = cg / 8 (even word) and a + 4 (odd word): words 0, 1 go to threads 2(a%2), 2(a%2)+1 as
-// register a/2, words 2, 3 to the same threads as register a/2 + 2.
-template <int NT>
-__device__ __forceinline__ void store_x(uint32_t* __restrict__ xs, const XChunk<NT>& xr, int tid) {
+// Copies the block's x chunk c (8 NT tokens x 128 words) into shared memory, asynchronously: thread i copies
+// word i % 128 of token rows i / 128 + u THREADS / 128. Rows past M are filled with zeros (never stored).
+template <typename T, int NT, int THREADS>
+__device__ __forceinline__ void stage_x(uint32_t* xs, const T* __restrict__ x, int tok0, int M, int64_t stride_xm,
+                                        int c, int tid) {
+  constexpr int kRowsPerPass = THREADS / 128;
+  const int w = tid & 127;
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(xs + staged_offset(w))) +
+                       4u * kXStride * static_cast<uint32_t>(tid >> 7);
+  const int tk0 = tok0 + (tid >> 7);
+  const T* src = x + (tk0 < M ? tk0 : 0) * stride_xm + c * kChunk + 2 * w;
 #pragma unroll
-  for (int u = 0; u < 2 * NT; ++u) {
-    const int q = tid + kThreads * u;
-    const int cg = q & 31, a = cg >> 3;
-    uint32_t* p = xs + (q >> 5) * kXStride + 16 * (cg & 7) + 8 * (a & 1) + (a >> 1);
-    p[0] = xr.v[u].x;
-    p[4] = xr.v[u].y;
-    p[2] = xr.v[u].z;
-    p[6] = xr.v[u].w;
+  for (int u = 0; u < 8 * NT / kRowsPerPass; ++u) {
+    const bool valid = tk0 + u * kRowsPerPass < M;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst + 4u * kXStride * kRowsPerPass * u),
+                 "l"(valid ? src + u * kRowsPerPass * stride_xm : src), "r"(valid ? 4 : 0));
   }
+  asm volatile("cp.async.commit_group;\n" ::);
 }
+
+__device__ __forceinline__ void wait_staged() { asm volatile("cp.async.wait_group 0;\n" ::); }
 
 template <typename T, int R, int NT>
 __device__ __forceinline__ void mma_chunk(float (&acc)[R][NT][4], const WChunk<R>& f, const uint32_t* xs, int g,
@@ -171,7 +165,7 @@ __device__ __forceinline__ void mma_chunk(float (&acc)[R][NT][4], const WChunk<R
     }
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
-      const uint4 bv = *reinterpret_cast<const uint4*>(xs + (8 * j + g) * kXStride + 16 * s + 4 * t);
+      const uint4 bv = *reinterpret_cast<const uint4*>(xs + (8 * j + g) * kXStride + kStepStride * s + 4 * t);
       const uint32_t b[4] = {bv.x, bv.y, bv.z, bv.w};
 #pragma unroll
       for (int r = 0; r < R; ++r) MmaSp<T>::run(acc[r][j], a[r], b, e[r]);
@@ -180,8 +174,8 @@ __device__ __forceinline__ void mma_chunk(float (&acc)[R][NT][4], const WChunk<R
 }
 
 // STAGES chunks of W live in registers: while chunk c is multiplied, chunks c+1 .. c+STAGES-1 are in flight.
-template <typename T, int R, int NT, int STAGES>
-__global__ void __launch_bounds__(kThreads) spmm24_mma_kernel(
+template <typename T, int R, int NT, int STAGES, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) spmm24_mma_kernel(
     const T* __restrict__ x, const T* __restrict__ values, const int16_t* __restrict__ meta,
     const T* __restrict__ bias, T* __restrict__ y, float* __restrict__ partial, int* __restrict__ counters, int M,
     int N, int K, int64_t stride_xm, int64_t stride_vn, int64_t stride_mn, int chunks_per_split) {
@@ -193,7 +187,8 @@ __global__ void __launch_bounds__(kThreads) spmm24_mma_kernel(
   const int warp = tid >> 5;
   const int g = lane >> 2;  // groupID
   const int t = lane & 3;   // thread in group
-  const int row0 = (blockIdx.y * kWarps + warp) * (16 * R);
+  constexpr int kThreads = WARPS * 32;
+  const int row0 = (blockIdx.y * WARPS + warp) * (16 * R);
   const int tok0 = blockIdx.x * (8 * NT);
   const int num_chunks = K / kChunk;
   const int c_begin = blockIdx.z * chunks_per_split;
@@ -220,26 +215,22 @@ __global__ void __launch_bounds__(kThreads) spmm24_mma_kernel(
       for (int i = 0; i < 4; ++i) acc[r][j][i] = 0.f;
 
   WChunk<R> f[STAGES];
-  XChunk<NT> xr;
 #pragma unroll
   for (int u = 0; u < STAGES - 1; ++u)
     if (c_begin + u < c_end) load_w(f[u], vrow, mrow, c_begin + u);
-  if (c_begin < c_end) {
-    load_x<T, NT>(xr, x, tok0, M, stride_xm, c_begin, tid);
-    store_x<NT>(xs, xr, tid);
-  }
-  __syncthreads();
+  if (c_begin < c_end) stage_x<T, NT, kThreads>(xs, x, tok0, M, stride_xm, c_begin, tid);
   for (int c = c_begin; c < c_end; c += STAGES) {
 #pragma unroll
     for (int u = 0; u < STAGES; ++u) {  // unrolled: every ring index is a compile-time constant
       const int cc = c + u;
       if (cc + STAGES - 1 < c_end) load_w(f[(u + STAGES - 1) % STAGES], vrow, mrow, cc + STAGES - 1);
-      if (cc < c_end) {  // block-uniform: the barrier below is reached by every thread or none
-        const bool next = cc + 1 < c_end;
-        if (next) load_x<T, NT>(xr, x, tok0, M, stride_xm, cc + 1, tid);
+      if (cc < c_end) {  // block-uniform: the barrier is reached by every thread or none
+        wait_staged();    // this thread's copies of chunk cc have landed
+        __syncthreads();  // everyone's have, and everyone is done with chunk cc - 1 (the buffer copied next)
+        if (cc + 1 < c_end) {
+          stage_x<T, NT, kThreads>(xs + ((cc + 1 - c_begin) & 1) * kBuf, x, tok0, M, stride_xm, cc + 1, tid);
+        }
         mma_chunk<T, R, NT>(acc, f[u], xs + ((cc - c_begin) & 1) * kBuf, g, t);
-        if (next) store_x<NT>(xs + ((cc + 1 - c_begin) & 1) * kBuf, xr, tid);
-        __syncthreads();
       }
     }
   }
@@ -290,34 +281,35 @@ __global__ void __launch_bounds__(kThreads) spmm24_mma_kernel(
 
 constexpr int smem_bytes(int NT) { return 2 * 8 * NT * kXStride * 4; }
 
-template <typename T, int R, int NT, int STAGES>
+template <typename T, int R, int NT, int STAGES, int WARPS>
 void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
             const c10::optional<torch::Tensor>& bias, torch::Tensor& y, float* partial, int* counters, int split,
             cudaStream_t stream) {
   const int M = x.size(0), K = x.size(1), N = values.size(0);
   const int num_chunks = K / kChunk;
   const int per_split = (num_chunks + split - 1) / split;
-  dim3 grid((M + 8 * NT - 1) / (8 * NT), (N + kWarps * 16 * R - 1) / (kWarps * 16 * R), split);
-  auto kernel = spmm24_mma_kernel<T, R, NT, STAGES>;
+  dim3 grid((M + 8 * NT - 1) / (8 * NT), (N + WARPS * 16 * R - 1) / (WARPS * 16 * R), split);
+  auto kernel = spmm24_mma_kernel<T, R, NT, STAGES, WARPS>;
   constexpr int kSmem = smem_bytes(NT);
   if (kSmem > 48 * 1024) {  // idempotent, per device: cheap enough to repeat
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   }
   const T* bias_ptr = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
-  kernel<<<grid, kThreads, kSmem, stream>>>(
+  kernel<<<grid, WARPS * 32, kSmem, stream>>>(
       reinterpret_cast<const T*>(x.data_ptr()), reinterpret_cast<const T*>(values.data_ptr()),
       meta.data_ptr<int16_t>(), bias_ptr, reinterpret_cast<T*>(y.data_ptr()), partial, counters, M, N, K,
       x.stride(0), values.stride(0), meta.stride(0), per_split);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// The instantiated tiles: (rows per warp / 16, tokens per block / 8, stages).
-#define SPARSE_LLM_MMA_TILES(X) \
-  X(1, 1, 1) X(1, 1, 2) X(2, 1, 1) X(2, 1, 2) X(4, 1, 1) X(1, 2, 1) X(2, 2, 1) X(1, 4, 1) X(2, 4, 1) X(1, 8, 1)
+// The instantiated tiles: (rows per warp / 16, tokens per block / 8, stages, warps).
+#define SPARSE_LLM_MMA_TILES(X)                                                                                 \
+  X(1, 1, 1, 4) X(1, 1, 2, 4) X(2, 1, 1, 4) X(2, 1, 2, 4) X(4, 1, 1, 4) X(1, 2, 1, 4) X(2, 2, 1, 4) X(1, 4, 1, 4) \
+      X(2, 4, 1, 4) X(2, 4, 1, 8) X(1, 8, 1, 4) X(1, 8, 1, 8) X(2, 8, 1, 8)
 
-bool tile_supported(int rows, int tokens, int stages) {
-#define SPARSE_LLM_MMA_MATCH(R_, NT_, S_) \
-  if (rows == R_ && tokens == NT_ && stages == S_) return true;
+bool tile_supported(int rows, int tokens, int stages, int warps) {
+#define SPARSE_LLM_MMA_MATCH(R_, NT_, S_, W_) \
+  if (rows == R_ && tokens == NT_ && stages == S_ && warps == W_) return true;
   SPARSE_LLM_MMA_TILES(SPARSE_LLM_MMA_MATCH)
 #undef SPARSE_LLM_MMA_MATCH
   return false;
@@ -326,11 +318,11 @@ bool tile_supported(int rows, int tokens, int stages) {
 template <typename T>
 void dispatch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
               const c10::optional<torch::Tensor>& bias, torch::Tensor& y, float* partial, int* counters, int rows,
-              int tokens, int stages, int split, cudaStream_t stream) {
-#define SPARSE_LLM_MMA_CASE(R_, NT_, S_)                                                 \
-  if (rows == R_ && tokens == NT_ && stages == S_) {                                     \
-    launch<T, R_, NT_, S_>(x, values, meta, bias, y, partial, counters, split, stream);  \
-    return;                                                                              \
+              int tokens, int stages, int warps, int split, cudaStream_t stream) {
+#define SPARSE_LLM_MMA_CASE(R_, NT_, S_, W_)                                                 \
+  if (rows == R_ && tokens == NT_ && stages == S_ && warps == W_) {                          \
+    launch<T, R_, NT_, S_, W_>(x, values, meta, bias, y, partial, counters, split, stream);  \
+    return;                                                                                  \
   }
   SPARSE_LLM_MMA_TILES(SPARSE_LLM_MMA_CASE)
 #undef SPARSE_LLM_MMA_CASE
@@ -355,7 +347,7 @@ int* tile_counters(const torch::Tensor& like, cudaStream_t stream, int64_t tiles
 // y (M, N) = x (M, K) @ W.T + bias, tiles as listed in SPARSE_LLM_MMA_TILES; split > 1 splits K over grid.z.
 torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
                          const c10::optional<torch::Tensor>& bias, int64_t rows_per_warp, int64_t tokens_per_block,
-                         int64_t split, int64_t stages) {
+                         int64_t split, int64_t stages, int64_t warps) {
   TORCH_CHECK(x.is_cuda() && values.is_cuda() && meta.is_cuda(), "spmm24_mma: x, values and meta must be CUDA tensors");
   TORCH_CHECK(x.device() == values.device() && meta.device() == values.device(),
               "spmm24_mma: x, values and meta must be on one device");
@@ -370,9 +362,9 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
   TORCH_CHECK(meta.size(0) == N && meta.size(1) * 16 == K, "spmm24_mma: meta shape does not match the weight");
   TORCH_CHECK(K % kChunk == 0, "spmm24_mma: K must be a multiple of ", kChunk, ", got ", K);
   TORCH_CHECK(x.stride(1) == 1 && values.stride(1) == 1 && meta.stride(1) == 1, "spmm24_mma: unit column strides");
-  TORCH_CHECK(x.stride(0) % 8 == 0 && values.stride(0) % 8 == 0 && meta.stride(0) % 8 == 0,
-              "spmm24_mma: row strides must keep the 16-byte x, values and meta loads aligned");
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
+  TORCH_CHECK(x.stride(0) % 2 == 0 && values.stride(0) % 8 == 0 && meta.stride(0) % 8 == 0,
+              "spmm24_mma: row strides must keep the 4-byte x and 16-byte values and meta loads aligned");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 4 == 0 &&
                   reinterpret_cast<uintptr_t>(values.data_ptr()) % 16 == 0 &&
                   reinterpret_cast<uintptr_t>(meta.data_ptr()) % 16 == 0,
               "spmm24_mma: misaligned x, values or meta storage");
@@ -384,9 +376,9 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
   }
   TORCH_CHECK(rows_per_warp % 16 == 0 && tokens_per_block % 8 == 0 &&
                   tile_supported(static_cast<int>(rows_per_warp / 16), static_cast<int>(tokens_per_block / 8),
-                                 static_cast<int>(stages)),
+                                 static_cast<int>(stages), static_cast<int>(warps)),
               "spmm24_mma: no kernel for rows_per_warp=", rows_per_warp, " tokens_per_block=", tokens_per_block,
-              " stages=", stages);
+              " stages=", stages, " warps=", warps);
   const c10::cuda::CUDAGuard guard(x.device());
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   torch::Tensor y = torch::empty({M, N}, x.options());
@@ -397,17 +389,17 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
   int* counters = nullptr;
   if (split > 1) {
     const int64_t tiles = ((M + tokens_per_block - 1) / tokens_per_block) *
-                          ((N + kWarps * rows_per_warp - 1) / (kWarps * rows_per_warp));
-    partial = torch::empty({split * tiles * kWarps * rows_per_warp * tokens_per_block}, x.options().dtype(at::kFloat));
+                          ((N + warps * rows_per_warp - 1) / (warps * rows_per_warp));
+    partial = torch::empty({split * tiles * warps * rows_per_warp * tokens_per_block}, x.options().dtype(at::kFloat));
     partial_ptr = partial.data_ptr<float>();
     counters = tile_counters(x, stream, tiles);
   }
   if (x.scalar_type() == at::kBFloat16) {
     dispatch<__nv_bfloat16>(x, values, meta, bias, y, partial_ptr, counters, rows, tokens, static_cast<int>(stages),
-                            static_cast<int>(split), stream);
+                            static_cast<int>(warps), static_cast<int>(split), stream);
   } else {
     dispatch<__half>(x, values, meta, bias, y, partial_ptr, counters, rows, tokens, static_cast<int>(stages),
-                     static_cast<int>(split), stream);
+                     static_cast<int>(warps), static_cast<int>(split), stream);
   }
   return y;
 }
@@ -415,5 +407,5 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm24_mma", &spmm24_mma, "y = x @ W.T (+ bias) for a canonical 2:4 W on the sparse tensor cores",
         py::arg("x"), py::arg("values"), py::arg("meta"), py::arg("bias"), py::arg("rows_per_warp"),
-        py::arg("tokens_per_block"), py::arg("split"), py::arg("stages"));
+        py::arg("tokens_per_block"), py::arg("split"), py::arg("stages"), py::arg("warps"));
 }

@@ -123,22 +123,20 @@ def mma_config(n: int, k: int, m: int, dtype: torch.dtype, device: torch.device)
 
 def mma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
     """The heuristic's tile and its neighbours: tokens per block (half, same, double), rows per warp, pipeline
-    depth, and for each tile its automatic split of K and twice that."""
+    depth, warps per block, and for each tile its automatic split of K and twice that."""
     from sparse_llm.backends.sparse_mma import TILES, MmaConfig, auto_split
     from sparse_llm.backends.sparse_mma import default_config as mma_default
 
     base = mma_default(m, n, k, device)
     out = [base]
-    for tokens in (base.tokens // 2, base.tokens, base.tokens * 2):
-        for rows in (16, 32, 64):
-            for stages in (1, 2):
-                if (rows, tokens, stages) not in TILES:
-                    continue
-                split = auto_split(m, n, k, rows, tokens, device)
-                for s in (split, 2 * split):
-                    cfg = MmaConfig(rows, tokens, stages, s)
-                    if s <= k // 256 and cfg not in out:
-                        out.append(cfg)
+    for rows, tokens, stages, warps in sorted(TILES):
+        if tokens not in (base.tokens // 2, base.tokens, base.tokens * 2):
+            continue
+        split = auto_split(m, n, k, rows, tokens, device, warps)
+        for s in (split, 2 * split):
+            cfg = MmaConfig(rows, tokens, stages, s, warps)
+            if s <= k // 256 and cfg not in out:
+                out.append(cfg)
     return out
 
 

@@ -23,11 +23,11 @@ from sparse_llm.backends._build import load_mma_extension
 
 DTYPES = (torch.float16, torch.bfloat16)
 CHUNK = 256  # K columns per step of the kernel: K must be a multiple
-# (rows per warp, tokens per block, stages) instantiated in csrc/spmm24_mma.cu (SPARSE_LLM_MMA_TILES)
+# (rows per warp, tokens per block, stages, warps) instantiated in csrc/spmm24_mma.cu (SPARSE_LLM_MMA_TILES)
 TILES = frozenset(
-    (16 * r, 8 * t, s)
-    for r, t, s in ((1, 1, 1), (1, 1, 2), (2, 1, 1), (2, 1, 2), (4, 1, 1), (1, 2, 1), (2, 2, 1), (1, 4, 1), (2, 4, 1),
-                    (1, 8, 1))
+    (16 * r, 8 * t, s, w)
+    for r, t, s, w in ((1, 1, 1, 4), (1, 1, 2, 4), (2, 1, 1, 4), (2, 1, 2, 4), (4, 1, 1, 4), (1, 2, 1, 4), (2, 2, 1, 4),
+                       (1, 4, 1, 4), (2, 4, 1, 4), (2, 4, 1, 8), (1, 8, 1, 4), (1, 8, 1, 8), (2, 8, 1, 8))
 )  # fmt: skip
 
 
@@ -37,6 +37,7 @@ class MmaConfig:
     tokens: int = 8  # tokens per block (8, 16, 32, 64)
     stages: int = 1  # chunks of K in registers at once (2: the next one is loaded during the current mma)
     split: int = 1  # pieces of K (blocks along grid.z)
+    warps: int = 4  # warps per block (4 or 8): they share the block's staged tokens of x
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -47,22 +48,23 @@ def _num_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def auto_split(m: int, n: int, k: int, rows: int, tokens: int, device: torch.device) -> int:
-    """Split K (powers of two, at least 2 chunks of 256 per piece) until there are about 4 blocks per SM."""
+def auto_split(m: int, n: int, k: int, rows: int, tokens: int, device: torch.device, warps: int = 4) -> int:
+    """Split K (powers of two, at least 2 chunks of 256 per piece) until there are about 16 warps per SM."""
     sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
-    blocks = triton.cdiv(n, 4 * rows) * triton.cdiv(m, tokens)
+    blocks = triton.cdiv(n, warps * rows) * triton.cdiv(m, tokens)
     split = 1
-    while blocks * split < 4 * sms and split * 2 <= k // (2 * CHUNK):
+    while blocks * split * warps < 16 * sms and split * 2 <= k // (2 * CHUNK):
         split *= 2
     return split
 
 
 def default_config(m: int, n: int, k: int, device: torch.device) -> MmaConfig:
     """Before a tuning table exists: all of M's tokens in one block up to 64 (x is staged once per block), 32 rows
-    per warp on layers of 4096+ rows (16 below, and with 64 tokens), K split to about 4 blocks per SM."""
+    per warp on layers of 4096+ rows (16 below), 8 warps from 32 tokens on, K split to about 16 warps per SM."""
     tokens = min(8 * triton.next_power_of_2(triton.cdiv(m, 8)), 64)
-    rows = 32 if n >= 4096 and tokens <= 32 else 16
-    return MmaConfig(rows, tokens, 1, auto_split(m, n, k, rows, tokens, device))
+    rows = 32 if n >= 4096 else 16
+    warps = 8 if tokens >= 32 and (rows, tokens, 1, 8) in TILES else 4
+    return MmaConfig(rows, tokens, 1, auto_split(m, n, k, rows, tokens, device, warps), warps)
 
 
 def shape_supported(n: int, k: int) -> bool:
@@ -85,7 +87,7 @@ def why_not(x: torch.Tensor, values: torch.Tensor) -> str | None:
 
 def _launch(x, values, meta, bias, config: MmaConfig) -> torch.Tensor:
     return load_mma_extension().spmm24_mma(x, values, meta, bias, config.rows, config.tokens, config.split,
-                                           config.stages)  # fmt: skip
+                                           config.stages, config.warps)  # fmt: skip
 
 
 @torch.library.custom_op("sparse_llm::spmm24_mma", mutates_args=())
@@ -98,12 +100,13 @@ def _spmm24_mma_op(
     tokens: int,
     stages: int,
     split: int,
+    warps: int,
 ) -> torch.Tensor:
-    return _launch(x, values, meta, bias, MmaConfig(rows, tokens, stages, split))
+    return _launch(x, values, meta, bias, MmaConfig(rows, tokens, stages, split, warps))
 
 
 @_spmm24_mma_op.register_fake
-def _(x, values, meta, bias, rows, tokens, stages, split):
+def _(x, values, meta, bias, rows, tokens, stages, split, warps):
     return x.new_empty(x.shape[0], values.shape[0])
 
 
@@ -128,16 +131,17 @@ def spmm24_mma(
                          f"{bias.dtype} on {bias.device}")  # fmt: skip
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    if x2.stride(-1) != 1 or x2.stride(0) % 8 or x2.data_ptr() % 16:  # the kernel's 16-byte loads of x
+    if x2.stride(-1) != 1 or x2.stride(0) % 2 or x2.data_ptr() % 4:  # the kernel's 4-byte copies of x
         x2 = x2.contiguous()
     m, n = x2.shape[0], values.shape[0]
     config = config or default_config(m, n, x2.shape[1], x.device)
-    if (config.rows, config.tokens, config.stages) not in TILES:
+    if (config.rows, config.tokens, config.stages, config.warps) not in TILES:
         raise ValueError(f"no sparse tensor-core kernel for {config}; tiles: {sorted(TILES)}")
     if m == 0:
         return x.new_empty(*lead, n)
     if torch.compiler.is_compiling():
-        out = _spmm24_mma_op(x2, values, meta, bias, config.rows, config.tokens, config.stages, config.split)
+        out = _spmm24_mma_op(x2, values, meta, bias, config.rows, config.tokens, config.stages, config.split,
+                             config.warps)  # fmt: skip
     else:  # eager: skip the custom-op dispatcher (microseconds that matter at decode sizes)
         out = _launch(x2, values, meta, bias, config)
     return out.reshape(*lead, n)

@@ -67,10 +67,11 @@ def test_sparse_mma_every_tile_and_split():
     for m in (1, 9, 40, 100):  # 100: two blocks of 64 tokens
         x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
         ref = _ref(x, dense, bias)
-        for rows, tokens, stages in sorted(TILES):
+        for rows, tokens, stages, warps in sorted(TILES):
             for split in (1, 3, 4):  # 3 of 4 chunks: the last piece is empty and must still count in
-                out = spmm24_mma(x, layer.values, layer.meta, layer.bias, MmaConfig(rows, tokens, stages, split))
-                assert _rel_err(out, ref) < 1e-2, (m, rows, tokens, stages, split)
+                cfg = MmaConfig(rows, tokens, stages, split, warps)
+                out = spmm24_mma(x, layer.values, layer.meta, layer.bias, cfg)
+                assert _rel_err(out, ref) < 1e-2, cfg
         first = spmm24_mma(x, layer.values, layer.meta, None, MmaConfig(32, 8, 1, 4))
         assert torch.equal(first, spmm24_mma(x, layer.values, layer.meta, None, MmaConfig(32, 8, 1, 4)))
 
