@@ -38,6 +38,7 @@ class MmaConfig:
     stages: int = 1  # chunks of K in registers at once (2: the next one is loaded during the current mma)
     split: int = 1  # pieces of K (blocks along grid.z)
     warps: int = 4  # warps per block (4 or 8): they share the block's staged tokens of x
+    prefetch: int = 2  # L2 prefetch of W this many chunks ahead of the one loaded into registers (0: off)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -87,7 +88,7 @@ def why_not(x: torch.Tensor, values: torch.Tensor) -> str | None:
 
 def _launch(x, values, meta, bias, config: MmaConfig) -> torch.Tensor:
     return load_mma_extension().spmm24_mma(x, values, meta, bias, config.rows, config.tokens, config.split,
-                                           config.stages, config.warps)  # fmt: skip
+                                           config.stages, config.warps, config.prefetch)  # fmt: skip
 
 
 @torch.library.custom_op("sparse_llm::spmm24_mma", mutates_args=())
@@ -101,12 +102,13 @@ def _spmm24_mma_op(
     stages: int,
     split: int,
     warps: int,
+    prefetch: int,
 ) -> torch.Tensor:
-    return _launch(x, values, meta, bias, MmaConfig(rows, tokens, stages, split, warps))
+    return _launch(x, values, meta, bias, MmaConfig(rows, tokens, stages, split, warps, prefetch))
 
 
 @_spmm24_mma_op.register_fake
-def _(x, values, meta, bias, rows, tokens, stages, split, warps):
+def _(x, values, meta, bias, rows, tokens, stages, split, warps, prefetch):
     return x.new_empty(x.shape[0], values.shape[0])
 
 
@@ -141,7 +143,7 @@ def spmm24_mma(
         return x.new_empty(*lead, n)
     if torch.compiler.is_compiling():
         out = _spmm24_mma_op(x2, values, meta, bias, config.rows, config.tokens, config.stages, config.split,
-                             config.warps)  # fmt: skip
+                             config.warps, config.prefetch)  # fmt: skip
     else:  # eager: skip the custom-op dispatcher (microseconds that matter at decode sizes)
         out = _launch(x2, values, meta, bias, config)
     return out.reshape(*lead, n)
