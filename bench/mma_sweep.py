@@ -12,7 +12,6 @@ configurations of ``sparse-llm tune`` (``tune.mma_candidates``) per Llama shape 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import time
@@ -50,8 +49,8 @@ def random_packed(n, k, dtype):
     return dense, p.values, p.meta
 
 
-def run(mod, x, values, meta, bias, rows, tokens, split, stages, warps=4, prefetch=2):
-    return mod.spmm24_mma(x, values, meta, bias, rows, tokens, split, stages, warps, prefetch)
+def run(mod, x, values, meta, bias, rows, tokens, split, stages, warps=4):
+    return mod.spmm24_mma(x, values, meta, bias, rows, tokens, split, stages, warps)
 
 
 def rel(a, b):
@@ -108,17 +107,16 @@ def main() -> None:
             t_dense = time_graph_us(lambda x=x, dense=dense: F.linear(x, dense))
             ref = F.linear(x.float(), dense.float())
             best = None
-            cands = mma_candidates(m, n, k, torch.device("cuda", 0))
-            for c in cands + [dataclasses.replace(c, prefetch=p) for c in cands[:1] for p in (0, 1, 4)]:
+            for c in mma_candidates(m, n, k, torch.device("cuda", 0)):
                 cfg = c.as_dict()
                 try:
-                    out = run(mod, x, values, meta, None, c.rows, c.tokens, c.split, c.stages, c.warps, c.prefetch)
+                    out = run(mod, x, values, meta, None, c.rows, c.tokens, c.split, c.stages, c.warps)
                     err = rel(out, ref)
                     if not err < 1e-2:
                         raise AssertionError(f"rel err {err}")
                     us = time_graph_us(
                         lambda x=x, v=values, mt=meta, c=c: run(
-                            mod, x, v, mt, None, c.rows, c.tokens, c.split, c.stages, c.warps, c.prefetch
+                            mod, x, v, mt, None, c.rows, c.tokens, c.split, c.stages, c.warps
                         )
                     )
                 except Exception as e:
@@ -130,7 +128,7 @@ def main() -> None:
             entry = {"n": n, "k": k, "m": m, "dense_us": t_dense, "best": best,
                      "speedup": t_dense / best["us"] if best else None}  # fmt: skip
             table.append(entry)
-            tile = "/".join(f"{k[0]}{v}" for k, v in best.items() if k != "us") if best else "-"
+            tile = f"{best['rows']}/{best['tokens']}/{best['stages']}/{best['split']}/{best['warps']}w" if best else "-"
             speed = f"{best['us']:.1f} ({entry['speedup']:.2f}x {tile})" if best else "no config"
             print(f"{n}x{k} M={m}: dense {t_dense:.1f} mma {speed}", flush=True)
         write_result(args.out, "mma_sweep", {"checks": checks, "correctness": errors,

@@ -99,19 +99,6 @@ __device__ __forceinline__ uint32_t step_nibbles(const uint32_t (&w)[8], int s) 
   return even | (odd << 16);
 }
 
-// Asks L2 for chunk c of the thread's rows (values and metadata) without holding registers: the chunks after the
-// one in registers are on their way from DRAM while the current one is multiplied.
-template <int R>
-__device__ __forceinline__ void prefetch_w(const uint4* (&vrow)[R][2], const uint4* (&mrow)[R][2], int c) {
-#pragma unroll
-  for (int r = 0; r < R; ++r)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      asm volatile("prefetch.global.L2 [%0];\n" ::"l"(vrow[r][h] + c * 16));
-      asm volatile("prefetch.global.L2 [%0];\n" ::"l"(mrow[r][h] + 2 * c));
-    }
-}
-
 template <int R>
 __device__ __forceinline__ void load_w(WChunk<R>& f, const uint4* (&vrow)[R][2], const uint4* (&mrow)[R][2], int c) {
 #pragma unroll
@@ -191,7 +178,7 @@ template <typename T, int R, int NT, int STAGES, int WARPS>
 __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_kernel(
     const T* __restrict__ x, const T* __restrict__ values, const int16_t* __restrict__ meta,
     const T* __restrict__ bias, T* __restrict__ y, float* __restrict__ partial, int* __restrict__ counters, int M,
-    int N, int K, int64_t stride_xm, int64_t stride_vn, int64_t stride_mn, int chunks_per_split, int prefetch) {
+    int N, int K, int64_t stride_xm, int64_t stride_vn, int64_t stride_mn, int chunks_per_split) {
   extern __shared__ uint4 smem[];
   uint32_t* xs = reinterpret_cast<uint32_t*>(smem);
   constexpr int kBuf = 8 * NT * kXStride;  // words per staged chunk
@@ -228,7 +215,6 @@ __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_kernel(
       for (int i = 0; i < 4; ++i) acc[r][j][i] = 0.f;
 
   WChunk<R> f[STAGES];
-  for (int c = c_begin + STAGES; c < min(c_begin + STAGES + prefetch - 1, c_end); ++c) prefetch_w(vrow, mrow, c);
 #pragma unroll
   for (int u = 0; u < STAGES - 1; ++u)
     if (c_begin + u < c_end) load_w(f[u], vrow, mrow, c_begin + u);
@@ -237,7 +223,6 @@ __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_kernel(
 #pragma unroll
     for (int u = 0; u < STAGES; ++u) {  // unrolled: every ring index is a compile-time constant
       const int cc = c + u;
-      if (prefetch > 0 && cc + STAGES - 1 + prefetch < c_end) prefetch_w(vrow, mrow, cc + STAGES - 1 + prefetch);
       if (cc + STAGES - 1 < c_end) load_w(f[(u + STAGES - 1) % STAGES], vrow, mrow, cc + STAGES - 1);
       if (cc < c_end) {  // block-uniform: the barrier is reached by every thread or none
         wait_staged();    // this thread's copies of chunk cc have landed
@@ -299,7 +284,7 @@ constexpr int smem_bytes(int NT) { return 2 * 8 * NT * kXStride * 4; }
 template <typename T, int R, int NT, int STAGES, int WARPS>
 void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
             const c10::optional<torch::Tensor>& bias, torch::Tensor& y, float* partial, int* counters, int split,
-            int prefetch, cudaStream_t stream) {
+            cudaStream_t stream) {
   const int M = x.size(0), K = x.size(1), N = values.size(0);
   const int num_chunks = K / kChunk;
   const int per_split = (num_chunks + split - 1) / split;
@@ -313,7 +298,7 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   kernel<<<grid, WARPS * 32, kSmem, stream>>>(
       reinterpret_cast<const T*>(x.data_ptr()), reinterpret_cast<const T*>(values.data_ptr()),
       meta.data_ptr<int16_t>(), bias_ptr, reinterpret_cast<T*>(y.data_ptr()), partial, counters, M, N, K,
-      x.stride(0), values.stride(0), meta.stride(0), per_split, prefetch);
+      x.stride(0), values.stride(0), meta.stride(0), per_split);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -333,10 +318,10 @@ bool tile_supported(int rows, int tokens, int stages, int warps) {
 template <typename T>
 void dispatch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
               const c10::optional<torch::Tensor>& bias, torch::Tensor& y, float* partial, int* counters, int rows,
-              int tokens, int stages, int warps, int split, int prefetch, cudaStream_t stream) {
+              int tokens, int stages, int warps, int split, cudaStream_t stream) {
 #define SPARSE_LLM_MMA_CASE(R_, NT_, S_, W_)                                                 \
   if (rows == R_ && tokens == NT_ && stages == S_ && warps == W_) {                          \
-    launch<T, R_, NT_, S_, W_>(x, values, meta, bias, y, partial, counters, split, prefetch, stream); \
+    launch<T, R_, NT_, S_, W_>(x, values, meta, bias, y, partial, counters, split, stream);  \
     return;                                                                                  \
   }
   SPARSE_LLM_MMA_TILES(SPARSE_LLM_MMA_CASE)
@@ -362,7 +347,7 @@ int* tile_counters(const torch::Tensor& like, cudaStream_t stream, int64_t tiles
 // y (M, N) = x (M, K) @ W.T + bias, tiles as listed in SPARSE_LLM_MMA_TILES; split > 1 splits K over grid.z.
 torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
                          const c10::optional<torch::Tensor>& bias, int64_t rows_per_warp, int64_t tokens_per_block,
-                         int64_t split, int64_t stages, int64_t warps, int64_t prefetch) {
+                         int64_t split, int64_t stages, int64_t warps) {
   TORCH_CHECK(x.is_cuda() && values.is_cuda() && meta.is_cuda(), "spmm24_mma: x, values and meta must be CUDA tensors");
   TORCH_CHECK(x.device() == values.device() && meta.device() == values.device(),
               "spmm24_mma: x, values and meta must be on one device");
@@ -384,7 +369,6 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
                   reinterpret_cast<uintptr_t>(meta.data_ptr()) % 16 == 0,
               "spmm24_mma: misaligned x, values or meta storage");
   TORCH_CHECK(split >= 1 && split <= K / kChunk, "spmm24_mma: split must be in [1, K/256]");
-  TORCH_CHECK(prefetch >= 0 && prefetch <= 8, "spmm24_mma: prefetch must be in [0, 8] chunks");
   if (bias.has_value()) {
     TORCH_CHECK(bias->is_cuda() && bias->device() == x.device() && bias->scalar_type() == x.scalar_type() &&
                     bias->dim() == 1 && bias->size(0) == N && bias->stride(0) == 1,
@@ -412,10 +396,10 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
   }
   if (x.scalar_type() == at::kBFloat16) {
     dispatch<__nv_bfloat16>(x, values, meta, bias, y, partial_ptr, counters, rows, tokens, static_cast<int>(stages),
-                            static_cast<int>(warps), static_cast<int>(split), static_cast<int>(prefetch), stream);
+                            static_cast<int>(warps), static_cast<int>(split), stream);
   } else {
     dispatch<__half>(x, values, meta, bias, y, partial_ptr, counters, rows, tokens, static_cast<int>(stages),
-                     static_cast<int>(warps), static_cast<int>(split), static_cast<int>(prefetch), stream);
+                     static_cast<int>(warps), static_cast<int>(split), stream);
   }
   return y;
 }
@@ -423,5 +407,5 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm24_mma", &spmm24_mma, "y = x @ W.T (+ bias) for a canonical 2:4 W on the sparse tensor cores",
         py::arg("x"), py::arg("values"), py::arg("meta"), py::arg("bias"), py::arg("rows_per_warp"),
-        py::arg("tokens_per_block"), py::arg("split"), py::arg("stages"), py::arg("warps"), py::arg("prefetch"));
+        py::arg("tokens_per_block"), py::arg("split"), py::arg("stages"), py::arg("warps"));
 }

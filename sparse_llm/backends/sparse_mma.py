@@ -38,7 +38,6 @@ class MmaConfig:
     stages: int = 1  # chunks of K in registers at once (2: the next one is loaded during the current mma)
     split: int = 1  # pieces of K (blocks along grid.z)
     warps: int = 4  # warps per block (4 or 8): they share the block's staged tokens of x
-    prefetch: int = 2  # L2 prefetch of W this many chunks ahead of the one loaded into registers (0: off)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -88,7 +87,7 @@ def why_not(x: torch.Tensor, values: torch.Tensor) -> str | None:
 
 def _launch(x, values, meta, bias, config: MmaConfig) -> torch.Tensor:
     return load_mma_extension().spmm24_mma(x, values, meta, bias, config.rows, config.tokens, config.split,
-                                           config.stages, config.warps, config.prefetch)  # fmt: skip
+                                           config.stages, config.warps)  # fmt: skip
 
 
 @torch.library.custom_op("sparse_llm::spmm24_mma", mutates_args=())
@@ -102,13 +101,12 @@ def _spmm24_mma_op(
     stages: int,
     split: int,
     warps: int,
-    prefetch: int,
 ) -> torch.Tensor:
-    return _launch(x, values, meta, bias, MmaConfig(rows, tokens, stages, split, warps, prefetch))
+    return _launch(x, values, meta, bias, MmaConfig(rows, tokens, stages, split, warps))
 
 
 @_spmm24_mma_op.register_fake
-def _(x, values, meta, bias, rows, tokens, stages, split, warps, prefetch):
+def _(x, values, meta, bias, rows, tokens, stages, split, warps):
     return x.new_empty(x.shape[0], values.shape[0])
 
 
@@ -143,7 +141,7 @@ def spmm24_mma(
         return x.new_empty(*lead, n)
     if torch.compiler.is_compiling():
         out = _spmm24_mma_op(x2, values, meta, bias, config.rows, config.tokens, config.stages, config.split,
-                             config.warps, config.prefetch)  # fmt: skip
+                             config.warps)  # fmt: skip
     else:  # eager: skip the custom-op dispatcher (microseconds that matter at decode sizes)
         out = _launch(x2, values, meta, bias, config)
     return out.reshape(*lead, n)
