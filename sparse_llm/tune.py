@@ -28,8 +28,9 @@ CACHE_FILE = "crossover.json"
 DEFAULT_CROSSOVER = 4
 # Above 256 cuSPARSELt won on every shape measured (bench/NOTES.md, layers): not worth tuning time.
 TUNE_MS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-# The sparse tensor-core kernel lost to cuBLAS from M = 16 on every shape of the H100 sweep: timed up to here.
-MMA_TUNE_MAX_M = 256
+# The sparse tensor-core kernel (x staged in shared memory) lost to cuBLAS from M = 64 on every shape of the H100
+# sweep (bench/results/mma_sweep_v5_h100.json): timed up to here.
+MMA_TUNE_MAX_M = 64
 
 
 def cache_path() -> Path:
@@ -75,9 +76,9 @@ def _cached_gpu_name(index: int | None) -> str:
     return gpu_name(index)
 
 
-# Before a shape is tuned, the sparse tensor-core kernel takes M up to here (H100 sweep: >= 1.0x of cuBLAS up to
-# M = 8 on the large shapes, bench/results/mma_sweep.json).
-DEFAULT_MMA_MAX = 8
+# Before a shape is tuned, the sparse tensor-core kernel takes M up to here (H100 sweep: 1.1-1.6x of cuBLAS up to
+# M = 16, 0.9-1.3x at M = 32, where cuSPARSELt is at 0.9x; bench/results/mma_sweep_v5_h100.json).
+DEFAULT_MMA_MAX = 32
 
 
 def choose_backend(
