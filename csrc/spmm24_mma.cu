@@ -330,15 +330,23 @@ void dispatch(const torch::Tensor& x, const torch::Tensor& values, const torch::
 
 // Split-K tile counters, one zeroed buffer per (device, stream): every kernel leaves its counters at 0, and
 // kernels of one stream run one after the other, so the buffer is reused without a reset. (Two products that
-// run at the same time on two streams get two buffers.)
-int* tile_counters(const torch::Tensor& like, cudaStream_t stream, int64_t tiles) {
+// run at the same time on two streams get two buffers.) A stream being captured into a CUDA graph cannot zero a
+// new buffer now (the memset would only run at replay), so there each call gets its own zeroed counters: the
+// graph zeroes them at every replay, whatever order its graphs are replayed in.
+int* tile_counters(const torch::Tensor& like, cudaStream_t stream, int64_t tiles, torch::Tensor& per_call) {
   static std::mutex mutex;
   static std::map<std::pair<int, cudaStream_t>, torch::Tensor> buffers;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
   const std::lock_guard<std::mutex> lock(mutex);
-  torch::Tensor& buf = buffers[{like.get_device(), stream}];
-  if (!buf.defined() || buf.numel() < tiles) {
-    buf = torch::zeros({std::max<int64_t>(tiles, 4096)}, like.options().dtype(at::kInt));
+  const auto found = buffers.find({like.get_device(), stream});
+  if (found != buffers.end() && found->second.numel() >= tiles) return found->second.data_ptr<int>();
+  if (capture != cudaStreamCaptureStatusNone) {
+    per_call = torch::zeros({tiles}, like.options().dtype(at::kInt));
+    return per_call.data_ptr<int>();
   }
+  torch::Tensor& buf = buffers[{like.get_device(), stream}];
+  buf = torch::zeros({std::max<int64_t>(tiles, 4096)}, like.options().dtype(at::kInt));
   return buf.data_ptr<int>();
 }
 
@@ -384,7 +392,7 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
   torch::Tensor y = torch::empty({M, N}, x.options());
   if (M == 0) return y;
   const int rows = static_cast<int>(rows_per_warp / 16), tokens = static_cast<int>(tokens_per_block / 8);
-  torch::Tensor partial;
+  torch::Tensor partial, counters_per_call;
   float* partial_ptr = nullptr;
   int* counters = nullptr;
   if (split > 1) {
@@ -392,7 +400,7 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
                           ((N + warps * rows_per_warp - 1) / (warps * rows_per_warp));
     partial = torch::empty({split * tiles * warps * rows_per_warp * tokens_per_block}, x.options().dtype(at::kFloat));
     partial_ptr = partial.data_ptr<float>();
-    counters = tile_counters(x, stream, tiles);
+    counters = tile_counters(x, stream, tiles, counters_per_call);
   }
   if (x.scalar_type() == at::kBFloat16) {
     dispatch<__nv_bfloat16>(x, values, meta, bias, y, partial_ptr, counters, rows, tokens, static_cast<int>(stages),

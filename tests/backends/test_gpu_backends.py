@@ -220,3 +220,23 @@ def test_extension_status_and_wrong_inputs():
         layer(torch.randn(4, 512, dtype=torch.bfloat16))
     with pytest.raises(RuntimeError, match="CUDA input"):
         backends.linear(layer.cpu(), torch.randn(4, 512, dtype=torch.bfloat16), backend="cusparselt")
+
+
+def test_sparse_mma_split_k_first_used_inside_graph_capture():
+    """Split-K counters first needed while a stream is being captured: each graph must zero its own, so graphs
+    replayed in any order (the second one first here) give the right product."""
+    from sparse_llm.backends.sparse_mma import MmaConfig, spmm24_mma
+
+    layer, dense, _ = _layer(96, 1024, torch.bfloat16, False)
+    xs = [torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16) for m in (3, 40)]
+    stream = torch.cuda.Stream()
+    graphs, outs = [], []
+    for x, cfg in zip(xs, (MmaConfig(16, 8, 1, 4), MmaConfig(16, 64, 1, 2, 8)), strict=True):
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, stream=stream):
+            outs.append(spmm24_mma(x, layer.values, layer.meta, None, cfg))
+        graphs.append(g)
+    for i in (1, 0, 1):
+        graphs[i].replay()
+        torch.cuda.synchronize()
+        assert _rel_err(outs[i], _ref(xs[i], dense, None)) < 1e-2, i

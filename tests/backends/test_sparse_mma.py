@@ -13,7 +13,9 @@ def test_why_not_names_the_problem():
     assert sparse_mma.shape_supported(4096, 11008) and not sparse_mma.shape_supported(64, 544)
 
 
-@pytest.mark.parametrize("m,expected", [(1, "sparse_mma"), (32, "sparse_mma"), (33, "cusparselt"), (4096, "cusparselt")])
+@pytest.mark.parametrize(
+    "m,expected", [(1, "sparse_mma"), (32, "sparse_mma"), (33, "cusparselt"), (4096, "cusparselt")]
+)
 def test_default_choice_by_m(m, expected):
     cpu = torch.device("cpu")  # no tuned entry on a CPU device: the defaults apply
     assert tune.choose_backend(4096, 4096, m, torch.bfloat16, cpu, cusparselt_ok=True, mma_ok=True) == expected
