@@ -26,6 +26,7 @@
 #include <cuda_fp16.h>
 #include <torch/extension.h>
 
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -291,8 +292,13 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   dim3 grid((M + 8 * NT - 1) / (8 * NT), (N + WARPS * 16 * R - 1) / (WARPS * 16 * R), split);
   auto kernel = spmm24_mma_kernel<T, R, NT, STAGES, WARPS>;
   constexpr int kSmem = smem_bytes(NT);
-  if (kSmem > 48 * 1024) {  // idempotent, per device: cheap enough to repeat
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  if (kSmem > 48 * 1024) {  // once per device and instantiation, not on every launch
+    static std::atomic<uint64_t> configured{0};
+    const uint64_t bit = uint64_t{1} << (x.get_device() & 63);
+    if (!(configured.load() & bit)) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+      configured.fetch_or(bit);
+    }
   }
   const T* bias_ptr = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
   kernel<<<grid, WARPS * 32, kSmem, stream>>>(

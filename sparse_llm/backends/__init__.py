@@ -139,27 +139,15 @@ def _cusparselt_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return cusparselt.run(module, x)
 
 
-SPARSE_MMA = Backend(
-    "sparse_mma",
-    applies=lambda module, x: _gpu_choice(module, x) == "sparse_mma",
-    run=_mma_run,
-    supports=_mma_supports,
-    why_not=_mma_why_not,
-)
-TRITON_SMALL = Backend(
-    "triton_small",
-    applies=lambda module, x: _gpu_choice(module, x) == "triton_small",
-    run=_triton_small_run,
-    supports=_triton_small_supports,
-    why_not=_gpu_why_not,
-)
-CUSPARSELT = Backend(
-    "cusparselt",
-    applies=lambda module, x: _gpu_choice(module, x) == "cusparselt",
-    run=_cusparselt_run,
-    supports=_cusparselt_supports,
-    why_not=_gpu_why_not,
-)
+def _gpu_backend(name: str, run, supports, why_not) -> Backend:
+    """A GPU backend that applies when the per-M choice (tuned or default) names it."""
+    return Backend(name, applies=lambda module, x: _gpu_choice(module, x) == name, run=run, supports=supports,
+                   why_not=why_not)  # fmt: skip
+
+
+SPARSE_MMA = _gpu_backend("sparse_mma", _mma_run, _mma_supports, _mma_why_not)
+TRITON_SMALL = _gpu_backend("triton_small", _triton_small_run, _triton_small_supports, _gpu_why_not)
+CUSPARSELT = _gpu_backend("cusparselt", _cusparselt_run, _cusparselt_supports, _gpu_why_not)
 
 # Ordered: the first entry that applies wins; the reference is last and always applies.
 BACKENDS: list[Backend] = [SPARSE_MMA, TRITON_SMALL, CUSPARSELT, REFERENCE]
