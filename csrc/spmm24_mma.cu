@@ -174,6 +174,57 @@ __device__ __forceinline__ void mma_chunk(float (&acc)[R][NT][4], const WChunk<R
   }
 }
 
+// The end of every kernel: with split-K (grid.z > 1) each block writes its fp32 partial tile to the workspace and
+// counts itself in on the tile's counter; the last block of a tile adds the partials in split order (the same
+// result on every run) and resets the counter to 0 for the next call. Then bias and the store of y.
+template <typename T, int R, int NT, int kThreads>
+__device__ __forceinline__ void finish_tile(float (&acc)[R][NT][4], const T* __restrict__ bias, T* __restrict__ y,
+                                            float* __restrict__ partial, int* __restrict__ counters, int row0,
+                                            int tok0, int M, int N, int tid, int g, int t) {
+  if (gridDim.z > 1) {
+    // Partial tile in [split][tile][value][thread] order: coalesced, and read back by the same thread slots.
+    constexpr int kValues = R * NT * 4;
+    const int tile = blockIdx.y * gridDim.x + blockIdx.x;
+    const int64_t tiles = static_cast<int64_t>(gridDim.x) * gridDim.y;
+    float* mine = partial + (blockIdx.z * tiles + tile) * kValues * kThreads + tid;
+    float* flat = &acc[0][0][0];
+#pragma unroll
+    for (int v = 0; v < kValues; ++v) mine[v * kThreads] = flat[v];
+    __threadfence();
+    __syncthreads();
+    __shared__ int is_last;
+    if (tid == 0) is_last = atomicAdd(counters + tile, 1) == static_cast<int>(gridDim.z) - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+#pragma unroll
+    for (int v = 0; v < kValues; ++v) flat[v] = 0.f;
+    for (int z = 0; z < static_cast<int>(gridDim.z); ++z) {
+      const float* theirs = partial + (z * tiles + tile) * kValues * kThreads + tid;
+#pragma unroll
+      for (int v = 0; v < kValues; ++v) flat[v] += __ldcg(theirs + v * kThreads);
+    }
+    if (tid == 0) counters[tile] = 0;
+  }
+
+  // Accumulator: c0, c1 -> row g, tokens 2t, 2t+1; c2, c3 -> row g + 8.
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = row0 + 16 * r + g + 8 * h;
+      if (row >= N) continue;
+      const float b_row = bias != nullptr ? to_float(bias[row]) : 0.f;
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const int tok = tok0 + 8 * j + 2 * t + q;
+          if (tok < M) y[static_cast<int64_t>(tok) * N + row] = from_float<T>(acc[r][j][2 * h + q] + b_row);
+        }
+    }
+}
+
 // STAGES chunks of W live in registers: while chunk c is multiplied, chunks c+1 .. c+STAGES-1 are in flight.
 template <typename T, int R, int NT, int STAGES, int WARPS>
 __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_kernel(
@@ -236,67 +287,200 @@ __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_kernel(
     }
   }
 
-  if (gridDim.z > 1) {
-    // Partial tile in [split][tile][value][thread] order: coalesced, and read back by the same thread slots.
-    constexpr int kValues = R * NT * 4;
-    const int tile = blockIdx.y * gridDim.x + blockIdx.x;
-    const int64_t tiles = static_cast<int64_t>(gridDim.x) * gridDim.y;
-    float* mine = partial + (blockIdx.z * tiles + tile) * kValues * kThreads + tid;
-    float* flat = &acc[0][0][0];
-#pragma unroll
-    for (int v = 0; v < kValues; ++v) mine[v * kThreads] = flat[v];
-    __threadfence();
-    __syncthreads();
-    __shared__ int is_last;
-    if (tid == 0) is_last = atomicAdd(counters + tile, 1) == static_cast<int>(gridDim.z) - 1;
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-#pragma unroll
-    for (int v = 0; v < kValues; ++v) flat[v] = 0.f;
-    for (int z = 0; z < static_cast<int>(gridDim.z); ++z) {
-      const float* theirs = partial + (z * tiles + tile) * kValues * kThreads + tid;
-#pragma unroll
-      for (int v = 0; v < kValues; ++v) flat[v] += __ldcg(theirs + v * kThreads);
-    }
-    if (tid == 0) counters[tile] = 0;
-  }
+  finish_tile<T, R, NT, kThreads>(acc, bias, y, partial, counters, row0, tok0, M, N, tid, g, t);
+}
 
-  // Accumulator: c0, c1 -> row g, tokens 2t, 2t+1; c2, c3 -> row g + 8.
+// ---- Pipelined version: W and x both go through shared memory, several chunks in flight --------------------------
+//
+// The register version above holds its W chunk in registers, so more chunks in flight cost occupancy; from 32 tokens
+// on it runs one block per SM and the DRAM latency of every chunk is exposed. Here a block copies its W rows and its
+// x tokens of chunk c + S - 1 with cp.async while chunk c is multiplied (S stages of 128 columns each); the
+// registers hold one chunk's fragments only.
+//
+// 128-column chunk = 4 mma steps. A staged W row is 144 bytes: the row's 128 bytes of values (32 words, one per
+// group) then its 16 bytes of natural metadata; 144 = 9 x 16 bytes, so rows g and g + 1 of a quarter-warp's
+// 16-byte reads fall in distinct banks. Thread t reads words 8t .. 8t + 7 of its rows (two 16-byte loads), so in
+// step s mma group j < 4 is our group 8j + 2s and j >= 4 our group 8(j - 4) + 2s + 1. The metadata of step s is
+// byte s of each of the row's 4 metadata words (low nibble: groups 0-3 of the mma, high nibble: groups 4-7).
+// x is staged per token row in the same order: word kPipeStep s + 4t + i is B register i of thread t in step s.
+constexpr int kPipeChunk = 128;
+constexpr int kPipeRowWords = 36;  // 32 words of values + 4 of metadata
+constexpr int kPipeStep = 24;      // = 8 mod 16: a warp's 4-byte copies hit 32 distinct banks (see pipe_copy)
+constexpr int kPipeXStride = 112;  // >= 3 * 24 + 16, = 16 mod 32: conflict-free 16-byte reads
+
+__device__ __forceinline__ int pipe_offset(int w) {  // natural word w (columns 2w, 2w + 1) of a chunk's token row
+  const int G = w >> 1, a = G >> 3, s = (G >> 1) & 3, e = G & 1;
+  return kPipeStep * s + 4 * (2 * (a & 1) + (w & 1)) + (a >> 1) + 2 * e;
+}
+
+template <int R, int NT, int WARPS>
+struct PipeLayout {
+  static constexpr int kThreads = WARPS * 32;
+  static constexpr int kRows = WARPS * 16 * R;           // rows of W per block
+  static constexpr int kWWords = kRows * kPipeRowWords;  // one stage of W
+  static constexpr int kXWords = 8 * NT * kPipeXStride;  // one stage of x
+  static constexpr int kStageWords = kWWords + kXWords;
+};
+
+// Issues the copies of chunk c into the stage at shared address `stage` (bytes). W: 16-byte units, unit u of the
+// stage is unit u % 9 of row u / 9 (units 0-7 values, 8 metadata), consecutive in shared memory. x: per warp
+// instruction lanes 0-15 copy 16 words of one token row and lanes 16-31 the same words of the next row; the 16
+// words (groups 4b .. 4b + 3 and 16 + 4b .. 16 + 4b + 3, b = warp % 4) land in 16 distinct banks mod 16, and the
+// next row is 16 banks further (kPipeXStride = 16 mod 32): no conflicts. Token rows past M are zero-filled.
+template <typename T, int R, int NT, int WARPS>
+__device__ __forceinline__ void pipe_copy(uint32_t stage, const T* __restrict__ x, const T* __restrict__ values,
+                                          const int16_t* __restrict__ meta, int brow0, int tok0, int M, int N,
+                                          int64_t stride_xm, int64_t stride_vn, int64_t stride_mn, int c, int tid) {
+  using L = PipeLayout<R, NT, WARPS>;
+  constexpr int kUnits = L::kRows * 9;
+#pragma unroll
+  for (int i = 0; i < (kUnits + L::kThreads - 1) / L::kThreads; ++i) {
+    const int u = tid + i * L::kThreads;
+    if (kUnits % L::kThreads == 0 || u < kUnits) {
+      const int r = u / 9, part = u - 9 * r;
+      const int row = min(brow0 + r, N - 1);  // rows past N: any valid row (their results are not stored)
+      const void* src = part < 8 ? static_cast<const void*>(values + row * stride_vn + c * (kPipeChunk / 2) + 8 * part)
+                                 : static_cast<const void*>(meta + row * stride_mn + c * (kPipeChunk / 16));
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(stage + 16u * u), "l"(src));
+    }
+  }
+  const int lane = tid & 31, warp = tid >> 5;
+  const int w = 2 * (4 * (warp & 3) + ((lane >> 1) & 3) + 16 * ((lane >> 3) & 1)) + (lane & 1);
+  const int row_in_pass = 2 * (warp >> 2) + (lane >> 4);  // token row of pass 0
+  constexpr int kRowsPerPass = WARPS / 2;
+  const uint32_t xdst = stage + 4u * (L::kWWords + row_in_pass * kPipeXStride + pipe_offset(w));
+  const T* xsrc = x + c * kPipeChunk + 2 * w;
+#pragma unroll
+  for (int p = 0; p < 8 * NT / kRowsPerPass; ++p) {
+    const int tok = tok0 + row_in_pass + p * kRowsPerPass;
+    const bool valid = tok < M;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(xdst + 4u * kPipeXStride * kRowsPerPass * p),
+                 "l"(xsrc + (valid ? tok : 0) * stride_xm), "r"(valid ? 4 : 0));
+  }
+}
+
+// The metadata register of step s from a row pair's 4 + 4 metadata words (see mma_chunk for the register layout):
+// thread t % 2 == 0 takes the low nibbles (mma groups 0-3), t % 2 == 1 the high ones (groups 4-7).
+__device__ __forceinline__ uint32_t pipe_meta_half(const uint4& m, int s, int t) {
+  const uint32_t sel = static_cast<uint32_t>(s) | (static_cast<uint32_t>(s + 4) << 4);
+  const uint32_t lo = __byte_perm(m.x, m.y, sel), hi = __byte_perm(m.z, m.w, sel);
+  uint32_t n = __byte_perm(lo, hi, 0x5410);  // byte j = byte s of word j
+  n = ((t & 1) ? (n >> 4) : n) & 0x0F0F0F0Fu;
+  n = (n | (n >> 4)) & 0x00FF00FFu;
+  return (n | (n >> 8)) & 0x0000FFFFu;
+}
+
+template <typename T, int R, int NT, int S, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) spmm24_mma_pipe_kernel(
+    const T* __restrict__ x, const T* __restrict__ values, const int16_t* __restrict__ meta,
+    const T* __restrict__ bias, T* __restrict__ y, float* __restrict__ partial, int* __restrict__ counters, int M,
+    int N, int K, int64_t stride_xm, int64_t stride_vn, int64_t stride_mn, int chunks_per_split) {
+  using L = PipeLayout<R, NT, WARPS>;
+  extern __shared__ uint4 smem[];
+  const uint32_t* words = reinterpret_cast<const uint32_t*>(smem);
+  const uint32_t smem_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int g = lane >> 2;
+  const int t = lane & 3;
+  const int brow0 = blockIdx.y * L::kRows;
+  const int row0 = brow0 + warp * 16 * R;
+  const int tok0 = blockIdx.x * (8 * NT);
+  const int num_chunks = K / kPipeChunk;
+  const int c_begin = blockIdx.z * chunks_per_split;
+  const int c_end = min(c_begin + chunks_per_split, num_chunks);
+
+  float acc[R][NT][4];
 #pragma unroll
   for (int r = 0; r < R; ++r)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = row0 + 16 * r + g + 8 * h;
-      if (row >= N) continue;
-      const float b_row = bias != nullptr ? to_float(bias[row]) : 0.f;
+    for (int j = 0; j < NT; ++j)
 #pragma unroll
-      for (int j = 0; j < NT; ++j)
+      for (int i = 0; i < 4; ++i) acc[r][j][i] = 0.f;
+
+  // One commit group per chunk (empty past the end), so "all but the newest S - 2 groups" is always chunk c.
 #pragma unroll
-        for (int q = 0; q < 2; ++q) {
-          const int tok = tok0 + 8 * j + 2 * t + q;
-          if (tok < M) y[static_cast<int64_t>(tok) * N + row] = from_float<T>(acc[r][j][2 * h + q] + b_row);
-        }
+  for (int u = 0; u < S - 1; ++u) {
+    if (c_begin + u < c_end)
+      pipe_copy<T, R, NT, WARPS>(smem_addr + 4u * L::kStageWords * u, x, values, meta, brow0, tok0, M, N, stride_xm,
+                                 stride_vn, stride_mn, c_begin + u, tid);
+    asm volatile("cp.async.commit_group;\n" ::);
+  }
+  for (int c = c_begin; c < c_end; ++c) {
+    const int k = c - c_begin;
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(S - 2));
+    __syncthreads();  // chunk c is in for every thread, and every thread is done with chunk c - 1's stage
+    if (c + S - 1 < c_end)
+      pipe_copy<T, R, NT, WARPS>(smem_addr + 4u * L::kStageWords * ((k + S - 1) % S), x, values, meta, brow0, tok0,
+                                 M, N, stride_xm, stride_vn, stride_mn, c + S - 1, tid);
+    asm volatile("cp.async.commit_group;\n" ::);
+    const uint32_t* ws = words + L::kStageWords * (k % S);
+    const uint32_t* xs = ws + L::kWWords;
+    uint4 v[R][2][2], m[R][2];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint32_t* row = ws + (warp * 16 * R + 16 * r + g + 8 * h) * kPipeRowWords;
+        v[r][h][0] = *reinterpret_cast<const uint4*>(row + 8 * t);
+        v[r][h][1] = *reinterpret_cast<const uint4*>(row + 8 * t + 4);
+        m[r][h] = *reinterpret_cast<const uint4*>(row + 32);
+      }
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+      uint32_t e[R], a[R][4];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        e[r] = pipe_meta_half(m[r][0], s, t) | (pipe_meta_half(m[r][1], s, t) << 16);
+        const uint32_t(&wg)[8] = *reinterpret_cast<const uint32_t(*)[8]>(&v[r][0][0]);
+        const uint32_t(&w8)[8] = *reinterpret_cast<const uint32_t(*)[8]>(&v[r][1][0]);
+        a[r][0] = wg[2 * s];
+        a[r][1] = w8[2 * s];
+        a[r][2] = wg[2 * s + 1];
+        a[r][3] = w8[2 * s + 1];
+      }
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        const uint4 bv = *reinterpret_cast<const uint4*>(xs + (8 * j + g) * kPipeXStride + kPipeStep * s + 4 * t);
+        const uint32_t b[4] = {bv.x, bv.y, bv.z, bv.w};
+#pragma unroll
+        for (int r = 0; r < R; ++r) MmaSp<T>::run(acc[r][j], a[r], b, e[r]);
+      }
     }
+  }
+  asm volatile("cp.async.wait_group 0;\n" ::);
+  finish_tile<T, R, NT, L::kThreads>(acc, bias, y, partial, counters, row0, tok0, M, N, tid, g, t);
 }
 
-constexpr int smem_bytes(int NT) { return 2 * 8 * NT * kXStride * 4; }
+// Stages >= 3: the pipelined kernel (W through shared memory, 128-column chunks); 1-2: W in registers (256).
+constexpr bool is_pipelined(int stages) { return stages >= 3; }
+constexpr int chunk_columns(int stages) { return is_pipelined(stages) ? kPipeChunk : kChunk; }
 
 template <typename T, int R, int NT, int STAGES, int WARPS>
 void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
             const c10::optional<torch::Tensor>& bias, torch::Tensor& y, float* partial, int* counters, int split,
             cudaStream_t stream) {
   const int M = x.size(0), K = x.size(1), N = values.size(0);
-  const int num_chunks = K / kChunk;
+  const int num_chunks = K / chunk_columns(STAGES);
   const int per_split = (num_chunks + split - 1) / split;
   dim3 grid((M + 8 * NT - 1) / (8 * NT), (N + WARPS * 16 * R - 1) / (WARPS * 16 * R), split);
-  auto kernel = spmm24_mma_kernel<T, R, NT, STAGES, WARPS>;
-  constexpr int kSmem = smem_bytes(NT);
+  constexpr bool kPipe = is_pipelined(STAGES);
+  const auto kernel = [] {  // only the chosen kernel is instantiated
+    if constexpr (kPipe) {
+      return spmm24_mma_pipe_kernel<T, R, NT, STAGES, WARPS>;
+    } else {
+      return spmm24_mma_kernel<T, R, NT, STAGES, WARPS>;
+    }
+  }();
+  constexpr int kSmem = kPipe ? 4 * STAGES * PipeLayout<R, NT, WARPS>::kStageWords : 2 * 8 * NT * kXStride * 4;
   if (kSmem > 48 * 1024) {  // once per device and instantiation, not on every launch
     static std::atomic<uint64_t> configured{0};
     const uint64_t bit = uint64_t{1} << (x.get_device() & 63);
     if (!(configured.load() & bit)) {
       C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                          cudaSharedmemCarveoutMaxShared));
       configured.fetch_or(bit);
     }
   }
@@ -308,10 +492,11 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// The instantiated tiles: (rows per warp / 16, tokens per block / 8, stages, warps).
+// The instantiated tiles: (rows per warp / 16, tokens per block / 8, stages, warps); stages >= 3: pipelined.
 #define SPARSE_LLM_MMA_TILES(X)                                                                                 \
   X(1, 1, 1, 4) X(1, 1, 2, 4) X(2, 1, 1, 4) X(2, 1, 2, 4) X(4, 1, 1, 4) X(1, 2, 1, 4) X(2, 2, 1, 4) X(1, 4, 1, 4) \
-      X(2, 4, 1, 4) X(2, 4, 1, 8) X(1, 8, 1, 4) X(1, 8, 1, 8) X(2, 8, 1, 8)
+      X(2, 4, 1, 4) X(2, 4, 1, 8) X(1, 8, 1, 4) X(1, 8, 1, 8) X(2, 8, 1, 8) X(2, 2, 4, 4) X(2, 4, 3, 4)         \
+          X(2, 8, 3, 4) X(1, 8, 3, 8) X(2, 8, 3, 8)
 
 bool tile_supported(int rows, int tokens, int stages, int warps) {
 #define SPARSE_LLM_MMA_MATCH(R_, NT_, S_, W_) \
@@ -382,7 +567,8 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
                   reinterpret_cast<uintptr_t>(values.data_ptr()) % 16 == 0 &&
                   reinterpret_cast<uintptr_t>(meta.data_ptr()) % 16 == 0,
               "spmm24_mma: misaligned x, values or meta storage");
-  TORCH_CHECK(split >= 1 && split <= K / kChunk, "spmm24_mma: split must be in [1, K/256]");
+  TORCH_CHECK(split >= 1 && split <= K / chunk_columns(static_cast<int>(stages)), "spmm24_mma: split must be in [1, K/",
+              chunk_columns(static_cast<int>(stages)), "] for stages=", stages, ", got ", split);
   if (bias.has_value()) {
     TORCH_CHECK(bias->is_cuda() && bias->device() == x.device() && bias->scalar_type() == x.scalar_type() &&
                     bias->dim() == 1 && bias->size(0) == N && bias->stride(0) == 1,

@@ -6,7 +6,8 @@ in shared memory, so the weight is streamed once per 64 tokens. Memory-bound at 
 it is the dispatcher's choice for small M (the crossover to cuSPARSELt is measured, ``sparse_llm.tune``).
 
 ``spmm24_mma(x, values, meta, bias, config)`` computes ``x @ W.T + bias``; :class:`MmaConfig` is the tile
-(rows of W per warp, tokens per block), the register pipeline depth and the split of K (split > 1: the last
+(rows of W per warp, tokens per block), the pipeline depth (1-2: W chunks in registers; 3+: the pipelined kernel,
+W and x chunks in shared memory) and the split of K (split > 1: the last
 block of each tile adds the fp32 partial sums in a fixed order inside the same kernel, so results are the same
 on every run).
 """
@@ -27,7 +28,8 @@ CHUNK = 256  # K columns per step of the kernel: K must be a multiple
 TILES = frozenset(
     (16 * r, 8 * t, s, w)
     for r, t, s, w in ((1, 1, 1, 4), (1, 1, 2, 4), (2, 1, 1, 4), (2, 1, 2, 4), (4, 1, 1, 4), (1, 2, 1, 4), (2, 2, 1, 4),
-                       (1, 4, 1, 4), (2, 4, 1, 4), (2, 4, 1, 8), (1, 8, 1, 4), (1, 8, 1, 8), (2, 8, 1, 8))
+                       (1, 4, 1, 4), (2, 4, 1, 4), (2, 4, 1, 8), (1, 8, 1, 4), (1, 8, 1, 8), (2, 8, 1, 8),
+                       (2, 2, 4, 4), (2, 4, 3, 4), (2, 8, 3, 4), (1, 8, 3, 8), (2, 8, 3, 8))
 )  # fmt: skip
 
 
@@ -35,7 +37,9 @@ TILES = frozenset(
 class MmaConfig:
     rows: int = 32  # rows of W per warp (16, 32, 64)
     tokens: int = 8  # tokens per block (8, 16, 32, 64)
-    stages: int = 1  # chunks of K in registers at once (2: the next one is loaded during the current mma)
+    # chunks of K in flight: 1-2 in registers (2: the next one is loaded during the current mma); 3+ selects the
+    # pipelined kernel, whose W and x chunks go through shared memory with cp.async, that many stages deep
+    stages: int = 1
     split: int = 1  # pieces of K (blocks along grid.z)
     warps: int = 4  # warps per block (4 or 8): they share the block's staged tokens of x
 
