@@ -302,81 +302,99 @@ __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_kernel(
 // ---- Pipelined version: W and x both go through shared memory, several chunks in flight --------------------------
 //
 // The register version above holds its W chunk in registers, so more chunks in flight cost occupancy; from 32 tokens
-// on it runs one block per SM and the DRAM latency of every chunk is exposed. Here a block copies its W rows and its
-// x tokens of chunk c + S - 1 with cp.async while chunk c is multiplied (S stages of 128 columns each); the
-// registers hold one chunk's fragments only.
+// on it runs one block per SM. Here a block copies its W rows and its x tokens of chunk c + S - 1 with 16-byte
+// cp.async while chunk c is multiplied (S stages of 128 columns each), and the fragments come from shared memory
+// through ldmatrix, already in the register order the mma wants: K is in natural order, so the metadata register of
+// a step is one byte permute of two natural metadata words and x needs no permuted staging.
 //
-// 128-column chunk = 4 mma steps. A staged W row is 144 bytes: the row's 128 bytes of values (32 words, one per
-// group) then its 16 bytes of natural metadata; 144 = 9 x 16 bytes, so rows g and g + 1 of a quarter-warp's
-// 16-byte reads fall in distinct banks. Thread t reads words 8t .. 8t + 7 of its rows (two 16-byte loads), so in
-// step s mma group j < 4 is our group 8j + 2s and j >= 4 our group 8(j - 4) + 2s + 1. The metadata of step s is
-// byte s of each of the row's 4 metadata words (low nibble: groups 0-3 of the mma, high nibble: groups 4-7).
-// x is staged per token row in the same order: word kPipeStep s + 4t + i is B register i of thread t in step s.
+// A staged W row is 144 bytes: its 128 bytes of values (32 groups, one 32-bit word each) then its 16 bytes of
+// metadata (one 32-bit word per 32-column step). A staged token row of x is 272 bytes (128 columns + 16 bytes of
+// padding). Both strides are odd multiples of 16 bytes, so the 8 rows of every ldmatrix phase hit 8 distinct bank
+// groups. Step s (32 columns) of a row: values bytes 32s .. 32s + 31, metadata word s, x columns 32s .. 32s + 31.
 constexpr int kPipeChunk = 128;
-constexpr int kPipeRowWords = 36;  // 32 words of values + 4 of metadata
-constexpr int kPipeStep = 24;      // = 8 mod 16: a warp's 4-byte copies hit 32 distinct banks (see pipe_copy)
-constexpr int kPipeXStride = 112;  // >= 3 * 24 + 16, = 16 mod 32: conflict-free 16-byte reads
-
-__device__ __forceinline__ int pipe_offset(int w) {  // natural word w (columns 2w, 2w + 1) of a chunk's token row
-  const int G = w >> 1, a = G >> 3, s = (G >> 1) & 3, e = G & 1;
-  return kPipeStep * s + 4 * (2 * (a & 1) + (w & 1)) + (a >> 1) + 2 * e;
-}
+constexpr int kPipeRowBytes = 144;  // W: 128 bytes of values + 16 of metadata
+constexpr int kPipeXBytes = 272;    // x: 256 bytes of a token's chunk + 16 of padding
 
 template <int R, int NT, int WARPS>
 struct PipeLayout {
   static constexpr int kThreads = WARPS * 32;
-  static constexpr int kRows = WARPS * 16 * R;           // rows of W per block
-  static constexpr int kWWords = kRows * kPipeRowWords;  // one stage of W
-  static constexpr int kXWords = 8 * NT * kPipeXStride;  // one stage of x
-  static constexpr int kStageWords = kWWords + kXWords;
+  static constexpr int kRows = WARPS * 16 * R;                 // rows of W per block
+  static constexpr int kWBytes = kRows * kPipeRowBytes;       // one stage of W
+  static constexpr int kStageBytes = kWBytes + 8 * NT * kPipeXBytes;
+  static constexpr int kVUnits = kRows * 8;                   // 16-byte copies of values per chunk
+  static constexpr int kXUnits = 8 * NT * 16;                 // 16-byte copies of x per chunk
 };
 
-// Issues the copies of chunk c into the stage at shared address `stage` (bytes). W: 16-byte units, unit u of the
-// stage is unit u % 9 of row u / 9 (units 0-7 values, 8 metadata), consecutive in shared memory. x: per warp
-// instruction lanes 0-15 copy 16 words of one token row and lanes 16-31 the same words of the next row; the 16
-// words (groups 4b .. 4b + 3 and 16 + 4b .. 16 + 4b + 3, b = warp % 4) land in 16 distinct banks mod 16, and the
-// next row is 16 banks further (kPipeXStride = 16 mod 32): no conflicts. Token rows past M are zero-filled.
+// Per-thread source pointers of the copies of chunk 0 (chunk c adds c * 128 columns): computed once per block.
 template <typename T, int R, int NT, int WARPS>
-__device__ __forceinline__ void pipe_copy(uint32_t stage, const T* __restrict__ x, const T* __restrict__ values,
-                                          const int16_t* __restrict__ meta, int brow0, int tok0, int M, int N,
-                                          int64_t stride_xm, int64_t stride_vn, int64_t stride_mn, int c, int tid) {
+struct PipeSources {
   using L = PipeLayout<R, NT, WARPS>;
-  constexpr int kUnits = L::kRows * 9;
+  static constexpr int kVPasses = (L::kVUnits + L::kThreads - 1) / L::kThreads;
+  static constexpr int kMPasses = (L::kRows + L::kThreads - 1) / L::kThreads;
+  static constexpr int kXPasses = (L::kXUnits + L::kThreads - 1) / L::kThreads;
+  const T* v[kVPasses];
+  const int16_t* m[kMPasses];
+  const T* x[kXPasses];
+  uint32_t xbytes[kXPasses];  // 16, or 0 for token rows past M (zero-filled)
+
+  __device__ __forceinline__ PipeSources(const T* __restrict__ xg, const T* __restrict__ values,
+                                         const int16_t* __restrict__ meta, int brow0, int tok0, int M, int N,
+                                         int64_t stride_xm, int64_t stride_vn, int64_t stride_mn, int tid) {
 #pragma unroll
-  for (int i = 0; i < (kUnits + L::kThreads - 1) / L::kThreads; ++i) {
-    const int u = tid + i * L::kThreads;
-    if (kUnits % L::kThreads == 0 || u < kUnits) {
-      const int r = u / 9, part = u - 9 * r;
-      const int row = min(brow0 + r, N - 1);  // rows past N: any valid row (their results are not stored)
-      const void* src = part < 8 ? static_cast<const void*>(values + row * stride_vn + c * (kPipeChunk / 2) + 8 * part)
-                                 : static_cast<const void*>(meta + row * stride_mn + c * (kPipeChunk / 16));
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(stage + 16u * u), "l"(src));
+    for (int p = 0; p < kVPasses; ++p) {  // unit u: row u / 8, 16-byte piece u % 8 of the row's 128 bytes
+      const int u = min(tid + p * L::kThreads, L::kVUnits - 1);
+      const int row = min(brow0 + u / 8, N - 1);  // rows past N: any valid row (their results are not stored)
+      v[p] = values + row * stride_vn + 8 * (u % 8);
+    }
+#pragma unroll
+    for (int p = 0; p < kMPasses; ++p) {
+      const int row = min(brow0 + min(tid + p * L::kThreads, L::kRows - 1), N - 1);
+      m[p] = meta + row * stride_mn;
+    }
+#pragma unroll
+    for (int p = 0; p < kXPasses; ++p) {  // unit u: token row u / 16, piece u % 16 of its 256 bytes
+      const int u = min(tid + p * L::kThreads, L::kXUnits - 1);
+      const int tok = tok0 + u / 16;
+      x[p] = xg + (tok < M ? tok : 0) * stride_xm + 8 * (u % 16);
+      xbytes[p] = tok < M ? 16u : 0u;
     }
   }
-  const int lane = tid & 31, warp = tid >> 5;
-  const int w = 2 * (4 * (warp & 3) + ((lane >> 1) & 3) + 16 * ((lane >> 3) & 1)) + (lane & 1);
-  const int row_in_pass = 2 * (warp >> 2) + (lane >> 4);  // token row of pass 0
-  constexpr int kRowsPerPass = WARPS / 2;
-  const uint32_t xdst = stage + 4u * (L::kWWords + row_in_pass * kPipeXStride + pipe_offset(w));
-  const T* xsrc = x + c * kPipeChunk + 2 * w;
+};
+
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, uint32_t bytes = 16) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
+}
+
+// Issues the copies of chunk c into the stage at shared address `stage`.
+template <typename T, int R, int NT, int WARPS>
+__device__ __forceinline__ void pipe_copy(uint32_t stage, const PipeSources<T, R, NT, WARPS>& src, int c, int tid) {
+  using L = PipeLayout<R, NT, WARPS>;
+  using S = PipeSources<T, R, NT, WARPS>;
 #pragma unroll
-  for (int p = 0; p < 8 * NT / kRowsPerPass; ++p) {
-    const int tok = tok0 + row_in_pass + p * kRowsPerPass;
-    const bool valid = tok < M;
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(xdst + 4u * kPipeXStride * kRowsPerPass * p),
-                 "l"(xsrc + (valid ? tok : 0) * stride_xm), "r"(valid ? 4 : 0));
+  for (int p = 0; p < S::kVPasses; ++p) {
+    const int u = tid + p * L::kThreads;
+    if (L::kVUnits % L::kThreads == 0 || u < L::kVUnits)
+      cp_async16(stage + kPipeRowBytes * (u / 8) + 16 * (u % 8), src.v[p] + c * (kPipeChunk / 2));
+  }
+#pragma unroll
+  for (int p = 0; p < S::kMPasses; ++p) {
+    const int r = tid + p * L::kThreads;
+    if (L::kRows % L::kThreads == 0 || r < L::kRows)
+      cp_async16(stage + kPipeRowBytes * r + 128, src.m[p] + c * (kPipeChunk / 16));
+  }
+#pragma unroll
+  for (int p = 0; p < S::kXPasses; ++p) {
+    const int u = tid + p * L::kThreads;
+    if (L::kXUnits % L::kThreads == 0 || u < L::kXUnits)
+      cp_async16(stage + L::kWBytes + kPipeXBytes * (u / 16) + 16 * (u % 16), src.x[p] + c * kPipeChunk,
+                 src.xbytes[p]);
   }
 }
 
-// The metadata register of step s from a row pair's 4 + 4 metadata words (see mma_chunk for the register layout):
-// thread t % 2 == 0 takes the low nibbles (mma groups 0-3), t % 2 == 1 the high ones (groups 4-7).
-__device__ __forceinline__ uint32_t pipe_meta_half(const uint4& m, int s, int t) {
-  const uint32_t sel = static_cast<uint32_t>(s) | (static_cast<uint32_t>(s + 4) << 4);
-  const uint32_t lo = __byte_perm(m.x, m.y, sel), hi = __byte_perm(m.z, m.w, sel);
-  uint32_t n = __byte_perm(lo, hi, 0x5410);  // byte j = byte s of word j
-  n = ((t & 1) ? (n >> 4) : n) & 0x0F0F0F0Fu;
-  n = (n | (n >> 4)) & 0x00FF00FFu;
-  return (n | (n >> 8)) & 0x0000FFFFu;
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
 }
 
 template <typename T, int R, int NT, int S, int WARPS>
@@ -386,7 +404,6 @@ __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_pipe_kernel(
     int N, int K, int64_t stride_xm, int64_t stride_vn, int64_t stride_mn, int chunks_per_split) {
   using L = PipeLayout<R, NT, WARPS>;
   extern __shared__ uint4 smem[];
-  const uint32_t* words = reinterpret_cast<const uint32_t*>(smem);
   const uint32_t smem_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   const int tid = threadIdx.x;
   const int lane = tid & 31;
@@ -399,6 +416,16 @@ __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_pipe_kernel(
   const int num_chunks = K / kPipeChunk;
   const int c_begin = blockIdx.z * chunks_per_split;
   const int c_end = min(c_begin + chunks_per_split, num_chunks);
+  const PipeSources<T, R, NT, WARPS> src(x, values, meta, brow0, tok0, M, N, stride_xm, stride_vn, stride_mn, tid);
+
+  // ldmatrix lane addresses within a stage (step 0). A: matrix q = lane / 8 holds rows (lane % 8) + 8 (q % 2) of the
+  // warp's 16-row tile, bytes 16 (q / 2) of the step: a0 .. a3 in mma order. B: matrix q holds token rows lane % 8 of
+  // a token tile, columns 8q .. 8q + 7 of the step: b0 .. b3. Metadata: rows g and g + 8, word s.
+  const int q = lane >> 3;
+  const uint32_t a_off = kPipeRowBytes * (warp * 16 * R + (lane & 7) + 8 * (q & 1)) + 16 * (q >> 1);
+  const uint32_t b_off = L::kWBytes + kPipeXBytes * (lane & 7) + 16 * q;
+  const uint32_t m_off = kPipeRowBytes * (warp * 16 * R + g) + 128;
+  const uint32_t odd = (t & 1) ? 0x7632u : 0x5410u;  // thread 0 of a quad: mma groups 0-3, thread 1: groups 4-7
 
   float acc[R][NT][4];
 #pragma unroll
@@ -411,48 +438,40 @@ __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_pipe_kernel(
   // One commit group per chunk (empty past the end), so "all but the newest S - 2 groups" is always chunk c.
 #pragma unroll
   for (int u = 0; u < S - 1; ++u) {
-    if (c_begin + u < c_end)
-      pipe_copy<T, R, NT, WARPS>(smem_addr + 4u * L::kStageWords * u, x, values, meta, brow0, tok0, M, N, stride_xm,
-                                 stride_vn, stride_mn, c_begin + u, tid);
+    if (c_begin + u < c_end) pipe_copy(smem_addr + L::kStageBytes * u, src, c_begin + u, tid);
     asm volatile("cp.async.commit_group;\n" ::);
   }
   for (int c = c_begin; c < c_end; ++c) {
     const int k = c - c_begin;
     asm volatile("cp.async.wait_group %0;\n" ::"n"(S - 2));
     __syncthreads();  // chunk c is in for every thread, and every thread is done with chunk c - 1's stage
-    if (c + S - 1 < c_end)
-      pipe_copy<T, R, NT, WARPS>(smem_addr + 4u * L::kStageWords * ((k + S - 1) % S), x, values, meta, brow0, tok0,
-                                 M, N, stride_xm, stride_vn, stride_mn, c + S - 1, tid);
+    if (c + S - 1 < c_end) pipe_copy(smem_addr + L::kStageBytes * ((k + S - 1) % S), src, c + S - 1, tid);
     asm volatile("cp.async.commit_group;\n" ::);
-    const uint32_t* ws = words + L::kStageWords * (k % S);
-    const uint32_t* xs = ws + L::kWWords;
-    uint4 v[R][2][2], m[R][2];
+    const uint32_t stage = smem_addr + L::kStageBytes * (k % S);
+    uint4 meta_g[R], meta_g8[R];
 #pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const uint32_t* row = ws + (warp * 16 * R + 16 * r + g + 8 * h) * kPipeRowWords;
-        v[r][h][0] = *reinterpret_cast<const uint4*>(row + 8 * t);
-        v[r][h][1] = *reinterpret_cast<const uint4*>(row + 8 * t + 4);
-        m[r][h] = *reinterpret_cast<const uint4*>(row + 32);
-      }
+    for (int r = 0; r < R; ++r) {
+      asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                   : "=r"(meta_g[r].x), "=r"(meta_g[r].y), "=r"(meta_g[r].z), "=r"(meta_g[r].w)
+                   : "r"(stage + m_off + kPipeRowBytes * 16 * r));
+      asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                   : "=r"(meta_g8[r].x), "=r"(meta_g8[r].y), "=r"(meta_g8[r].z), "=r"(meta_g8[r].w)
+                   : "r"(stage + m_off + kPipeRowBytes * (16 * r + 8)));
+    }
 #pragma unroll
     for (int s = 0; s < 4; ++s) {
-      uint32_t e[R], a[R][4];
+      uint32_t a[R][4], e[R];
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        e[r] = pipe_meta_half(m[r][0], s, t) | (pipe_meta_half(m[r][1], s, t) << 16);
-        const uint32_t(&wg)[8] = *reinterpret_cast<const uint32_t(*)[8]>(&v[r][0][0]);
-        const uint32_t(&w8)[8] = *reinterpret_cast<const uint32_t(*)[8]>(&v[r][1][0]);
-        a[r][0] = wg[2 * s];
-        a[r][1] = w8[2 * s];
-        a[r][2] = wg[2 * s + 1];
-        a[r][3] = w8[2 * s + 1];
+        ldmatrix_x4(a[r], stage + a_off + kPipeRowBytes * 16 * r + 32 * s);
+        const uint32_t mg = s == 0 ? meta_g[r].x : s == 1 ? meta_g[r].y : s == 2 ? meta_g[r].z : meta_g[r].w;
+        const uint32_t m8 = s == 0 ? meta_g8[r].x : s == 1 ? meta_g8[r].y : s == 2 ? meta_g8[r].z : meta_g8[r].w;
+        e[r] = __byte_perm(mg, m8, odd);
       }
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
-        const uint4 bv = *reinterpret_cast<const uint4*>(xs + (8 * j + g) * kPipeXStride + kPipeStep * s + 4 * t);
-        const uint32_t b[4] = {bv.x, bv.y, bv.z, bv.w};
+        uint32_t b[4];
+        ldmatrix_x4(b, stage + b_off + kPipeXBytes * 8 * j + 64 * s);
 #pragma unroll
         for (int r = 0; r < R; ++r) MmaSp<T>::run(acc[r][j], a[r], b, e[r]);
       }
@@ -482,7 +501,7 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
       return spmm24_mma_kernel<T, R, NT, STAGES, WARPS>;
     }
   }();
-  constexpr int kSmem = kPipe ? 4 * STAGES * PipeLayout<R, NT, WARPS>::kStageWords : 2 * 8 * NT * kXStride * 4;
+  constexpr int kSmem = kPipe ? STAGES * PipeLayout<R, NT, WARPS>::kStageBytes : 2 * 8 * NT * kXStride * 4;
   if (kSmem > 48 * 1024) {  // once per device and instantiation, not on every launch
     static std::atomic<uint64_t> configured{0};
     const uint64_t bit = uint64_t{1} << (x.get_device() & 63);
@@ -504,8 +523,8 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
 // The instantiated tiles: (rows per warp / 16, tokens per block / 8, stages, warps); stages >= 3: pipelined.
 #define SPARSE_LLM_MMA_TILES(X)                                                                                 \
   X(1, 1, 1, 4) X(1, 1, 2, 4) X(2, 1, 1, 4) X(2, 1, 2, 4) X(4, 1, 1, 4) X(1, 2, 1, 4) X(2, 2, 1, 4) X(1, 4, 1, 4) \
-      X(2, 4, 1, 4) X(2, 4, 1, 8) X(1, 8, 1, 4) X(1, 8, 1, 8) X(2, 8, 1, 8) X(2, 2, 4, 4) X(2, 4, 3, 4)         \
-          X(2, 8, 3, 4) X(1, 8, 3, 8) X(2, 8, 3, 8)
+      X(2, 4, 1, 4) X(2, 4, 1, 8) X(1, 8, 1, 4) X(1, 8, 1, 8) X(2, 8, 1, 8) X(1, 1, 4, 4) X(2, 1, 4, 4)         \
+          X(2, 2, 4, 4) X(2, 4, 3, 4) X(2, 8, 3, 4) X(2, 8, 3, 8)
 
 bool tile_supported(int rows, int tokens, int stages, int warps) {
 #define SPARSE_LLM_MMA_MATCH(R_, NT_, S_, W_) \
@@ -576,6 +595,10 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
                   reinterpret_cast<uintptr_t>(values.data_ptr()) % 16 == 0 &&
                   reinterpret_cast<uintptr_t>(meta.data_ptr()) % 16 == 0,
               "spmm24_mma: misaligned x, values or meta storage");
+  TORCH_CHECK(!is_pipelined(static_cast<int>(stages)) ||
+                  (x.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0),
+              "spmm24_mma: the pipelined kernel (stages >= 3) copies x in 16-byte pieces: its rows must be 16-byte "
+              "aligned (row stride a multiple of 8 elements, storage 16-byte aligned)");
   TORCH_CHECK(split >= 1 && split <= K / chunk_columns(static_cast<int>(stages)), "spmm24_mma: split must be in [1, K/",
               chunk_columns(static_cast<int>(stages)), "] for stages=", stages, ", got ", split);
   if (bias.has_value()) {

@@ -29,7 +29,7 @@ TILES = frozenset(
     (16 * r, 8 * t, s, w)
     for r, t, s, w in ((1, 1, 1, 4), (1, 1, 2, 4), (2, 1, 1, 4), (2, 1, 2, 4), (4, 1, 1, 4), (1, 2, 1, 4), (2, 2, 1, 4),
                        (1, 4, 1, 4), (2, 4, 1, 4), (2, 4, 1, 8), (1, 8, 1, 4), (1, 8, 1, 8), (2, 8, 1, 8),
-                       (2, 2, 4, 4), (2, 4, 3, 4), (2, 8, 3, 4), (1, 8, 3, 8), (2, 8, 3, 8))
+                       (1, 1, 4, 4), (2, 1, 4, 4), (2, 2, 4, 4), (2, 4, 3, 4), (2, 8, 3, 4), (2, 8, 3, 8))
 )  # fmt: skip
 
 
@@ -135,10 +135,13 @@ def spmm24_mma(
                          f"{bias.dtype} on {bias.device}")  # fmt: skip
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    if x2.stride(-1) != 1 or x2.stride(0) % 2 or x2.data_ptr() % 4:  # the kernel's 4-byte copies of x
-        x2 = x2.contiguous()
     m, n = x2.shape[0], values.shape[0]
     config = config or default_config(m, n, x2.shape[1], x.device)
+    # the kernels copy x in 4-byte pieces (16-byte in the pipelined one): a fresh contiguous copy if rows are not
+    # aligned to that (contiguous() alone would keep a contiguous but misaligned view)
+    align = 16 if config.stages >= 3 else 4
+    if x2.stride(-1) != 1 or x2.stride(0) % (align // 2) or x2.data_ptr() % align:
+        x2 = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device).copy_(x2)
     if (config.rows, config.tokens, config.stages, config.warps) not in TILES:
         raise ValueError(f"no sparse tensor-core kernel for {config}; tiles: {sorted(TILES)}")
     if m == 0:

@@ -76,6 +76,20 @@ def test_sparse_mma_every_tile_and_split():
         assert torch.equal(first, spmm24_mma(x, layer.values, layer.meta, None, MmaConfig(32, 8, 1, 4)))
 
 
+def test_sparse_mma_pipelined_tiles_take_misaligned_rows():
+    """The pipelined kernel copies x in 16-byte pieces: a contiguous view 2 bytes off alignment must still work."""
+    from sparse_llm.backends.sparse_mma import TILES, MmaConfig, spmm24_mma
+
+    layer, dense, bias = _layer(136, 512, torch.bfloat16, True)
+    flat = torch.randn(37 * 512 + 1, device="cuda", dtype=torch.bfloat16)
+    x = flat[1:].view(37, 512)
+    assert x.is_contiguous() and x.data_ptr() % 16
+    ref = _ref(x, dense, bias)
+    for rows, tokens, stages, warps in sorted(t for t in TILES if t[2] >= 3):
+        out = spmm24_mma(x, layer.values, layer.meta, layer.bias, MmaConfig(rows, tokens, stages, 2, warps))
+        assert _rel_err(out, ref) < 1e-2, (rows, tokens, stages, warps)
+
+
 def test_sparse_mma_refuses_what_it_cannot_run():
     layer, _, _ = _layer(64, 544, torch.bfloat16, False)
     with pytest.raises(RuntimeError, match="divisible by 256"):
