@@ -76,9 +76,10 @@ def _cached_gpu_name(index: int | None) -> str:
     return gpu_name(index)
 
 
-# Before a shape is tuned, the sparse tensor-core kernel takes M up to here (H100 sweep: 1.1-1.6x of cuBLAS up to
-# M = 16, 0.9-1.3x at M = 32, where cuSPARSELt is at 0.9x; bench/results/mma_sweep_v5_h100.json).
-DEFAULT_MMA_MAX = 32
+# Before a shape is tuned, the sparse tensor-core kernel takes M up to here (H100 sweep of the pipelined kernel:
+# 1.08-1.37x of cuBLAS at M = 32, 0.91-1.28x at M = 64, where cuSPARSELt is at 0.8-1.1x;
+# bench/results/mma_sweep_v7_h100.json).
+DEFAULT_MMA_MAX = 64
 
 
 def choose_backend(

@@ -52,23 +52,29 @@ def _num_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def auto_split(m: int, n: int, k: int, rows: int, tokens: int, device: torch.device, warps: int = 4) -> int:
-    """Split K (powers of two, at least 2 chunks of 256 per piece) until there are about 16 warps per SM."""
+def auto_split(
+    m: int, n: int, k: int, rows: int, tokens: int, device: torch.device, warps: int = 4, per_sm: int = 16
+) -> int:
+    """Split K (powers of two, at least 2 chunks of 256 per piece) until there are about ``per_sm`` warps per SM."""
     sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
     blocks = triton.cdiv(n, warps * rows) * triton.cdiv(m, tokens)
     split = 1
-    while blocks * split * warps < 16 * sms and split * 2 <= k // (2 * CHUNK):
+    while blocks * split * warps < per_sm * sms and split * 2 <= k // (2 * CHUNK):
         split *= 2
     return split
 
 
 def default_config(m: int, n: int, k: int, device: torch.device) -> MmaConfig:
-    """Before a tuning table exists: all of M's tokens in one block up to 64 (x is staged once per block), 32 rows
-    per warp on layers of 4096+ rows (16 below), 8 warps from 32 tokens on, K split to about 16 warps per SM."""
+    """Before a tuning table exists: all of M's tokens in one block up to 64 (x is staged once per block). Up to 16
+    tokens the register kernel, 32 rows per warp on layers of 4096+ rows (16 below), K split to about 16 warps per
+    SM; from 32 tokens on the pipelined kernel (32 rows per warp, 3 stages, 8 warps for 64 tokens), split to about
+    8 warps per SM (its shared memory allows one or two blocks per SM). H100 sweep: mma_sweep_v7_h100.json."""
     tokens = min(8 * triton.next_power_of_2(triton.cdiv(m, 8)), 64)
+    if tokens >= 32:
+        warps = 8 if tokens == 64 else 4
+        return MmaConfig(32, tokens, 3, auto_split(m, n, k, 32, tokens, device, warps, per_sm=8), warps)
     rows = 32 if n >= 4096 else 16
-    warps = 8 if tokens >= 32 and (rows, tokens, 1, 8) in TILES else 4
-    return MmaConfig(rows, tokens, 1, auto_split(m, n, k, rows, tokens, device, warps), warps)
+    return MmaConfig(rows, tokens, 1, auto_split(m, n, k, rows, tokens, device, 4), 4)
 
 
 def shape_supported(n: int, k: int) -> bool:

@@ -14,7 +14,7 @@ def test_why_not_names_the_problem():
 
 
 @pytest.mark.parametrize(
-    "m,expected", [(1, "sparse_mma"), (32, "sparse_mma"), (33, "cusparselt"), (4096, "cusparselt")]
+    "m,expected", [(1, "sparse_mma"), (64, "sparse_mma"), (65, "cusparselt"), (4096, "cusparselt")]
 )
 def test_default_choice_by_m(m, expected):
     cpu = torch.device("cpu")  # no tuned entry on a CPU device: the defaults apply
