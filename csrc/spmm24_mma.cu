@@ -39,8 +39,8 @@ constexpr int kStepStride = 20;  // 32-bit words per step in a staged token row 
 constexpr int kXStride = 176;    // words per staged token row: >= 8 steps, = 16 mod 32 (conflict-free reads)
 
 // mma.sp::ordered_metadata (PTX ISA 8.5, CUDA 12.5+): the same product for metadata whose two indices per group are
-// increasing, which the canonical format guarantees. The plain .sp form still assembles for sm_90 but runs on a
-// much slower path there (ptxas prints an advisory; on the H100 the kernel topped out near 40 cycles per mma.sp).
+// increasing, which the canonical format guarantees. ptxas advises it over plain .sp (expected to be slower on later
+// architectures); on the H100 both run at the same rate (bench/mma_peak.py: 9 cycles per m16n8k32 per sub-partition).
 #if defined(__CUDACC_VER_MAJOR__) && (__CUDACC_VER_MAJOR__ > 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 5))
 #define SPARSE_LLM_MMA_SP "mma.sp::ordered_metadata"
 #else
