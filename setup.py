@@ -37,7 +37,10 @@ def _cuda_extensions() -> dict:
 
     extensions = [
         cpp_extension.CUDAExtension(
-            "sparse_llm._mma", ["csrc/spmm24_mma.cu"], extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]}
+            "sparse_llm._mma",
+            ["csrc/spmm24_mma.cu"],
+            depends=["csrc/spmm24_mma_common.cuh", "csrc/spmm24_mma_regs.cuh", "csrc/spmm24_mma_pipe.cuh"],
+            extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
         )
     ]
     cusparselt = _cusparselt_extension()

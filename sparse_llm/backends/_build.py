@@ -10,6 +10,7 @@ works without the extension, and :func:`status` says why the fast path is off.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -25,6 +26,7 @@ SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "cusparselt_linear.cpp"
 # The sparse tensor-core small-M kernel: CUDA only, no cuSPARSELt (csrc/spmm24_mma.cu).
 MMA_EXTENSION_NAME = "sparse_llm_mma"
 MMA_SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "spmm24_mma.cu"
+MMA_HEADERS = ("spmm24_mma_common.cuh", "spmm24_mma_regs.cuh", "spmm24_mma_pipe.cuh")  # beside MMA_SOURCE
 
 
 class ExtensionUnavailable(RuntimeError):
@@ -103,7 +105,9 @@ def _check_sparse_tensor_cores() -> None:
 
 
 def _jit_build_mma() -> ModuleType:
-    return _jit(MMA_EXTENSION_NAME, MMA_SOURCE, "mma-", extra_cuda_cflags=["-O3"])
+    # torch rebuilds a JIT extension when its sources or flags change, not its headers: their hash is a flag
+    digest = hashlib.sha256(b"".join((MMA_SOURCE.parent / h).read_bytes() for h in MMA_HEADERS)).hexdigest()[:16]
+    return _jit(MMA_EXTENSION_NAME, MMA_SOURCE, "mma-", extra_cuda_cflags=["-O3", f"-DSPARSE_LLM_HEADERS_{digest}"])
 
 
 def _find_or_build(prebuilt: str, build, what: str, check=None) -> tuple[ModuleType | None, str]:
@@ -134,12 +138,16 @@ def _load_mma() -> tuple[ModuleType | None, str]:
     return _find_or_build("sparse_llm._mma", _jit_build_mma, "sparse tensor-core", _check_sparse_tensor_cores)
 
 
+def _module_or_raise(loaded: tuple[ModuleType | None, str], what: str) -> ModuleType:
+    module, reason = loaded
+    if module is None:
+        raise ExtensionUnavailable(f"{what} is off: {reason}")
+    return module
+
+
 def load_mma_extension() -> ModuleType:
     """The sparse tensor-core (mma.sp) kernel module; builds it on first use. Raises ExtensionUnavailable."""
-    module, reason = _load_mma()
-    if module is None:
-        raise ExtensionUnavailable(f"sparse tensor-core kernel is off: {reason}")
-    return module
+    return _module_or_raise(_load_mma(), "sparse tensor-core kernel")
 
 
 def mma_status() -> dict:
@@ -150,10 +158,7 @@ def mma_status() -> dict:
 
 def load_extension() -> ModuleType:
     """The extension module; builds it on first use. Raises ExtensionUnavailable with the reason."""
-    module, reason = _load()
-    if module is None:
-        raise ExtensionUnavailable(f"cuSPARSELt fast path is off: {reason}")
-    return module
+    return _module_or_raise(_load(), "cuSPARSELt fast path")
 
 
 def extension_status() -> dict:
