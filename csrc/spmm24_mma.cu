@@ -72,7 +72,8 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
 #define SPARSE_LLM_MMA_TILES(X)                                                                                 \
   X(1, 1, 1, 4) X(1, 1, 2, 4) X(2, 1, 1, 4) X(2, 1, 2, 4) X(4, 1, 1, 4) X(1, 2, 1, 4) X(2, 2, 1, 4) X(1, 4, 1, 4) \
       X(2, 4, 1, 4) X(2, 4, 1, 8) X(1, 8, 1, 4) X(1, 8, 1, 8) X(2, 8, 1, 8) X(1, 1, 4, 4) X(2, 1, 4, 4)         \
-          X(2, 2, 4, 4) X(2, 4, 3, 4) X(2, 8, 3, 4) X(2, 8, 3, 8)
+          X(2, 2, 4, 4) X(1, 4, 3, 4) X(2, 4, 3, 4) X(1, 8, 3, 4) X(2, 8, 3, 4) X(2, 8, 3, 8) X(1, 16, 3, 8)       \
+              X(2, 16, 3, 8)
 
 bool tile_supported(int rows, int tokens, int stages, int warps) {
 #define SPARSE_LLM_MMA_MATCH(R_, NT_, S_, W_) \
@@ -147,6 +148,13 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
                   (x.stride(0) % 8 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0),
               "spmm24_mma: the pipelined kernel (stages >= 3) copies x in 16-byte pieces: its rows must be 16-byte "
               "aligned (row stride a multiple of 8 elements, storage 16-byte aligned)");
+  // The pipelined kernel addresses its copies with 32-bit byte offsets from the start of each tensor.
+  constexpr int64_t kOffsetLimit = int64_t{1} << 32;
+  TORCH_CHECK(!is_pipelined(static_cast<int>(stages)) ||
+                  ((x.size(0) - 1) * x.stride(0) * 2 + x.size(1) * 2 < kOffsetLimit &&
+                   (values.size(0) - 1) * values.stride(0) * 2 + values.size(1) * 2 < kOffsetLimit &&
+                   (meta.size(0) - 1) * meta.stride(0) * 2 + meta.size(1) * 2 < kOffsetLimit),
+              "spmm24_mma: the pipelined kernel (stages >= 3) needs x, values and meta of less than 4 GiB each");
   TORCH_CHECK(split >= 1 && split <= K / chunk_columns(static_cast<int>(stages)), "spmm24_mma: split must be in [1, K/",
               chunk_columns(static_cast<int>(stages)), "] for stages=", stages, ", got ", split);
   if (bias.has_value()) {

@@ -30,38 +30,41 @@ struct PipeLayout {
   static constexpr int kXUnits = 8 * NT * 16;                 // 16-byte copies of x per chunk
 };
 
-// Per-thread source pointers of the copies of chunk 0 (chunk c adds c * 128 columns): computed once per block.
+// Per-thread byte offsets of the copies of chunk 0 from the start of x, values and meta (chunk c adds c * 128
+// columns to the three base pointers): computed once per block. 32-bit offsets, half the registers of pointers (the
+// launcher checks that the tensors fit); one bit per x copy says whether its token row exists (else zero-filled).
 template <typename T, int R, int NT, int WARPS>
 struct PipeSources {
   using L = PipeLayout<R, NT, WARPS>;
   static constexpr int kVPasses = (L::kVUnits + L::kThreads - 1) / L::kThreads;
   static constexpr int kMPasses = (L::kRows + L::kThreads - 1) / L::kThreads;
   static constexpr int kXPasses = (L::kXUnits + L::kThreads - 1) / L::kThreads;
-  const T* v[kVPasses];
-  const int16_t* m[kMPasses];
-  const T* x[kXPasses];
-  uint32_t xbytes[kXPasses];  // 16, or 0 for token rows past M (zero-filled)
+  static_assert(kXPasses <= 32, "one bit per x copy");
+  uint32_t v[kVPasses];
+  uint32_t m[kMPasses];
+  uint32_t x[kXPasses];
+  uint32_t x_real;  // bit p: copy p reads a token row < M
 
-  __device__ __forceinline__ PipeSources(const T* __restrict__ xg, const T* __restrict__ values,
-                                         const int16_t* __restrict__ meta, int brow0, int tok0, int M, int N,
-                                         int64_t stride_xm, int64_t stride_vn, int64_t stride_mn, int tid) {
+  __device__ __forceinline__ PipeSources(int brow0, int tok0, int M, int N, int64_t stride_xm, int64_t stride_vn,
+                                         int64_t stride_mn, int tid) {
 #pragma unroll
     for (int p = 0; p < kVPasses; ++p) {  // unit u: row u / 8, 16-byte piece u % 8 of the row's 128 bytes
       const int u = min(tid + p * L::kThreads, L::kVUnits - 1);
       const int row = min(brow0 + u / 8, N - 1);  // rows past N: any valid row (their results are not stored)
-      v[p] = values + row * stride_vn + 8 * (u % 8);
+      v[p] = static_cast<uint32_t>(row * stride_vn * sizeof(T)) + 16 * (u % 8);
     }
 #pragma unroll
     for (int p = 0; p < kMPasses; ++p) {
       const int row = min(brow0 + min(tid + p * L::kThreads, L::kRows - 1), N - 1);
-      m[p] = meta + row * stride_mn;
+      m[p] = static_cast<uint32_t>(row * stride_mn * sizeof(int16_t));
     }
+    x_real = 0;
 #pragma unroll
     for (int p = 0; p < kXPasses; ++p) {  // unit u: token row u / 16, piece u % 16 of its 256 bytes
       const int u = min(tid + p * L::kThreads, L::kXUnits - 1);
       const int tok = tok0 + u / 16;
-      x[p] = xg + (tok < M ? tok : 0) * stride_xm + 8 * (u % 16);
-      xbytes[p] = tok < M ? 16u : 0u;
+      x[p] = static_cast<uint32_t>((tok < M ? tok : 0) * stride_xm * sizeof(T)) + 16 * (u % 16);
+      x_real |= (tok < M ? 1u : 0u) << p;
     }
   }
 };
@@ -72,27 +75,31 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, uint32
 
 // Issues the copies of chunk c into the stage at shared address `stage`.
 template <typename T, int R, int NT, int WARPS>
-__device__ __forceinline__ void pipe_copy(uint32_t stage, const PipeSources<T, R, NT, WARPS>& src, int c, int tid) {
+__device__ __forceinline__ void pipe_copy(uint32_t stage, const PipeSources<T, R, NT, WARPS>& src,
+                                          const T* __restrict__ xg, const T* __restrict__ values,
+                                          const int16_t* __restrict__ meta, int c, int tid) {
   using L = PipeLayout<R, NT, WARPS>;
   using S = PipeSources<T, R, NT, WARPS>;
+  const char* vc = reinterpret_cast<const char*>(values + c * (kPipeChunk / 2));
+  const char* mc = reinterpret_cast<const char*>(meta + c * (kPipeChunk / 16));
+  const char* xc = reinterpret_cast<const char*>(xg + c * kPipeChunk);
 #pragma unroll
   for (int p = 0; p < S::kVPasses; ++p) {
     const int u = tid + p * L::kThreads;
     if (L::kVUnits % L::kThreads == 0 || u < L::kVUnits)
-      cp_async16(stage + kPipeRowBytes * (u / 8) + 16 * (u % 8), src.v[p] + c * (kPipeChunk / 2));
+      cp_async16(stage + kPipeRowBytes * (u / 8) + 16 * (u % 8), vc + src.v[p]);
   }
 #pragma unroll
   for (int p = 0; p < S::kMPasses; ++p) {
     const int r = tid + p * L::kThreads;
-    if (L::kRows % L::kThreads == 0 || r < L::kRows)
-      cp_async16(stage + kPipeRowBytes * r + 128, src.m[p] + c * (kPipeChunk / 16));
+    if (L::kRows % L::kThreads == 0 || r < L::kRows) cp_async16(stage + kPipeRowBytes * r + 128, mc + src.m[p]);
   }
 #pragma unroll
   for (int p = 0; p < S::kXPasses; ++p) {
     const int u = tid + p * L::kThreads;
     if (L::kXUnits % L::kThreads == 0 || u < L::kXUnits)
-      cp_async16(stage + L::kWBytes + kPipeXBytes * (u / 16) + 16 * (u % 16), src.x[p] + c * kPipeChunk,
-                 src.xbytes[p]);
+      cp_async16(stage + L::kWBytes + kPipeXBytes * (u / 16) + 16 * (u % 16), xc + src.x[p],
+                 (src.x_real >> p) & 1u ? 16u : 0u);
   }
 }
 
@@ -121,7 +128,7 @@ __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_pipe_kernel(
   const int num_chunks = K / kPipeChunk;
   const int c_begin = blockIdx.z * chunks_per_split;
   const int c_end = min(c_begin + chunks_per_split, num_chunks);
-  const PipeSources<T, R, NT, WARPS> src(x, values, meta, brow0, tok0, M, N, stride_xm, stride_vn, stride_mn, tid);
+  const PipeSources<T, R, NT, WARPS> src(brow0, tok0, M, N, stride_xm, stride_vn, stride_mn, tid);
 
   // ldmatrix lane addresses within a stage (step 0). A: matrix q = lane / 8 holds rows (lane % 8) + 8 (q % 2) of the
   // warp's 16-row tile, bytes 16 (q / 2) of the step: a0 .. a3 in mma order. B: matrix q holds token rows lane % 8 of
@@ -143,14 +150,15 @@ __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_pipe_kernel(
   // One commit group per chunk (empty past the end), so "all but the newest S - 2 groups" is always chunk c.
 #pragma unroll
   for (int u = 0; u < S - 1; ++u) {
-    if (c_begin + u < c_end) pipe_copy(smem_addr + L::kStageBytes * u, src, c_begin + u, tid);
+    if (c_begin + u < c_end) pipe_copy(smem_addr + L::kStageBytes * u, src, x, values, meta, c_begin + u, tid);
     asm volatile("cp.async.commit_group;\n" ::);
   }
   for (int c = c_begin; c < c_end; ++c) {
     const int k = c - c_begin;
     asm volatile("cp.async.wait_group %0;\n" ::"n"(S - 2));
     __syncthreads();  // chunk c is in for every thread, and every thread is done with chunk c - 1's stage
-    if (c + S - 1 < c_end) pipe_copy(smem_addr + L::kStageBytes * ((k + S - 1) % S), src, c + S - 1, tid);
+    if (c + S - 1 < c_end) pipe_copy(smem_addr + L::kStageBytes * ((k + S - 1) % S), src, x, values, meta, c + S - 1,
+                                    tid);
     asm volatile("cp.async.commit_group;\n" ::);
     const uint32_t stage = smem_addr + L::kStageBytes * (k % S);
     uint4 meta_g[R], meta_g8[R];

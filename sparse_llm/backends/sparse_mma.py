@@ -29,7 +29,8 @@ TILES = frozenset(
     (16 * r, 8 * t, s, w)
     for r, t, s, w in ((1, 1, 1, 4), (1, 1, 2, 4), (2, 1, 1, 4), (2, 1, 2, 4), (4, 1, 1, 4), (1, 2, 1, 4), (2, 2, 1, 4),
                        (1, 4, 1, 4), (2, 4, 1, 4), (2, 4, 1, 8), (1, 8, 1, 4), (1, 8, 1, 8), (2, 8, 1, 8),
-                       (1, 1, 4, 4), (2, 1, 4, 4), (2, 2, 4, 4), (2, 4, 3, 4), (2, 8, 3, 4), (2, 8, 3, 8))
+                       (1, 1, 4, 4), (2, 1, 4, 4), (2, 2, 4, 4), (1, 4, 3, 4), (2, 4, 3, 4), (1, 8, 3, 4), (2, 8, 3, 4),
+                       (2, 8, 3, 8), (1, 16, 3, 8), (2, 16, 3, 8))
 )  # fmt: skip
 
 
@@ -70,11 +71,16 @@ def default_config(m: int, n: int, k: int, device: torch.device) -> MmaConfig:
     SM; from 32 tokens on the pipelined kernel (32 rows per warp, 3 stages, 8 warps for 64 tokens), split to about
     8 warps per SM (its shared memory allows one or two blocks per SM). H100 sweep: mma_sweep_v7_h100.json."""
     tokens = min(8 * triton.next_power_of_2(triton.cdiv(m, 8)), 64)
-    if tokens >= 32:
+    if tokens >= 32 and pipelined_fits(m, n, k):
         warps = 8 if tokens == 64 else 4
         return MmaConfig(32, tokens, 3, auto_split(m, n, k, 32, tokens, device, warps, per_sm=8), warps)
     rows = 32 if n >= 4096 else 16
     return MmaConfig(rows, tokens, 1, auto_split(m, n, k, rows, tokens, device, 4), 4)
+
+
+def pipelined_fits(m: int, n: int, k: int) -> bool:
+    """The pipelined kernel addresses x and the weight with 32-bit byte offsets: each must be under 4 GiB."""
+    return 2 * m * k < 2**32 and n * k < 2**32
 
 
 def shape_supported(n: int, k: int) -> bool:

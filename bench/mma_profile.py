@@ -1,0 +1,80 @@
+"""Nsight Compute counters of the sparse tensor-core kernel for a few configurations (a profiling aid).
+
+    python bench/mma_profile.py --out DIR [--ncu /usr/local/cuda/bin/ncu] [CONFIG ...]
+
+CONFIG is N,K,M,rows,tokens,stages,warps,split (default: the 28672x8192 tiles of M = 64 and 128). Each one runs
+``bench/mma_one.py`` under ncu (boost clocks kept: ``--clock-control none``), profiling the third launch; the
+metrics (time, DRAM and L2 bytes, issue activity, tensor-pipe activity, shared-memory wavefronts and conflicts,
+and the stall reasons per issued instruction) are written to ``mma_profile.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_result  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+DEFAULT = ("28672,8192,64,32,64,3,8,2", "28672,8192,128,32,128,3,8,2", "28672,8192,128,32,64,3,8,2")
+METRICS = (
+    "gpu__time_duration.sum",
+    "dram__bytes_read.sum",
+    "dram__throughput.avg.pct_of_peak_sustained_elapsed",
+    "lts__t_bytes.sum",
+    "smsp__inst_executed.sum",
+    "smsp__issue_active.avg.pct_of_peak_sustained_active",
+    "sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active",
+    "sm__warps_active.avg.pct_of_peak_sustained_active",
+    "l1tex__data_pipe_lsu_wavefronts_mem_shared.sum",
+    "l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum",
+    "launch__registers_per_thread",
+    "launch__grid_size",
+    "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\\.ratio",
+)
+
+
+def profile(ncu: str, config: str) -> dict:
+    cmd = [ncu, "--clock-control", "none", "--csv", "--page", "raw", "-k", "regex:spmm24", "--launch-skip", "2",
+           "--launch-count", "1", "--metrics", ",".join(METRICS), sys.executable, str(HERE / "mma_one.py"),
+           *config.split(",")]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    if run.returncode != 0:
+        return {"config": config, "error": (run.stderr or run.stdout)[-2000:]}
+    lines = run.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith('"ID"'))
+    table = list(csv.reader(io.StringIO("\n".join(lines[start:]))))
+    header, units, values = table[0], table[1], table[2]
+    out = {}
+    for name, unit, value in zip(header, units, values):
+        if "__" not in name:
+            continue
+        try:
+            out[name] = float(value.replace(",", ""))
+        except ValueError:
+            out[name] = value
+        if unit:
+            out[name + ".unit"] = unit
+    stalls = {k.split("stalled_")[1].split("_per_issue")[0]: v for k, v in out.items()
+              if "issue_stalled" in k and not k.endswith(".unit") and isinstance(v, float)}  # fmt: skip
+    top = dict(sorted(stalls.items(), key=lambda kv: -kv[1])[:8])
+    print(config, {k: out.get(k) for k in METRICS[:-1]}, "stalls:", top, flush=True)
+    return {"config": config, "metrics": out, "top_stalls": top}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--ncu", default="/usr/local/cuda/bin/ncu")
+    parser.add_argument("configs", nargs="*", default=list(DEFAULT))
+    args = parser.parse_args()
+    write_result(args.out, "mma_profile", {"ncu": args.ncu, "runs": [profile(args.ncu, c) for c in args.configs]})
+
+
+if __name__ == "__main__":
+    main()
