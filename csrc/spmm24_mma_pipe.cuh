@@ -109,6 +109,11 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
                : "r"(addr));
 }
 
+// Word s of a 16-byte metadata load (s known at compile time after unrolling).
+__device__ __forceinline__ uint32_t word(const uint4& v, int s) {
+  return s == 0 ? v.x : s == 1 ? v.y : s == 2 ? v.z : v.w;
+}
+
 template <typename T, int R, int NT, int S, int WARPS>
 __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_pipe_kernel(
     const T* __restrict__ x, const T* __restrict__ values, const int16_t* __restrict__ meta,
@@ -139,6 +144,8 @@ __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_pipe_kernel(
   const uint32_t m_off = kPipeRowBytes * (warp * 16 * R + g) + 128;
   const uint32_t odd = (t & 1) ? 0x7632u : 0x5410u;  // thread 0 of a quad: mma groups 0-3, thread 1: groups 4-7
 
+  constexpr int kItems = 4 * NT;                      // (step, token tile) pairs of a chunk
+  constexpr int kAhead = kItems > 4 ? 4 : kItems - 1;  // B fragments read ahead of their mma
   float acc[R][NT][4];
 #pragma unroll
   for (int r = 0; r < R; ++r)
@@ -171,22 +178,33 @@ __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_pipe_kernel(
                    : "=r"(meta_g8[r].x), "=r"(meta_g8[r].y), "=r"(meta_g8[r].z), "=r"(meta_g8[r].w)
                    : "r"(stage + m_off + kPipeRowBytes * (16 * r + 8)));
     }
-#pragma unroll
-    for (int s = 0; s < 4; ++s) {
-      uint32_t a[R][4], e[R];
+    // Fragments are read ahead of their mma (the asm statements keep their program order, so the order below is
+    // the issue order): the A fragments and metadata of step s + 1 while step s multiplies, and the B fragment of
+    // item i + kAhead before the mma of item i (item: a (step, token tile) pair, step-major). Without this, each
+    // mma waited for the ldmatrix just before it (Nsight Compute: short-scoreboard stalls).
+    uint32_t a[2][R][4], e[2][R], b[kAhead + 1][4];
+    const auto load_a = [&](int s, uint32_t(&af)[R][4], uint32_t(&ef)[R]) {
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        ldmatrix_x4(a[r], stage + a_off + kPipeRowBytes * 16 * r + 32 * s);
-        const uint32_t mg = s == 0 ? meta_g[r].x : s == 1 ? meta_g[r].y : s == 2 ? meta_g[r].z : meta_g[r].w;
-        const uint32_t m8 = s == 0 ? meta_g8[r].x : s == 1 ? meta_g8[r].y : s == 2 ? meta_g8[r].z : meta_g8[r].w;
-        e[r] = __byte_perm(mg, m8, odd);
+        ldmatrix_x4(af[r], stage + a_off + kPipeRowBytes * 16 * r + 32 * s);
+        ef[r] = __byte_perm(word(meta_g[r], s), word(meta_g8[r], s), odd);
       }
+    };
+    const auto load_b = [&](int i, uint32_t(&bf)[4]) {
+      ldmatrix_x4(bf, stage + b_off + kPipeXBytes * 8 * (i % NT) + 64 * (i / NT));
+    };
+    load_a(0, a[0], e[0]);
+#pragma unroll
+    for (int i = 0; i < kAhead; ++i) load_b(i, b[i]);
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+      if (s + 1 < 4) load_a(s + 1, a[(s + 1) & 1], e[(s + 1) & 1]);
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
-        uint32_t b[4];
-        ldmatrix_x4(b, stage + b_off + kPipeXBytes * 8 * j + 64 * s);
+        const int i = s * NT + j;
+        if (i + kAhead < kItems) load_b(i + kAhead, b[(i + kAhead) % (kAhead + 1)]);
 #pragma unroll
-        for (int r = 0; r < R; ++r) mma_sp<T>(acc[r][j], a[r], b, e[r]);
+        for (int r = 0; r < R; ++r) mma_sp<T>(acc[r][j], a[s & 1][r], b[i % (kAhead + 1)], e[s & 1][r]);
       }
     }
   }

@@ -125,7 +125,8 @@ def mma_config(n: int, k: int, m: int, dtype: torch.dtype, device: torch.device)
 
 def mma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
     """The heuristic's tile and its neighbours: tokens per block (half, same, double), rows per warp, pipeline
-    depth, warps per block, and for each tile its automatic split of K, half and twice that."""
+    depth, warps per block, and for each tile its automatic split of K, a quarter, half and twice that (small layers
+    run best with fewer pieces than the automatic split: each piece adds an fp32 partial tile to reduce)."""
     from sparse_llm.backends.sparse_mma import TILES, MmaConfig, auto_split
     from sparse_llm.backends.sparse_mma import default_config as mma_default
 
@@ -135,7 +136,7 @@ def mma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
         if tokens not in (base.tokens // 2, base.tokens, base.tokens * 2):
             continue
         split = auto_split(m, n, k, rows, tokens, device, warps)
-        for s in sorted({max(1, split // 2), split, 2 * split}):
+        for s in sorted({max(1, split // 4), max(1, split // 2), split, 2 * split}):
             cfg = MmaConfig(rows, tokens, stages, s, warps)
             if s <= k // 256 and cfg not in out:
                 out.append(cfg)
