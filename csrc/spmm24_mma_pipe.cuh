@@ -114,77 +114,6 @@ __device__ __forceinline__ uint32_t word(const uint4& v, int s) {
   return s == 0 ? v.x : s == 1 ? v.y : s == 2 ? v.z : v.w;
 }
 
-// ---- Hopper (sm_90+): the copies are TMA bulk copies that complete on one mbarrier per stage ----------------------
-//
-// Nsight Compute on the cp.async version (28672x8192, M = 64): DRAM at 64% of its peak while warps waited on the
-// copies most (long-scoreboard stalls), with 3 or 4 stages alike: the per-SM request path, not the pipeline depth,
-// limited the bandwidth. A bulk copy moves a whole row piece (128 bytes of values, 16 of metadata, 256 of x) through
-// the TMA unit: one instruction per piece instead of one per 16 bytes per thread.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define SPARSE_LLM_BULK_COPY 1
-#endif
-
-__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-
-__device__ __forceinline__ void mbar_expect(uint32_t bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred done;\n"
-      "WAIT_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT_%=;\n"
-      "}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-}
-
-template <int BYTES>
-__device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_t bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
-               "l"(src), "n"(BYTES), "r"(bar)
-               : "memory");
-}
-
-// The bulk copies of chunk c into the stage at `stage`, completing on `bar`: thread i copies W row i (values and
-// metadata; rows past N repeat row N - 1) and token row i of x (tokens past M repeat token M - 1: their products are
-// not stored). Thread 0 first announces the stage's bytes on the barrier.
-template <typename T, int R, int NT, int WARPS>
-struct BulkSources {
-  using L = PipeLayout<R, NT, WARPS>;
-  static_assert(L::kRows <= L::kThreads && 8 * NT <= L::kThreads, "one W row and one token row per thread");
-  static constexpr uint32_t kStageTx = L::kRows * kPipeRowBytes + 8 * NT * 2 * kPipeChunk;
-  uint32_t v, m, x;  // byte offsets of chunk 0 from values, meta, x
-
-  __device__ __forceinline__ BulkSources(int brow0, int tok0, int M, int N, int64_t stride_xm, int64_t stride_vn,
-                                         int64_t stride_mn, int tid) {
-    const int row = min(brow0 + tid, N - 1);
-    v = static_cast<uint32_t>(row * stride_vn * sizeof(T));
-    m = static_cast<uint32_t>(row * stride_mn * sizeof(int16_t));
-    x = static_cast<uint32_t>(min(tok0 + tid, M - 1) * stride_xm * sizeof(T));
-  }
-
-  __device__ __forceinline__ void issue(uint32_t stage, uint32_t bar, const T* __restrict__ xg,
-                                        const T* __restrict__ values, const int16_t* __restrict__ meta, int c,
-                                        int tid) const {
-    if (tid == 0) mbar_expect(bar, kStageTx);
-    if (tid < L::kRows) {
-      bulk_copy<kPipeChunk>(stage + kPipeRowBytes * tid,
-                            reinterpret_cast<const char*>(values + c * (kPipeChunk / 2)) + v, bar);
-      bulk_copy<kPipeChunk / 8>(stage + kPipeRowBytes * tid + kPipeChunk,
-                                reinterpret_cast<const char*>(meta + c * (kPipeChunk / 16)) + m, bar);
-    }
-    if (tid < 8 * NT)
-      bulk_copy<2 * kPipeChunk>(stage + L::kWBytes + kPipeXBytes * tid,
-                                reinterpret_cast<const char*>(xg + c * kPipeChunk) + x, bar);
-  }
-};
-
 template <typename T, int R, int NT, int S, int WARPS>
 __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_pipe_kernel(
     const T* __restrict__ x, const T* __restrict__ values, const int16_t* __restrict__ meta,
@@ -204,19 +133,7 @@ __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_pipe_kernel(
   const int num_chunks = K / kPipeChunk;
   const int c_begin = blockIdx.z * chunks_per_split;
   const int c_end = min(c_begin + chunks_per_split, num_chunks);
-#ifdef SPARSE_LLM_BULK_COPY
-  const BulkSources<T, R, NT, WARPS> src(brow0, tok0, M, N, stride_xm, stride_vn, stride_mn, tid);
-  __shared__ __align__(8) uint64_t full[S];  // stage s holds its chunk when full[s] completes its phase
-  const uint32_t full_addr = static_cast<uint32_t>(__cvta_generic_to_shared(full));
-  if (tid == 0) {
-#pragma unroll
-    for (int u = 0; u < S; ++u) mbar_init(full_addr + 8 * u, 1);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  __syncthreads();
-#else
   const PipeSources<T, R, NT, WARPS> src(brow0, tok0, M, N, stride_xm, stride_vn, stride_mn, tid);
-#endif
 
   // ldmatrix lane addresses within a stage (step 0). A: matrix q = lane / 8 holds rows (lane % 8) + 8 (q % 2) of the
   // warp's 16-row tile, bytes 16 (q / 2) of the step: a0 .. a3 in mma order. B: matrix q holds token rows lane % 8 of
@@ -237,19 +154,6 @@ __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_pipe_kernel(
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[r][j][i] = 0.f;
 
-#ifdef SPARSE_LLM_BULK_COPY
-#pragma unroll
-  for (int u = 0; u < S - 1; ++u)
-    if (c_begin + u < c_end) src.issue(smem_addr + L::kStageBytes * u, full_addr + 8 * u, x, values, meta, c_begin + u, tid);
-  for (int c = c_begin; c < c_end; ++c) {
-    const int k = c - c_begin;
-    __syncthreads();  // every thread is done with chunk c - 1's stage, which chunk c + S - 1 refills
-    if (c + S - 1 < c_end) {
-      const int u = (k + S - 1) % S;
-      src.issue(smem_addr + L::kStageBytes * u, full_addr + 8 * u, x, values, meta, c + S - 1, tid);
-    }
-    mbar_wait(full_addr + 8 * (k % S), (k / S) & 1);  // the stage's (k / S)-th fill
-#else
   // One commit group per chunk (empty past the end), so "all but the newest S - 2 groups" is always chunk c.
 #pragma unroll
   for (int u = 0; u < S - 1; ++u) {
@@ -263,7 +167,6 @@ __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_pipe_kernel(
     if (c + S - 1 < c_end) pipe_copy(smem_addr + L::kStageBytes * ((k + S - 1) % S), src, x, values, meta, c + S - 1,
                                     tid);
     asm volatile("cp.async.commit_group;\n" ::);
-#endif
     const uint32_t stage = smem_addr + L::kStageBytes * (k % S);
     uint4 meta_g[R], meta_g8[R];
 #pragma unroll
@@ -305,9 +208,7 @@ __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_pipe_kernel(
       }
     }
   }
-#ifndef SPARSE_LLM_BULK_COPY
   asm volatile("cp.async.wait_group 0;\n" ::);
-#endif
   finish_tile<T, R, NT, L::kThreads>(acc, bias, y, partial, counters, row0, tok0, M, N, tid, g, t);
 }
 
