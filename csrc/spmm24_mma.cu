@@ -72,8 +72,8 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
 #define SPARSE_LLM_MMA_TILES(X)                                                                                 \
   X(1, 1, 1, 4) X(1, 1, 2, 4) X(2, 1, 1, 4) X(2, 1, 2, 4) X(4, 1, 1, 4) X(1, 2, 1, 4) X(2, 2, 1, 4) X(1, 4, 1, 4) \
       X(2, 4, 1, 4) X(2, 4, 1, 8) X(1, 8, 1, 4) X(1, 8, 1, 8) X(2, 8, 1, 8) X(1, 1, 4, 4) X(2, 1, 4, 4)         \
-          X(2, 2, 4, 4) X(1, 4, 3, 4) X(2, 4, 3, 4) X(2, 4, 4, 4) X(1, 8, 3, 4) X(2, 8, 3, 4) X(2, 8, 3, 8)        \
-              X(2, 8, 4, 8) X(1, 16, 3, 8) X(2, 16, 3, 8)
+          X(2, 2, 4, 4) X(1, 4, 3, 4) X(2, 4, 3, 4) X(1, 8, 3, 4) X(2, 8, 3, 4) X(2, 8, 3, 8) X(1, 16, 3, 8)       \
+              X(2, 16, 3, 8)
 
 bool tile_supported(int rows, int tokens, int stages, int warps) {
 #define SPARSE_LLM_MMA_MATCH(R_, NT_, S_, W_) \
