@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from sparse_llm import tune
+from sparse_llm.backends import sparse_mma
+
+
+def _fake_eager(monkeypatch, times):
+    calls = []
+
+    def fake(fn):
+        calls.append(fn)
+        return times[len(calls) - 1]
+
+    monkeypatch.setattr(tune, "time_us", fake)
+    return calls
+
+
+def test_eager_time_retries_a_slow_window(monkeypatch):
+    calls = _fake_eager(monkeypatch, [200.0, 210.0, 41.0, 300.0])
+    assert tune._eager_us(lambda: None, graph_us=40.8) == 41.0
+    assert len(calls) == 3  # the third run is close to the graph time: no fourth
+
+
+def test_eager_time_keeps_a_real_launch_cost(monkeypatch):
+    calls = _fake_eager(monkeypatch, [57.5, 58.0, 57.9, 57.6])
+    assert tune._eager_us(lambda: None, graph_us=16.7) == 57.5
+    assert len(calls) == 4
+
+
+def test_eager_time_two_runs_when_close(monkeypatch):
+    calls = _fake_eager(monkeypatch, [22.0, 20.0])
+    assert tune._eager_us(lambda: None, graph_us=18.0) == 20.0
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("m", [1, 8, 33, 64, 128, 256])
+def test_mma_candidates(monkeypatch, m):
+    monkeypatch.setattr(sparse_mma, "_num_sms", lambda index: 132)
+    dev = torch.device("cuda", 0)
+    cands = tune.mma_candidates(m, 4096, 4096, dev)
+    base = sparse_mma.default_config(m, 4096, 4096, dev)
+    assert cands[0] == base and len(set(cands)) == len(cands)
+    for c in cands:
+        assert (c.rows, c.tokens, c.stages, c.warps) in sparse_mma.TILES
+        assert 1 <= c.split <= 4096 // 256
+        assert c.tokens in (base.tokens // 2, base.tokens, 2 * base.tokens)
+        if base.stages >= 3:
+            assert c.stages >= 3
+    if base.split > 1:  # fewer pieces than the automatic split are tried
+        assert any(c.split < base.split for c in cands)
