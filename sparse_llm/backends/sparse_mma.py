@@ -74,8 +74,9 @@ def default_config(m: int, n: int, k: int, device: torch.device) -> MmaConfig:
     if tokens >= 32 and pipelined_fits(m, n, k):
         warps = 8 if tokens == 64 else 4
         return MmaConfig(32, tokens, 3, auto_split(m, n, k, 32, tokens, device, warps, per_sm=8), warps)
-    rows = 32 if n >= 4096 else 16
-    return MmaConfig(rows, tokens, 1, auto_split(m, n, k, rows, tokens, device, 4), 4)
+    rows = 32 if n >= 4096 or tokens >= 32 else 16
+    warps = 8 if tokens == 64 else 4  # (register kernel, 64 tokens: the 8-warp tile is the instantiated one)
+    return MmaConfig(rows, tokens, 1, auto_split(m, n, k, rows, tokens, device, warps), warps)
 
 
 def pipelined_fits(m: int, n: int, k: int) -> bool:

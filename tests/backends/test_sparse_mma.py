@@ -33,3 +33,11 @@ def test_forcing_it_on_a_cpu_input_says_why():
     layer = SparseLinear.from_weight(Sparse24Weight.from_dense(w))
     with pytest.raises(RuntimeError, match="CUDA input"):
         backends.linear(layer, torch.randn(2, 256), backend="sparse_mma")
+
+
+def test_default_config_leaves_the_pipelined_kernel_when_offsets_do_not_fit(monkeypatch):
+    monkeypatch.setattr(sparse_mma, "_num_sms", lambda index: 132)
+    dev = torch.device("cuda", 0)
+    assert sparse_mma.default_config(64, 4096, 4096, dev).stages >= 3
+    big = sparse_mma.default_config(2**19, 4096, 4096, dev)  # x of 4 GiB: past the 32-bit copy offsets
+    assert big.stages < 3 and (big.rows, big.tokens, big.stages, big.warps) in sparse_mma.TILES
