@@ -146,13 +146,7 @@ __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_pipe_kernel(
 
   constexpr int kItems = 4 * NT;                      // (step, token tile) pairs of a chunk
   constexpr int kAhead = kItems > 4 ? 4 : kItems - 1;  // B fragments read ahead of their mma
-  float acc[R][NT][4];
-#pragma unroll
-  for (int r = 0; r < R; ++r)
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[r][j][i] = 0.f;
+  float acc[R][NT][4] = {};
 
   // One commit group per chunk (empty past the end), so "all but the newest S - 2 groups" is always chunk c.
 #pragma unroll

@@ -153,13 +153,7 @@ __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_kernel(
       mrow[r][h] = reinterpret_cast<const uint4*>(meta + row * stride_mn);            // 16 int16 = 32 B per chunk
     }
 
-  float acc[R][NT][4];
-#pragma unroll
-  for (int r = 0; r < R; ++r)
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[r][j][i] = 0.f;
+  float acc[R][NT][4] = {};
 
   WChunk<R> f[STAGES];
 #pragma unroll

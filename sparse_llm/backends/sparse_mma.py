@@ -2,7 +2,7 @@
 
 It reads the layer's canonical ``values`` (on the GPU a view of the head of cuSPARSELt's compressed buffer: one
 copy of the weight) and natural ``meta`` directly: no conversion, no padding of M. A block stages its tokens of x
-in shared memory, so the weight is streamed once per 64 tokens. Memory-bound at decode and small-batch sizes,
+in shared memory, so the weight is streamed once per token tile (up to 128 tokens). Memory-bound at decode and small-batch sizes,
 it is the dispatcher's choice for small M (the crossover to cuSPARSELt is measured, ``sparse_llm.tune``).
 
 ``spmm24_mma(x, values, meta, bias, config)`` computes ``x @ W.T + bias``; :class:`MmaConfig` is the tile
@@ -68,7 +68,8 @@ def auto_split(
 def default_config(m: int, n: int, k: int, device: torch.device) -> MmaConfig:
     """Before a tuning table exists: all of M's tokens in one block up to 64 (x is staged once per block). Up to 16
     tokens the register kernel, 32 rows per warp on layers of 4096+ rows (16 below), K split to about 16 warps per
-    SM; from 32 tokens on the pipelined kernel (32 rows per warp, 3 stages, 8 warps for 64 tokens), split to about
+    SM; from 32 tokens on the pipelined kernel (32 rows per warp, 3 stages, 8 warps for 64 tokens; the register
+    kernel where x or the weight exceeds its 32-bit offsets, :func:`pipelined_fits`), split to about
     8 warps per SM (its shared memory allows one or two blocks per SM). H100 sweep: mma_sweep_v7_h100.json."""
     tokens = min(8 * triton.next_power_of_2(triton.cdiv(m, 8)), 64)
     if tokens >= 32 and pipelined_fits(m, n, k):
