@@ -51,7 +51,7 @@ def profile(ncu: str, config: str) -> dict:
     table = list(csv.reader(io.StringIO("\n".join(lines[start:]))))
     header, units, values = table[0], table[1], table[2]
     out = {}
-    for name, unit, value in zip(header, units, values):
+    for name, unit, value in zip(header, units, values, strict=False):
         if "__" not in name:
             continue
         try:

@@ -5,8 +5,8 @@
 // row-major written as yT column-major (N, M). Bias goes in the epilogue (one bias value per row of yT).
 //
 // Per (device, N, K, M, dtype, bias pointer) we cache the descriptors, the plan and its workspace (from
-// torch's caching allocator); per (device, N, K, M bucket, dtype) the fastest algorithm (config id, split-K),
-// found by timing the candidates once. After the first call of a shape, a call does one hash look-up and the
+// torch's caching allocator); per (device, N, K, M bucket, dtype) the fastest algorithm (config id, split-K and
+// split-K mode), found by timing the candidates once. After the first call of a shape, a call does one hash look-up and the
 // cusparseLtMatmul launch on torch's current stream, so it can be captured in a CUDA graph. A plan first needed
 // during a capture keeps the default algorithm (timing candidates synchronizes, which a capture forbids).
 //
@@ -88,6 +88,13 @@ void init_sparse_descr(cusparseLtHandle_t* handle, cusparseLtMatDescriptor_t* de
 struct AlgChoice {
   int config_id = 0;
   int split_k = 1;
+  int mode = 0;  // cusparseLtSplitKMode_t; 0: not set (cuSPARSELt's own choice)
+};
+
+// One timed candidate of the last search (for benchmarks): the algorithm and its mean time.
+struct Timed {
+  AlgChoice alg;
+  float ms;
 };
 
 struct Plan {
@@ -148,6 +155,10 @@ cusparseStatus_t try_describe(Plan& p, int64_t n, int64_t k, int64_t rows, cudaD
 cusparseStatus_t try_set_alg(Plan& p, const AlgChoice& alg) {
   cusparseStatus_t s = cusparseLtMatmulAlgSetAttribute(p.handle, &p.selection, CUSPARSELT_MATMUL_ALG_CONFIG_ID,
                                                        &alg.config_id, sizeof(int));
+  if (s == CUSPARSE_STATUS_SUCCESS && alg.mode != 0) {
+    const auto mode = static_cast<cusparseLtSplitKMode_t>(alg.mode);
+    s = cusparseLtMatmulAlgSetAttribute(p.handle, &p.selection, CUSPARSELT_MATMUL_SPLIT_K_MODE, &mode, sizeof(mode));
+  }
   if (s != CUSPARSE_STATUS_SUCCESS || alg.split_k <= 1) return s;  // split-K 1 is the default: leave it alone
   return cusparseLtMatmulAlgSetAttribute(p.handle, &p.selection, CUSPARSELT_MATMUL_SPLIT_K, &alg.split_k,
                                          sizeof(int));
@@ -190,15 +201,32 @@ std::unique_ptr<Plan> build_plan(cusparseLtHandle_t* handle, int64_t n, int64_t 
   return p;
 }
 
-// Times every algorithm id (and, in "full" mode, split-K 2 and 4 for small M) on the real buffers; the fastest.
+// The algorithms timed for one config id. "ids": the id alone. "full": also split-K 2, 4, 8 (cuSPARSELt's mode
+// choice and its explicit SPLITK mode), stream-K and data-parallel. Candidates cuSPARSELt refuses are skipped.
+// The modes by value (cusparseLtSplitKMode_t of cuSPARSELt 0.8: 4 data-parallel, 5 split-K, 6 stream-K), so that
+// a header without them still builds; a library that does not know one refuses the candidate.
+constexpr int kModeDataParallel = 4, kModeSplitK = 5, kModeStreamK = 6;
+std::vector<AlgChoice> candidates_for(int id, const std::string& mode) {
+  std::vector<AlgChoice> out = {{id, 1, 0}};
+  if (mode != "full") return out;
+  for (int split : {2, 4, 8}) {
+    out.push_back({id, split, 0});
+    out.push_back({id, split, kModeSplitK});
+  }
+  out.push_back({id, 1, kModeStreamK});
+  out.push_back({id, 1, kModeDataParallel});
+  return out;
+}
+
+// Times the candidates of every algorithm id on the real buffers; the fastest. All timings go to `timed`.
 AlgChoice search_algorithm(const Plan& shape, int64_t n, int64_t k, cudaDataType type, const void* bias,
-                           const void* a, const void* b, void* d, const at::Tensor& like, int* num_configs) {
+                           const void* a, const void* b, void* d, const at::Tensor& like, int* num_configs,
+                           std::vector<Timed>* timed) {
   int max_id = 1;
   SPARSE_LLM_CUSPARSELT_CHECK(cusparseLtMatmulAlgGetAttribute(
       shape.handle, &shape.selection, CUSPARSELT_MATMUL_ALG_CONFIG_MAX_ID, &max_id, sizeof(int)));
   *num_configs = max_id;
-  std::vector<int> splits = {1};
-  if (shape.rows <= 256 && search_mode() == "full") splits = {1, 2, 4};
+  const std::string mode = search_mode();
   const bool debug = debug_enabled();
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   cudaEvent_t start, stop;
@@ -207,12 +235,13 @@ AlgChoice search_algorithm(const Plan& shape, int64_t n, int64_t k, cudaDataType
   const float alpha = 1.0f, beta = 0.0f;
   AlgChoice best;
   float best_ms = std::numeric_limits<float>::infinity();
+  timed->clear();
   for (int id = 0; id < std::min(max_id, kMaxConfigs); ++id) {
-    for (int split : splits) {
-      AlgChoice alg;
-      alg.config_id = id;
-      alg.split_k = split;
-      if (debug) fprintf(stderr, "cusparselt search: rows %ld id %d/%d split %d\n", (long)shape.rows, id, max_id, split);
+    for (const AlgChoice& alg : candidates_for(id, mode)) {
+      if (debug) {
+        fprintf(stderr, "cusparselt search: rows %ld id %d/%d split %d mode %d\n", (long)shape.rows, id, max_id,
+                alg.split_k, alg.mode);
+      }
       auto candidate = build_plan(shape.handle, n, k, shape.rows, type, bias, &alg, like, false);
       if (!candidate) continue;
       auto launch = [&]() {
@@ -228,7 +257,9 @@ AlgChoice search_algorithm(const Plan& shape, int64_t n, int64_t k, cudaDataType
       float ms = 0.0f;
       C10_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
       if (debug) fprintf(stderr, "cusparselt search: %.4f ms\n", ms / kSearchRuns);
-      if (ok && ms < best_ms) {
+      if (!ok) continue;
+      timed->push_back({alg, ms / kSearchRuns});
+      if (ms < best_ms) {
         best_ms = ms;
         best = alg;
       }
@@ -275,6 +306,7 @@ struct Cache {
   std::unordered_map<PlanKey, AlgChoice, PlanKeyHash> algorithms;  // m = bucket, bias = 0
   int64_t searches = 0;
   int num_configs = 0;  // CUSPARSELT_MATMUL_ALG_CONFIG_MAX_ID seen by the last search
+  std::vector<Timed> last_search;  // every candidate of the last search with its time
 };
 
 Cache& cache() {
@@ -285,7 +317,7 @@ Cache& cache() {
 constexpr size_t kMaxPlans = 4096;
 
 // SPARSE_LLM_CUSPARSELT_SEARCH: "0" keeps cuSPARSELt's default algorithm, "ids" (default) times the algorithm
-// ids, "full" also split-K 2 and 4 for small M.
+// ids, "full" also their split-K and stream-K variants (candidates_for).
 std::string search_mode() {
   const char* env = std::getenv("SPARSE_LLM_CUSPARSELT_SEARCH");
   return env == nullptr ? std::string("ids") : std::string(env);
@@ -331,7 +363,7 @@ Plan* plan_for(const PlanKey& key, const at::Tensor& x, const at::Tensor& compre
     {
       auto probe = build_plan(handle, key.n, key.k, rows, type, bias, nullptr, x, true);
       best = search_algorithm(*probe, key.n, key.k, type, bias, compressed.data_ptr(), xs.data_ptr(), ys.data_ptr(),
-                              x, &num_configs);
+                              x, &num_configs, &c.last_search);
     }
     plan = build_plan(handle, key.n, key.k, rows, type, bias, &best, x, true);
     plan->searched = true;
@@ -422,9 +454,9 @@ std::tuple<int64_t, int64_t, int64_t, int64_t> cache_info() {
           static_cast<int64_t>(c.num_configs)};
 }
 
-// The algorithm (config id, split-K, rows given to cuSPARSELt) of the cached plan that `linear` would use for
-// these arguments; (-1, -1, -1) if none is cached yet.
-std::tuple<int64_t, int64_t, int64_t> plan_info(const at::Tensor& x, const std::optional<at::Tensor>& bias,
+// The algorithm (config id, split-K, split-K mode, rows given to cuSPARSELt) of the cached plan that `linear` would
+// use for these arguments; (-1, -1, -1, -1) if none is cached yet.
+std::tuple<int64_t, int64_t, int64_t, int64_t> plan_info(const at::Tensor& x, const std::optional<at::Tensor>& bias,
                                                 int64_t n, int64_t k) {
   const void* bias_ptr = (bias.has_value() && bias->defined()) ? bias->data_ptr() : nullptr;
   PlanKey key{x.get_device(), n, k, x.size(0), static_cast<int>(x.scalar_type()),
@@ -432,8 +464,18 @@ std::tuple<int64_t, int64_t, int64_t> plan_info(const at::Tensor& x, const std::
   Cache& c = cache();
   std::lock_guard<std::mutex> lock(c.mutex);
   auto it = c.plans.find(key);
-  if (it == c.plans.end()) return {-1, -1, -1};
-  return {it->second->alg.config_id, it->second->alg.split_k, it->second->rows};
+  if (it == c.plans.end()) return {-1, -1, -1, -1};
+  const AlgChoice& alg = it->second->alg;
+  return {alg.config_id, alg.split_k, alg.mode, it->second->rows};
+}
+
+// Every candidate of the last search: (config id, split-K, split-K mode, mean ms of kSearchRuns launches).
+std::vector<std::tuple<int64_t, int64_t, int64_t, double>> last_search() {
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  std::vector<std::tuple<int64_t, int64_t, int64_t, double>> out;
+  for (const Timed& t : c.last_search) out.emplace_back(t.alg.config_id, t.alg.split_k, t.alg.mode, t.ms);
+  return out;
 }
 
 void clear_cache() {
@@ -449,7 +491,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("bias"), py::arg("n"), py::arg("k"));
   m.def("version", &version, "cuSPARSELt version (major*1000 + minor*100 + patch)");
   m.def("cache_info", &cache_info, "(plans, algorithms, searches, algorithm ids of the last search)");
-  m.def("plan_info", &plan_info, "(config id, split-K, rows) of the cached plan for these arguments",
+  m.def("plan_info", &plan_info, "(config id, split-K, split-K mode, rows) of the cached plan for these arguments",
         py::arg("x"), py::arg("bias"), py::arg("n"), py::arg("k"));
+  m.def("last_search", &last_search, "(config id, split-K, split-K mode, ms) of every candidate of the last search");
   m.def("clear_cache", &clear_cache, "Drop all cached plans and searched algorithms");
 }

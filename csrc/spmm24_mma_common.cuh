@@ -36,6 +36,22 @@ __device__ __forceinline__ void mma_sp(float (&d)[4], const uint32_t (&a)[4], co
 }
 #undef SPARSE_LLM_MMA_SP_BODY
 
+// L2 prefetch size of the weight loads (PTX .level::prefetch_size; 0: none). A block streams each W row in pieces
+// of 128 (pipelined kernel) or 256 bytes (register kernel) of values and 16 or 32 bytes of metadata per chunk; with
+// a 256-byte L2 fetch one DRAM request brings the row's next pieces too, which the same block reads next.
+#ifndef SPARSE_LLM_L2_PREFETCH
+#define SPARSE_LLM_L2_PREFETCH 256
+#endif
+#if SPARSE_LLM_L2_PREFETCH == 256
+#define SPARSE_LLM_L2_HINT ".L2::256B"
+#elif SPARSE_LLM_L2_PREFETCH == 128
+#define SPARSE_LLM_L2_HINT ".L2::128B"
+#elif SPARSE_LLM_L2_PREFETCH == 0
+#define SPARSE_LLM_L2_HINT ""
+#else
+#error "SPARSE_LLM_L2_PREFETCH must be 0, 128 or 256"
+#endif
+
 // torch builds extensions without the implicit half/bfloat16 conversions: explicit ones.
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }

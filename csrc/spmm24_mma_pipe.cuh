@@ -69,8 +69,10 @@ struct PipeSources {
   }
 };
 
+// 16-byte copy global -> shared (bytes < 16: the rest zero-filled), with the L2 prefetch hint of the weight loads.
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, uint32_t bytes = 16) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
+  asm volatile("cp.async.cg.shared.global" SPARSE_LLM_L2_HINT " [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(bytes));
 }
 
 // Issues the copies of chunk c into the stage at shared address `stage`.

@@ -2,8 +2,9 @@
 
 It reads the layer's canonical ``values`` (on the GPU a view of the head of cuSPARSELt's compressed buffer: one
 copy of the weight) and natural ``meta`` directly: no conversion, no padding of M. A block stages its tokens of x
-in shared memory, so the weight is streamed once per token tile (up to 128 tokens). Memory-bound at decode and small-batch sizes,
-it is the dispatcher's choice for small M (the crossover to cuSPARSELt is measured, ``sparse_llm.tune``).
+in shared memory, so the weight is streamed once per token tile (up to 128 tokens). Memory-bound at decode and
+small-batch sizes, it is the dispatcher's choice for small M (the crossover to cuSPARSELt is measured,
+``sparse_llm.tune``).
 
 ``spmm24_mma(x, values, meta, bias, config)`` computes ``x @ W.T + bias``; :class:`MmaConfig` is the tile
 (rows of W per warp, tokens per block), the pipeline depth (1-2: W chunks in registers; 3+: the pipelined kernel,

@@ -1,0 +1,152 @@
+"""A/B of a compile-time variant of the sparse tensor-core kernels, side by side in one run.
+
+    python bench/mma_variant.py --out DIR --define SPARSE_LLM_L2_PREFETCH=0 [--ms 1 8 ...] [--quick]
+
+Builds ``csrc/spmm24_mma.cu`` a second time with ``-D<define>`` (its own module name and build directory), checks
+both builds against F.linear on the dense masked weight, then times, per Llama shape and M, the tuned configuration
+of the committed table (``bench/results/crossover_h100.json``) and the untuned default (``default_config``) with both
+builds, interleaved (A, B, A, B; the median of each), next to dense F.linear, as CUDA-graph replays. Writes
+``mma_variant.json``: every time, and per M the median over shapes of (variant time / package time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_result  # noqa: E402
+
+from sparse_llm import Sparse24Weight  # noqa: E402
+from sparse_llm.backends._build import MMA_SOURCE, load_mma_extension  # noqa: E402
+from sparse_llm.backends.sparse_mma import MmaConfig, default_config  # noqa: E402
+from sparse_llm.benchmark import LLAMA_SHAPES, time_graph_us  # noqa: E402
+from sparse_llm.cache import cache_dir  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MS = (1, 8, 16, 32, 64, 128, 256)
+TABLE = ROOT / "bench" / "results" / "crossover_h100.json"
+
+
+def build_variant(define: str):
+    from torch.utils import cpp_extension
+
+    tag = "".join(ch if ch.isalnum() else "_" for ch in define).lower()
+    build_dir = cache_dir() / "torch_extensions" / f"mma-variant-{tag}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    mod = cpp_extension.load(name=f"_sparse_llm_mma_{tag}", sources=[str(MMA_SOURCE)],
+                             build_directory=str(build_dir), extra_cuda_cflags=["-O3", f"-D{define}"])  # fmt: skip
+    print(f"variant -D{define} built in {time.time() - t0:.0f} s", flush=True)
+    return mod
+
+
+def tuned_configs() -> dict:
+    out = {}
+    if TABLE.is_file():
+        for e in json.loads(TABLE.read_text()):
+            for m, c in e.get("mma_configs", {}).items():
+                out[(e["n"], e["k"], int(m))] = MmaConfig(**c)
+    return out
+
+
+def random_packed(n, k, dtype):
+    w = torch.randn(n, k, device="cuda", dtype=dtype)
+    keep = torch.rand(n, k // 4, 4, device="cuda").argsort(-1) < 2
+    dense = w * keep.reshape(n, k)
+    p = Sparse24Weight.from_dense(dense)
+    return dense, p.values, p.meta
+
+
+def run(mod, x, values, meta, c: MmaConfig, bias=None):
+    return mod.spmm24_mma(x, values, meta, bias, c.rows, c.tokens, c.split, c.stages, c.warps)
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def bucket(m: int) -> int:
+    b = 1
+    while b < m:
+        b *= 2
+    return b
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--define", required=True, help="NAME=VALUE compiled into the variant (B)")
+    parser.add_argument("--ms", type=int, nargs="+", default=list(MS))
+    parser.add_argument("--quick", action="store_true", help="three shapes instead of ten")
+    args = parser.parse_args()
+    mods = {"package": load_mma_extension(), "variant": build_variant(args.define)}
+    device = torch.device("cuda", 0)
+    tuned = tuned_configs()
+
+    # correctness of both builds: odd shapes, both dtypes, bias, every tile kind used below
+    checks = []
+    for dtype, tol in ((torch.bfloat16, 1e-2), (torch.float16, 5e-3)):
+        for n, k, m in ((80, 512, 7), (1000, 1024, 33), (256, 4096, 100)):
+            dense, values, meta = random_packed(n, k, dtype)
+            x = torch.randn(m, k, device="cuda", dtype=dtype)
+            bias = torch.randn(n, device="cuda", dtype=dtype)
+            ref = F.linear(x.float(), dense.float(), bias.float())
+            for c in {default_config(m, n, k, device), MmaConfig(16, 8, 4, 2, 4), MmaConfig(32, 8, 1, 2, 4),
+                      MmaConfig(32, 64, 3, 2, 8)}:  # fmt: skip
+                for name, mod in mods.items():
+                    e = rel(run(mod, x, values, meta, c, bias), ref)
+                    checks.append({"build": name, "dtype": str(dtype), "n": n, "k": k, "m": m, **c.as_dict(),
+                                   "rel_err": e, "ok": e < tol})  # fmt: skip
+    bad = [c for c in checks if not c["ok"]]
+    print(f"correctness: {len(checks) - len(bad)}/{len(checks)} ok", flush=True)
+    if bad:
+        write_result(args.out, "mma_variant", {"define": args.define, "checks": checks})
+        raise SystemExit(f"wrong products: {bad[:3]}")
+
+    shapes = sorted({(n, k) for layers in LLAMA_SHAPES.values() for _, n, k in layers})
+    if args.quick:
+        shapes = [(4096, 4096), (28672, 8192), (1024, 8192)]
+    rows = []
+    for n, k in shapes:
+        dense, values, meta = random_packed(n, k, torch.bfloat16)
+        for m in args.ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            t_dense = time_graph_us(lambda x=x, dense=dense: F.linear(x, dense))
+            configs = {"default": default_config(m, n, k, device)}
+            if (n, k, bucket(m)) in tuned:
+                configs["tuned"] = tuned[(n, k, bucket(m))]
+            for kind, c in configs.items():
+                times = {"package": [], "variant": []}
+                for _ in range(2):
+                    for name, mod in mods.items():
+                        times[name].append(
+                            time_graph_us(lambda mod=mod, x=x, c=c, v=values, mt=meta: run(mod, x, v, mt, c))
+                        )
+                a, b = statistics.median(times["package"]), statistics.median(times["variant"])
+                rows.append({"n": n, "k": k, "m": m, "config": kind, **c.as_dict(), "dense_us": t_dense,
+                             "package_us": a, "variant_us": b, "variant_over_package": b / a})  # fmt: skip
+                print(f"{n}x{k} M={m} {kind} {c}: dense {t_dense:.1f}  package {a:.1f} ({t_dense / a:.2f}x)  "
+                      f"variant {b:.1f} ({t_dense / b:.2f}x)", flush=True)  # fmt: skip
+        write_result(args.out, "mma_variant", {"define": args.define, "checks": checks, "rows": rows})
+    summary = {}
+    for kind in ("default", "tuned"):
+        for m in args.ms:
+            r = [x["variant_over_package"] for x in rows if x["m"] == m and x["config"] == kind]
+            if r:
+                summary[f"{kind} M={m}"] = {"median": statistics.median(r), "min": min(r), "max": max(r)}
+    for key, v in summary.items():
+        print(f"{key}: variant/package time median {v['median']:.3f} (min {v['min']:.3f}, max {v['max']:.3f})")
+    write_result(args.out, "mma_variant", {"define": args.define, "checks": checks, "rows": rows,
+                                           "summary": summary})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
