@@ -1,12 +1,13 @@
 """A/B of a compile-time variant of the sparse tensor-core kernels, side by side in one run.
 
-    python bench/mma_variant.py --out DIR --define SPARSE_LLM_L2_PREFETCH=0 [--ms 1 8 ...] [--quick]
+    python bench/mma_variant.py --out DIR --define SPARSE_LLM_CLUSTER_SPLIT_MAX=1 [--ms 1 8 ...] [--quick]
 
 Builds ``csrc/spmm24_mma.cu`` a second time with ``-D<define>`` (its own module name and build directory), checks
-both builds against F.linear on the dense masked weight, then times, per Llama shape and M, the tuned configuration
-of the committed table (``bench/results/crossover_h100.json``) and the untuned default (``default_config``) with both
-builds, interleaved (A, B, A, B; the median of each), next to dense F.linear, as CUDA-graph replays. Writes
-``mma_variant.json``: every time, and per M the median over shapes of (variant time / package time).
+both builds against F.linear on the dense masked weight (and records whether their outputs are bit-identical),
+then times, per Llama shape and M, the tuned configuration of the committed table
+(``bench/results/crossover_h100.json``) and the untuned default (``default_config``) with both builds, interleaved
+(A, B, A, B; the median of each), next to dense F.linear, as CUDA-graph replays. Writes ``mma_variant.json``:
+every time, and per M the median over shapes of (variant time / package time).
 """
 
 from __future__ import annotations
@@ -99,14 +100,20 @@ def main() -> None:
             x = torch.randn(m, k, device="cuda", dtype=dtype)
             bias = torch.randn(n, device="cuda", dtype=dtype)
             ref = F.linear(x.float(), dense.float(), bias.float())
-            for c in {default_config(m, n, k, device), MmaConfig(16, 8, 4, 2, 4), MmaConfig(32, 8, 1, 2, 4),
-                      MmaConfig(32, 64, 3, 2, 8)}:  # fmt: skip
-                for name, mod in mods.items():
-                    e = rel(run(mod, x, values, meta, c, bias), ref)
+            configs = {default_config(m, n, k, device), MmaConfig(16, 8, 4, 2, 4), MmaConfig(32, 8, 1, 2, 4),
+                       MmaConfig(32, 64, 3, 2, 8), MmaConfig(16, 8, 1, 1, 4)}  # fmt: skip
+            configs |= {MmaConfig(16, 8, 4, s, 4) for s in (3, 4, 8, 16) if s <= k // 128}
+            for c in sorted(configs, key=str):
+                outs = {name: run(mod, x, values, meta, c, bias) for name, mod in mods.items()}
+                for name, out in outs.items():
+                    e = rel(out, ref)
                     checks.append({"build": name, "dtype": str(dtype), "n": n, "k": k, "m": m, **c.as_dict(),
-                                   "rel_err": e, "ok": e < tol})  # fmt: skip
+                                   "rel_err": e, "ok": e < tol,
+                                   "same_bits": torch.equal(out, outs["package"])})  # fmt: skip
     bad = [c for c in checks if not c["ok"]]
-    print(f"correctness: {len(checks) - len(bad)}/{len(checks)} ok", flush=True)
+    same = sum(c["same_bits"] for c in checks if c["build"] == "variant")
+    print(f"correctness: {len(checks) - len(bad)}/{len(checks)} ok; variant bit-identical to the package in "
+          f"{same}/{len(checks) // 2}", flush=True)  # fmt: skip
     if bad:
         write_result(args.out, "mma_variant", {"define": args.define, "checks": checks})
         raise SystemExit(f"wrong products: {bad[:3]}")

@@ -8,9 +8,10 @@
 // kernel) and spmm24_mma_pipe.cuh (stages >= 3: W and x through a cp.async shared-memory ring); what they share is
 // in spmm24_mma_common.cuh. This file launches them, lists the instantiated tiles and binds the op.
 //
-// Split-K (grid.z > 1): each block writes its fp32 partial tile to a workspace and counts itself in on the
-// tile's counter; the last block of a tile adds the partials in split order (the same result on every run),
-// adds the bias, writes y and resets the counter to 0 for the next call. One kernel per product.
+// Split-K (grid.z > 1): up to 8 pieces on an sm_90 GPU run as one thread-block cluster and block 0 adds the fp32
+// partial tiles from its peers' shared memory; otherwise each block writes its partial tile to a workspace and
+// counts itself in on the tile's counter, and the last block of a tile adds the partials. Both add in split order
+// (the same result on every run), then add the bias and write y. One kernel per product.
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -33,10 +34,36 @@ namespace {
 constexpr bool is_pipelined(int stages) { return stages >= 3; }
 constexpr int chunk_columns(int stages) { return is_pipelined(stages) ? kPipeChunk : kChunk; }
 
+// Split-K pieces up to this many per tile are reduced through distributed shared memory, as one thread-block
+// cluster (compute capability 9.0+; 8 is the portable cluster size); more pieces, or an older GPU, go through the
+// global workspace. 1 turns the cluster path off (bench/mma_variant.py compares the two).
+#ifndef SPARSE_LLM_CLUSTER_SPLIT_MAX
+#define SPARSE_LLM_CLUSTER_SPLIT_MAX 8
+#endif
+
+// Compiled like the kernels: its PTX version says whether the code running on this device has the cluster path
+// (a compute_80 build JIT-compiled for an H100 does not).
+__global__ void arch_probe() {}
+
+bool cluster_split(int device, int64_t split) {
+  if (split < 2 || split > SPARSE_LLM_CLUSTER_SPLIT_MAX) return false;
+  static std::atomic<uint64_t> known{0}, capable{0};
+  const uint64_t bit = uint64_t{1} << (device & 63);
+  if (!(known.load() & bit)) {
+    int launch = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&launch, cudaDevAttrClusterLaunch, device));
+    cudaFuncAttributes probe{};
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&probe, arch_probe));
+    if (launch && probe.ptxVersion >= 90) capable.fetch_or(bit);
+    known.fetch_or(bit);
+  }
+  return capable.load() & bit;
+}
+
 template <typename T, int R, int NT, int STAGES, int WARPS>
 void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
             const c10::optional<torch::Tensor>& bias, torch::Tensor& y, float* partial, int* counters, int split,
-            cudaStream_t stream) {
+            bool cluster, cudaStream_t stream) {
   const int M = x.size(0), K = x.size(1), N = values.size(0);
   const int num_chunks = K / chunk_columns(STAGES);
   const int per_split = (num_chunks + split - 1) / split;
@@ -49,7 +76,10 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
       return spmm24_mma_kernel<T, R, NT, STAGES, WARPS>;
     }
   }();
-  constexpr int kSmem = kPipe ? STAGES * PipeLayout<R, NT, WARPS>::kStageBytes : 2 * 8 * NT * kXStride * 4;
+  // Dynamic shared memory: the main loop's buffers, and at least a partial tile for the cluster split-K.
+  constexpr int kLoopSmem = kPipe ? STAGES * PipeLayout<R, NT, WARPS>::kStageBytes : 2 * 8 * NT * kXStride * 4;
+  constexpr int kPartialSmem = R * NT * 4 * WARPS * 32 * 4;
+  constexpr int kSmem = kLoopSmem > kPartialSmem ? kLoopSmem : kPartialSmem;
   if (kSmem > 48 * 1024) {  // once per device and instantiation, not on every launch
     static std::atomic<uint64_t> configured{0};
     const uint64_t bit = uint64_t{1} << (x.get_device() & 63);
@@ -61,10 +91,29 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
     }
   }
   const T* bias_ptr = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
-  kernel<<<grid, WARPS * 32, kSmem, stream>>>(
-      reinterpret_cast<const T*>(x.data_ptr()), reinterpret_cast<const T*>(values.data_ptr()),
-      meta.data_ptr<int16_t>(), bias_ptr, reinterpret_cast<T*>(y.data_ptr()), partial, counters, M, N, K,
-      x.stride(0), values.stride(0), meta.stride(0), per_split);
+  const T* xp = reinterpret_cast<const T*>(x.data_ptr());
+  const T* vp = reinterpret_cast<const T*>(values.data_ptr());
+  const int16_t* mp = meta.data_ptr<int16_t>();
+  T* yp = reinterpret_cast<T*>(y.data_ptr());
+  if (cluster) {  // the split pieces of a tile as one cluster: grid.z = split = cluster size
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = dim3(WARPS * 32);
+    config.dynamicSmemBytes = kSmem;
+    config.stream = stream;
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeClusterDimension;
+    attribute[0].val.clusterDim.x = 1;
+    attribute[0].val.clusterDim.y = 1;
+    attribute[0].val.clusterDim.z = split;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, xp, vp, mp, bias_ptr, yp, partial, counters, M, N, K,
+                                      x.stride(0), values.stride(0), meta.stride(0), per_split));
+    return;
+  }
+  kernel<<<grid, WARPS * 32, kSmem, stream>>>(xp, vp, mp, bias_ptr, yp, partial, counters, M, N, K, x.stride(0),
+                                              values.stride(0), meta.stride(0), per_split);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -86,11 +135,11 @@ bool tile_supported(int rows, int tokens, int stages, int warps) {
 template <typename T>
 void dispatch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
               const c10::optional<torch::Tensor>& bias, torch::Tensor& y, float* partial, int* counters, int rows,
-              int tokens, int stages, int warps, int split, cudaStream_t stream) {
-#define SPARSE_LLM_MMA_CASE(R_, NT_, S_, W_)                                                 \
-  if (rows == R_ && tokens == NT_ && stages == S_ && warps == W_) {                          \
-    launch<T, R_, NT_, S_, W_>(x, values, meta, bias, y, partial, counters, split, stream);  \
-    return;                                                                                  \
+              int tokens, int stages, int warps, int split, bool cluster, cudaStream_t stream) {
+#define SPARSE_LLM_MMA_CASE(R_, NT_, S_, W_)                                                          \
+  if (rows == R_ && tokens == NT_ && stages == S_ && warps == W_) {                                   \
+    launch<T, R_, NT_, S_, W_>(x, values, meta, bias, y, partial, counters, split, cluster, stream);  \
+    return;                                                                                           \
   }
   SPARSE_LLM_MMA_TILES(SPARSE_LLM_MMA_CASE)
 #undef SPARSE_LLM_MMA_CASE
@@ -175,7 +224,8 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
   torch::Tensor partial, counters_per_call;
   float* partial_ptr = nullptr;
   int* counters = nullptr;
-  if (split > 1) {
+  const bool cluster = cluster_split(x.get_device(), split);
+  if (split > 1 && !cluster) {  // the global split-K path: fp32 partial tiles and tile counters
     const int64_t tiles = ((M + tokens_per_block - 1) / tokens_per_block) *
                           ((N + warps * rows_per_warp - 1) / (warps * rows_per_warp));
     partial = torch::empty({split * tiles * warps * rows_per_warp * tokens_per_block}, x.options().dtype(at::kFloat));
@@ -184,10 +234,10 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
   }
   if (x.scalar_type() == at::kBFloat16) {
     dispatch<__nv_bfloat16>(x, values, meta, bias, y, partial_ptr, counters, rows, tokens, static_cast<int>(stages),
-                            static_cast<int>(warps), static_cast<int>(split), stream);
+                            static_cast<int>(warps), static_cast<int>(split), cluster, stream);
   } else {
     dispatch<__half>(x, values, meta, bias, y, partial_ptr, counters, rows, tokens, static_cast<int>(stages),
-                     static_cast<int>(warps), static_cast<int>(split), stream);
+                     static_cast<int>(warps), static_cast<int>(split), cluster, stream);
   }
   return y;
 }

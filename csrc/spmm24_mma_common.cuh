@@ -4,6 +4,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cooperative_groups.h>
 
 #include <cstdint>
 #include <type_traits>
@@ -36,22 +37,6 @@ __device__ __forceinline__ void mma_sp(float (&d)[4], const uint32_t (&a)[4], co
 }
 #undef SPARSE_LLM_MMA_SP_BODY
 
-// L2 prefetch size of the weight loads (PTX .level::prefetch_size; 0: none). A block streams each W row in pieces
-// of 128 (pipelined kernel) or 256 bytes (register kernel) of values and 16 or 32 bytes of metadata per chunk; with
-// a 256-byte L2 fetch one DRAM request brings the row's next pieces too, which the same block reads next.
-#ifndef SPARSE_LLM_L2_PREFETCH
-#define SPARSE_LLM_L2_PREFETCH 256
-#endif
-#if SPARSE_LLM_L2_PREFETCH == 256
-#define SPARSE_LLM_L2_HINT ".L2::256B"
-#elif SPARSE_LLM_L2_PREFETCH == 128
-#define SPARSE_LLM_L2_HINT ".L2::128B"
-#elif SPARSE_LLM_L2_PREFETCH == 0
-#define SPARSE_LLM_L2_HINT ""
-#else
-#error "SPARSE_LLM_L2_PREFETCH must be 0, 128 or 256"
-#endif
-
 // torch builds extensions without the implicit half/bfloat16 conversions: explicit ones.
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
@@ -62,20 +47,59 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { re
 template <>
 __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
 
-// The end of every kernel: with split-K (grid.z > 1) each block writes its fp32 partial tile to the workspace and
-// counts itself in on the tile's counter; the last block of a tile adds the partials in split order (the same
-// result on every run) and resets the counter to 0 for the next call. Then bias and the store of y.
+// Split-K through distributed shared memory (sm_90 thread-block clusters): when the split pieces of a tile run as
+// one cluster (the launcher's choice, split <= 8 on compute capability 9.x), each block leaves its fp32 partial tile
+// in its own shared memory and block 0 of the cluster adds them, in split order, straight from its peers' shared
+// memory: no global round trip (partial write, fence, counter atomic, partial read) on the critical path. The sum
+// and its order are those of the global path, so both give the same bits.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define SPARSE_LLM_CLUSTER_SPLIT 1
+__device__ __forceinline__ uint32_t cluster_blocks() {
+  uint32_t n;
+  asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(n));
+  return n;
+}
+#endif
+
+// The end of every kernel: with split-K (grid.z > 1) the partial tiles of a tile's pieces are added, through
+// distributed shared memory when the pieces form one cluster, else through the global workspace: each block writes
+// its fp32 partial tile and counts itself in on the tile's counter; the last block of a tile adds the partials in
+// split order (the same result on every run) and resets the counter to 0 for the next call. Then bias and the store
+// of y. `smem` is the kernel's dynamic shared memory (at least R * NT * 4 floats per thread), free once the main
+// loop is done.
 template <typename T, int R, int NT, int kThreads>
 __device__ __forceinline__ void finish_tile(float (&acc)[R][NT][4], const T* __restrict__ bias, T* __restrict__ y,
-                                            float* __restrict__ partial, int* __restrict__ counters, int row0,
-                                            int tok0, int M, int N, int tid, int g, int t) {
+                                            float* __restrict__ partial, int* __restrict__ counters, float* smem,
+                                            int row0, int tok0, int M, int N, int tid, int g, int t) {
+  constexpr int kValues = R * NT * 4;
+  float* flat = &acc[0][0][0];
+#ifdef SPARSE_LLM_CLUSTER_SPLIT
+  if (gridDim.z > 1 && cluster_blocks() == gridDim.z) {
+    // [value][thread] order: conflict-free, and read back by the same thread slot of block 0.
+    __syncthreads();  // every warp is done with the shared memory of the main loop
+#pragma unroll
+    for (int v = 0; v < kValues; ++v) smem[v * kThreads + tid] = flat[v];
+    cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+    cluster.sync();  // all partials are written (release/acquire across the cluster)
+    const bool first = cluster.block_rank() == 0;
+    if (first) {
+#pragma unroll
+      for (int v = 0; v < kValues; ++v) flat[v] = 0.f;
+      for (int z = 0; z < static_cast<int>(gridDim.z); ++z) {
+        const float* theirs = cluster.map_shared_rank(smem, z) + tid;
+#pragma unroll
+        for (int v = 0; v < kValues; ++v) flat[v] += theirs[v * kThreads];
+      }
+    }
+    cluster.sync();  // the peers' shared memory stays alive until block 0 has read it
+    if (!first) return;
+  } else
+#endif
   if (gridDim.z > 1) {
     // Partial tile in [split][tile][value][thread] order: coalesced, and read back by the same thread slots.
-    constexpr int kValues = R * NT * 4;
     const int tile = blockIdx.y * gridDim.x + blockIdx.x;
     const int64_t tiles = static_cast<int64_t>(gridDim.x) * gridDim.y;
     float* mine = partial + (blockIdx.z * tiles + tile) * kValues * kThreads + tid;
-    float* flat = &acc[0][0][0];
 #pragma unroll
     for (int v = 0; v < kValues; ++v) mine[v * kThreads] = flat[v];
     __threadfence();

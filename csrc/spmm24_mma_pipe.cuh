@@ -69,10 +69,8 @@ struct PipeSources {
   }
 };
 
-// 16-byte copy global -> shared (bytes < 16: the rest zero-filled), with the L2 prefetch hint of the weight loads.
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, uint32_t bytes = 16) {
-  asm volatile("cp.async.cg.shared.global" SPARSE_LLM_L2_HINT " [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(bytes));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
 }
 
 // Issues the copies of chunk c into the stage at shared address `stage`.
@@ -205,7 +203,8 @@ __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_pipe_kernel(
     }
   }
   asm volatile("cp.async.wait_group 0;\n" ::);
-  finish_tile<T, R, NT, L::kThreads>(acc, bias, y, partial, counters, row0, tok0, M, N, tid, g, t);
+  finish_tile<T, R, NT, L::kThreads>(acc, bias, y, partial, counters, reinterpret_cast<float*>(smem), row0, tok0, M,
+                                     N, tid, g, t);
 }
 
 }  // namespace

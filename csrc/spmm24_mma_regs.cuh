@@ -46,15 +46,6 @@ __device__ __forceinline__ uint32_t step_nibbles(const uint32_t (&w)[8], int s) 
   return even | (odd << 16);
 }
 
-// A 16-byte read-only load of the weight with the L2 prefetch hint (SPARSE_LLM_L2_PREFETCH).
-__device__ __forceinline__ uint4 load_weight(const uint4* p) {
-  uint4 v;
-  asm("ld.global.nc" SPARSE_LLM_L2_HINT ".v4.u32 {%0,%1,%2,%3}, [%4];\n"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
-  return v;
-}
-
 template <int R>
 __device__ __forceinline__ void load_w(WChunk<R>& f, const uint4* (&vrow)[R][2], const uint4* (&mrow)[R][2], int c) {
 #pragma unroll
@@ -62,9 +53,9 @@ __device__ __forceinline__ void load_w(WChunk<R>& f, const uint4* (&vrow)[R][2],
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
 #pragma unroll
-      for (int q = 0; q < 4; ++q) f.a[r][h][q] = load_weight(vrow[r][h] + c * 16 + q);
-      f.m[r][h][0] = load_weight(mrow[r][h] + 2 * c);
-      f.m[r][h][1] = load_weight(mrow[r][h] + 2 * c + 1);
+      for (int q = 0; q < 4; ++q) f.a[r][h][q] = __ldg(vrow[r][h] + c * 16 + q);
+      f.m[r][h][0] = __ldg(mrow[r][h] + 2 * c);
+      f.m[r][h][1] = __ldg(mrow[r][h] + 2 * c + 1);
     }
 }
 
@@ -185,7 +176,8 @@ __global__ void __launch_bounds__(WARPS * 32) spmm24_mma_kernel(
     }
   }
 
-  finish_tile<T, R, NT, kThreads>(acc, bias, y, partial, counters, row0, tok0, M, N, tid, g, t);
+  finish_tile<T, R, NT, kThreads>(acc, bias, y, partial, counters, reinterpret_cast<float*>(smem), row0, tok0, M, N,
+                                  tid, g, t);
 }
 
 }  // namespace
