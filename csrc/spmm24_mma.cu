@@ -19,10 +19,12 @@
 #include <cuda_fp16.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <tuple>
 #include <utility>
 
 #include "spmm24_mma_pipe.cuh"
@@ -34,19 +36,20 @@ namespace {
 constexpr bool is_pipelined(int stages) { return stages >= 3; }
 constexpr int chunk_columns(int stages) { return is_pipelined(stages) ? kPipeChunk : kChunk; }
 
-// Split-K pieces up to this many per tile are reduced through distributed shared memory, as one thread-block
-// cluster (compute capability 9.0+; 8 is the portable cluster size); more pieces, or an older GPU, go through the
-// global workspace. 1 turns the cluster path off (bench/mma_variant.py compares the two).
+// Split-K pieces up to this many per tile may be reduced through distributed shared memory, as one thread-block
+// cluster (compute capability 9.0+; at most kMaxClusterSplit, the portable cluster size); more pieces, an older GPU,
+// or a grid whose clusters cannot all be resident at once go through the global workspace. 1 turns the cluster path
+// off (bench/mma_variant.py compares the two).
 #ifndef SPARSE_LLM_CLUSTER_SPLIT_MAX
-#define SPARSE_LLM_CLUSTER_SPLIT_MAX 8
+#define SPARSE_LLM_CLUSTER_SPLIT_MAX kMaxClusterSplit
 #endif
+static_assert(SPARSE_LLM_CLUSTER_SPLIT_MAX <= kMaxClusterSplit, "finish_tile reads at most kMaxClusterSplit peers");
 
 // Compiled like the kernels: its PTX version says whether the code running on this device has the cluster path
 // (a compute_80 build JIT-compiled for an H100 does not).
 __global__ void arch_probe() {}
 
-bool cluster_split(int device, int64_t split) {
-  if (split < 2 || split > SPARSE_LLM_CLUSTER_SPLIT_MAX) return false;
+bool cluster_capable(int device) {
   static std::atomic<uint64_t> known{0}, capable{0};
   const uint64_t bit = uint64_t{1} << (device & 63);
   if (!(known.load() & bit)) {
@@ -58,91 +61,6 @@ bool cluster_split(int device, int64_t split) {
     known.fetch_or(bit);
   }
   return capable.load() & bit;
-}
-
-template <typename T, int R, int NT, int STAGES, int WARPS>
-void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
-            const c10::optional<torch::Tensor>& bias, torch::Tensor& y, float* partial, int* counters, int split,
-            bool cluster, cudaStream_t stream) {
-  const int M = x.size(0), K = x.size(1), N = values.size(0);
-  const int num_chunks = K / chunk_columns(STAGES);
-  const int per_split = (num_chunks + split - 1) / split;
-  dim3 grid((M + 8 * NT - 1) / (8 * NT), (N + WARPS * 16 * R - 1) / (WARPS * 16 * R), split);
-  constexpr bool kPipe = is_pipelined(STAGES);
-  const auto kernel = [] {  // only the chosen kernel is instantiated
-    if constexpr (kPipe) {
-      return spmm24_mma_pipe_kernel<T, R, NT, STAGES, WARPS>;
-    } else {
-      return spmm24_mma_kernel<T, R, NT, STAGES, WARPS>;
-    }
-  }();
-  // Dynamic shared memory: the main loop's buffers, and at least a partial tile for the cluster split-K.
-  constexpr int kLoopSmem = kPipe ? STAGES * PipeLayout<R, NT, WARPS>::kStageBytes : 2 * 8 * NT * kXStride * 4;
-  constexpr int kPartialSmem = R * NT * 4 * WARPS * 32 * 4;
-  constexpr int kSmem = kLoopSmem > kPartialSmem ? kLoopSmem : kPartialSmem;
-  if (kSmem > 48 * 1024) {  // once per device and instantiation, not on every launch
-    static std::atomic<uint64_t> configured{0};
-    const uint64_t bit = uint64_t{1} << (x.get_device() & 63);
-    if (!(configured.load() & bit)) {
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                          cudaSharedmemCarveoutMaxShared));
-      configured.fetch_or(bit);
-    }
-  }
-  const T* bias_ptr = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
-  const T* xp = reinterpret_cast<const T*>(x.data_ptr());
-  const T* vp = reinterpret_cast<const T*>(values.data_ptr());
-  const int16_t* mp = meta.data_ptr<int16_t>();
-  T* yp = reinterpret_cast<T*>(y.data_ptr());
-  if (cluster) {  // the split pieces of a tile as one cluster: grid.z = split = cluster size
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = dim3(WARPS * 32);
-    config.dynamicSmemBytes = kSmem;
-    config.stream = stream;
-    cudaLaunchAttribute attribute[1];
-    attribute[0].id = cudaLaunchAttributeClusterDimension;
-    attribute[0].val.clusterDim.x = 1;
-    attribute[0].val.clusterDim.y = 1;
-    attribute[0].val.clusterDim.z = split;
-    config.attrs = attribute;
-    config.numAttrs = 1;
-    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, xp, vp, mp, bias_ptr, yp, partial, counters, M, N, K,
-                                      x.stride(0), values.stride(0), meta.stride(0), per_split));
-    return;
-  }
-  kernel<<<grid, WARPS * 32, kSmem, stream>>>(xp, vp, mp, bias_ptr, yp, partial, counters, M, N, K, x.stride(0),
-                                              values.stride(0), meta.stride(0), per_split);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-// The instantiated tiles: (rows per warp / 16, tokens per block / 8, stages, warps); stages >= 3: pipelined.
-#define SPARSE_LLM_MMA_TILES(X)                                                                                 \
-  X(1, 1, 1, 4) X(1, 1, 2, 4) X(2, 1, 1, 4) X(2, 1, 2, 4) X(4, 1, 1, 4) X(1, 2, 1, 4) X(2, 2, 1, 4) X(1, 4, 1, 4) \
-      X(2, 4, 1, 4) X(2, 4, 1, 8) X(1, 8, 1, 4) X(1, 8, 1, 8) X(2, 8, 1, 8) X(1, 1, 4, 4) X(2, 1, 4, 4)         \
-          X(2, 2, 4, 4) X(1, 4, 3, 4) X(2, 4, 3, 4) X(1, 8, 3, 4) X(2, 8, 3, 4) X(2, 8, 3, 8) X(1, 16, 3, 8)       \
-              X(2, 16, 3, 8)
-
-bool tile_supported(int rows, int tokens, int stages, int warps) {
-#define SPARSE_LLM_MMA_MATCH(R_, NT_, S_, W_) \
-  if (rows == R_ && tokens == NT_ && stages == S_ && warps == W_) return true;
-  SPARSE_LLM_MMA_TILES(SPARSE_LLM_MMA_MATCH)
-#undef SPARSE_LLM_MMA_MATCH
-  return false;
-}
-
-template <typename T>
-void dispatch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
-              const c10::optional<torch::Tensor>& bias, torch::Tensor& y, float* partial, int* counters, int rows,
-              int tokens, int stages, int warps, int split, bool cluster, cudaStream_t stream) {
-#define SPARSE_LLM_MMA_CASE(R_, NT_, S_, W_)                                                          \
-  if (rows == R_ && tokens == NT_ && stages == S_ && warps == W_) {                                   \
-    launch<T, R_, NT_, S_, W_>(x, values, meta, bias, y, partial, counters, split, cluster, stream);  \
-    return;                                                                                           \
-  }
-  SPARSE_LLM_MMA_TILES(SPARSE_LLM_MMA_CASE)
-#undef SPARSE_LLM_MMA_CASE
 }
 
 // Split-K tile counters, one zeroed buffer per (device, stream): every kernel leaves its counters at 0, and
@@ -165,6 +83,128 @@ int* tile_counters(const torch::Tensor& like, cudaStream_t stream, int64_t tiles
   torch::Tensor& buf = buffers[{like.get_device(), stream}];
   buf = torch::zeros({std::max<int64_t>(tiles, 4096)}, like.options().dtype(at::kInt));
   return buf.data_ptr<int>();
+}
+
+// The global split-K workspace of one call (fp32 partial tiles and tile counters), made only when a launch takes
+// the global path.
+struct SplitWorkspace {
+  const torch::Tensor& like;
+  cudaStream_t stream;
+  torch::Tensor partial, counters_per_call;
+
+  std::pair<float*, int*> get(int64_t split, int64_t tiles, int64_t values_per_tile) {
+    partial = torch::empty({split * tiles * values_per_tile}, like.options().dtype(at::kFloat));
+    return {partial.data_ptr<float>(), tile_counters(like, stream, tiles, counters_per_call)};
+  }
+};
+
+cudaLaunchConfig_t cluster_config(dim3 grid, dim3 block, int smem, cudaStream_t stream, int split,
+                                  cudaLaunchAttribute* attribute) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  attribute->id = cudaLaunchAttributeClusterDimension;
+  attribute->val.clusterDim.x = 1;
+  attribute->val.clusterDim.y = 1;
+  attribute->val.clusterDim.z = split;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  return config;
+}
+
+template <typename T, int R, int NT, int STAGES, int WARPS>
+void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
+            const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int split,
+            cudaStream_t stream) {
+  const int M = x.size(0), K = x.size(1), N = values.size(0);
+  const int num_chunks = K / chunk_columns(STAGES);
+  const int per_split = (num_chunks + split - 1) / split;
+  const dim3 grid((M + 8 * NT - 1) / (8 * NT), (N + WARPS * 16 * R - 1) / (WARPS * 16 * R), split);
+  const dim3 block(WARPS * 32);
+  constexpr bool kPipe = is_pipelined(STAGES);
+  const auto kernel = [] {  // only the chosen kernel is instantiated
+    if constexpr (kPipe) {
+      return spmm24_mma_pipe_kernel<T, R, NT, STAGES, WARPS>;
+    } else {
+      return spmm24_mma_kernel<T, R, NT, STAGES, WARPS>;
+    }
+  }();
+  // Dynamic shared memory: the main loop's buffers, and at least a partial tile for the cluster split-K.
+  constexpr int kValues = R * NT * 4;  // accumulators per thread
+  constexpr int kLoopSmem = kPipe ? STAGES * PipeLayout<R, NT, WARPS>::kStageBytes : 2 * 8 * NT * kXStride * 4;
+  constexpr int kSmem = std::max(kLoopSmem, kValues * WARPS * 32 * 4);
+  const int device = x.get_device();
+  if (kSmem > 48 * 1024) {  // once per device and instantiation, not on every launch
+    static std::atomic<uint64_t> configured{0};
+    const uint64_t bit = uint64_t{1} << (device & 63);
+    if (!(configured.load() & bit)) {
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                          cudaSharedmemCarveoutMaxShared));
+      configured.fetch_or(bit);
+    }
+  }
+  cudaLaunchAttribute attribute;
+  const cudaLaunchConfig_t config = cluster_config(grid, block, kSmem, stream, split, &attribute);
+  bool cluster = split > 1 && split <= SPARSE_LLM_CLUSTER_SPLIT_MAX && cluster_capable(device);
+  if (cluster) {  // only when every cluster (one per output tile) is resident at once: measured per instantiation
+    static std::mutex mutex;
+    static std::map<std::pair<int, int>, int> resident;  // (device, split) -> most clusters at once
+    const std::lock_guard<std::mutex> lock(mutex);
+    auto found = resident.find({device, split});
+    if (found == resident.end()) {
+      int clusters = 0;
+      C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &config));
+      found = resident.emplace(std::make_pair(device, split), clusters).first;
+    }
+    cluster = static_cast<int64_t>(grid.x) * grid.y <= found->second;
+  }
+  float* partial = nullptr;
+  int* counters = nullptr;
+  if (split > 1 && !cluster) std::tie(partial, counters) = workspace.get(split, grid.x * grid.y, kValues * WARPS * 32);
+  const T* bias_ptr = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
+  const T* xp = reinterpret_cast<const T*>(x.data_ptr());
+  const T* vp = reinterpret_cast<const T*>(values.data_ptr());
+  const int16_t* mp = meta.data_ptr<int16_t>();
+  T* yp = reinterpret_cast<T*>(y.data_ptr());
+  if (cluster) {  // the split pieces of a tile as one cluster: grid.z = split = cluster size
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, xp, vp, mp, bias_ptr, yp, partial, counters, M, N, K,
+                                      x.stride(0), values.stride(0), meta.stride(0), per_split));
+    return;
+  }
+  kernel<<<grid, block, kSmem, stream>>>(xp, vp, mp, bias_ptr, yp, partial, counters, M, N, K, x.stride(0),
+                                         values.stride(0), meta.stride(0), per_split);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The instantiated tiles: (rows per warp / 16, tokens per block / 8, stages, warps); stages >= 3: pipelined.
+#define SPARSE_LLM_MMA_TILES(X)                                                                                 \
+  X(1, 1, 1, 4) X(1, 1, 2, 4) X(2, 1, 1, 4) X(2, 1, 2, 4) X(4, 1, 1, 4) X(1, 2, 1, 4) X(2, 2, 1, 4) X(1, 4, 1, 4) \
+      X(2, 4, 1, 4) X(2, 4, 1, 8) X(1, 8, 1, 4) X(1, 8, 1, 8) X(2, 8, 1, 8) X(1, 1, 4, 4) X(2, 1, 4, 4)         \
+          X(2, 2, 4, 4) X(1, 4, 3, 4) X(2, 4, 3, 4) X(1, 8, 3, 4) X(2, 8, 3, 4) X(2, 8, 3, 8) X(1, 16, 3, 8)       \
+              X(2, 16, 3, 8)
+
+bool tile_supported(int rows, int tokens, int stages, int warps) {
+#define SPARSE_LLM_MMA_MATCH(R_, NT_, S_, W_) \
+  if (rows == R_ && tokens == NT_ && stages == S_ && warps == W_) return true;
+  SPARSE_LLM_MMA_TILES(SPARSE_LLM_MMA_MATCH)
+#undef SPARSE_LLM_MMA_MATCH
+  return false;
+}
+
+template <typename T>
+void dispatch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
+              const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int rows,
+              int tokens, int stages, int warps, int split, cudaStream_t stream) {
+#define SPARSE_LLM_MMA_CASE(R_, NT_, S_, W_)                                            \
+  if (rows == R_ && tokens == NT_ && stages == S_ && warps == W_) {                     \
+    launch<T, R_, NT_, S_, W_>(x, values, meta, bias, y, workspace, split, stream);     \
+    return;                                                                             \
+  }
+  SPARSE_LLM_MMA_TILES(SPARSE_LLM_MMA_CASE)
+#undef SPARSE_LLM_MMA_CASE
 }
 
 }  // namespace
@@ -221,23 +261,13 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
   torch::Tensor y = torch::empty({M, N}, x.options());
   if (M == 0) return y;
   const int rows = static_cast<int>(rows_per_warp / 16), tokens = static_cast<int>(tokens_per_block / 8);
-  torch::Tensor partial, counters_per_call;
-  float* partial_ptr = nullptr;
-  int* counters = nullptr;
-  const bool cluster = cluster_split(x.get_device(), split);
-  if (split > 1 && !cluster) {  // the global split-K path: fp32 partial tiles and tile counters
-    const int64_t tiles = ((M + tokens_per_block - 1) / tokens_per_block) *
-                          ((N + warps * rows_per_warp - 1) / (warps * rows_per_warp));
-    partial = torch::empty({split * tiles * warps * rows_per_warp * tokens_per_block}, x.options().dtype(at::kFloat));
-    partial_ptr = partial.data_ptr<float>();
-    counters = tile_counters(x, stream, tiles, counters_per_call);
-  }
+  SplitWorkspace workspace{x, stream};
   if (x.scalar_type() == at::kBFloat16) {
-    dispatch<__nv_bfloat16>(x, values, meta, bias, y, partial_ptr, counters, rows, tokens, static_cast<int>(stages),
-                            static_cast<int>(warps), static_cast<int>(split), cluster, stream);
+    dispatch<__nv_bfloat16>(x, values, meta, bias, y, workspace, rows, tokens, static_cast<int>(stages),
+                            static_cast<int>(warps), static_cast<int>(split), stream);
   } else {
-    dispatch<__half>(x, values, meta, bias, y, partial_ptr, counters, rows, tokens, static_cast<int>(stages),
-                     static_cast<int>(warps), static_cast<int>(split), cluster, stream);
+    dispatch<__half>(x, values, meta, bias, y, workspace, rows, tokens, static_cast<int>(stages),
+                     static_cast<int>(warps), static_cast<int>(split), stream);
   }
   return y;
 }

@@ -48,10 +48,11 @@ template <>
 __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
 
 // Split-K through distributed shared memory (sm_90 thread-block clusters): when the split pieces of a tile run as
-// one cluster (the launcher's choice, split <= 8 on compute capability 9.x), each block leaves its fp32 partial tile
-// in its own shared memory and block 0 of the cluster adds them, in split order, straight from its peers' shared
-// memory: no global round trip (partial write, fence, counter atomic, partial read) on the critical path. The sum
-// and its order are those of the global path, so both give the same bits.
+// one cluster (the launcher's choice: split <= 8, compute capability 9.x, and all clusters resident at once), each
+// block leaves its fp32 partial tile in its own shared memory; then block z adds slice z of the tile's values from
+// all peers' shared memory and stores that slice of y. No global round trip (partial write, fence, counter atomic,
+// partial read) on the critical path, and the reads are spread over the cluster's SMs. The sums and their order are
+// those of the global path, so both give the same bits.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define SPARSE_LLM_CLUSTER_SPLIT 1
 __device__ __forceinline__ uint32_t cluster_blocks() {
@@ -60,6 +61,8 @@ __device__ __forceinline__ uint32_t cluster_blocks() {
   return n;
 }
 #endif
+
+constexpr int kMaxClusterSplit = 8;  // the portable cluster size
 
 // The end of every kernel: with split-K (grid.z > 1) the partial tiles of a tile's pieces are added, through
 // distributed shared memory when the pieces form one cluster, else through the global workspace: each block writes
@@ -73,26 +76,32 @@ __device__ __forceinline__ void finish_tile(float (&acc)[R][NT][4], const T* __r
                                             int row0, int tok0, int M, int N, int tid, int g, int t) {
   constexpr int kValues = R * NT * 4;
   float* flat = &acc[0][0][0];
+  int v_begin = 0, v_end = kValues;  // the values of acc this block stores
 #ifdef SPARSE_LLM_CLUSTER_SPLIT
   if (gridDim.z > 1 && cluster_blocks() == gridDim.z) {
-    // [value][thread] order: conflict-free, and read back by the same thread slot of block 0.
+    // [value][thread] order: conflict-free, and read back by the same thread slot of every peer.
     __syncthreads();  // every warp is done with the shared memory of the main loop
 #pragma unroll
     for (int v = 0; v < kValues; ++v) smem[v * kThreads + tid] = flat[v];
     cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
     cluster.sync();  // all partials are written (release/acquire across the cluster)
-    const bool first = cluster.block_rank() == 0;
-    if (first) {
+    const int split = static_cast<int>(gridDim.z);
+    const int per = (kValues + split - 1) / split;
+    v_begin = min(static_cast<int>(cluster.block_rank()) * per, kValues);
+    v_end = min(v_begin + per, kValues);
+    const float* peer[kMaxClusterSplit];
 #pragma unroll
-      for (int v = 0; v < kValues; ++v) flat[v] = 0.f;
-      for (int z = 0; z < static_cast<int>(gridDim.z); ++z) {
-        const float* theirs = cluster.map_shared_rank(smem, z) + tid;
+    for (int z = 0; z < kMaxClusterSplit; ++z) peer[z] = cluster.map_shared_rank(smem, z < split ? z : 0) + tid;
 #pragma unroll
-        for (int v = 0; v < kValues; ++v) flat[v] += theirs[v * kThreads];
-      }
+    for (int v = 0; v < kValues; ++v) {
+      if (v < v_begin || v >= v_end) continue;
+      float sum = 0.f;
+#pragma unroll
+      for (int z = 0; z < kMaxClusterSplit; ++z)
+        if (z < split) sum += peer[z][v * kThreads];
+      flat[v] = sum;
     }
-    cluster.sync();  // the peers' shared memory stays alive until block 0 has read it
-    if (!first) return;
+    cluster.sync();  // every peer's shared memory stays alive until all slices are read
   } else
 #endif
   if (gridDim.z > 1) {
@@ -131,8 +140,11 @@ __device__ __forceinline__ void finish_tile(float (&acc)[R][NT][4], const T* __r
       for (int j = 0; j < NT; ++j)
 #pragma unroll
         for (int q = 0; q < 2; ++q) {
+          const int v = (r * NT + j) * 4 + 2 * h + q;  // index of acc[r][j][2h + q] in `flat`
           const int tok = tok0 + 8 * j + 2 * t + q;
-          if (tok < M) y[static_cast<int64_t>(tok) * N + row] = from_float<T>(acc[r][j][2 * h + q] + b_row);
+          if (tok < M && v >= v_begin && v < v_end) {
+            y[static_cast<int64_t>(tok) * N + row] = from_float<T>(acc[r][j][2 * h + q] + b_row);
+          }
         }
     }
 }
