@@ -67,7 +67,7 @@ def random_packed(n, k, dtype):
 
 
 def run(mod, x, values, meta, c: MmaConfig, bias=None):
-    return mod.spmm24_mma(x, values, meta, bias, c.rows, c.tokens, c.split, c.stages, c.warps)
+    return mod.spmm24_mma(x, values, meta, bias, c.rows, c.tokens, c.split, c.stages, c.warps, c.cluster)
 
 
 def rel(a, b):

@@ -8,10 +8,12 @@
 // kernel) and spmm24_mma_pipe.cuh (stages >= 3: W and x through a cp.async shared-memory ring); what they share is
 // in spmm24_mma_common.cuh. This file launches them, lists the instantiated tiles and binds the op.
 //
-// Split-K (grid.z > 1): up to 8 pieces on an sm_90 GPU run as one thread-block cluster and block 0 adds the fp32
-// partial tiles from its peers' shared memory; otherwise each block writes its partial tile to a workspace and
-// counts itself in on the tile's counter, and the last block of a tile adds the partials. Both add in split order
-// (the same result on every run), then add the bias and write y. One kernel per product.
+// Split-K (grid.z > 1): when asked (`cluster`), up to 8 pieces on an sm_90 GPU run as one thread-block cluster and
+// the blocks add the fp32 partial tiles from their peers' shared memory, a slice each; otherwise each block writes
+// its partial tile to a workspace and counts itself in on the tile's counter, and the last block of a tile adds the
+// partials. Both add in split order (the same bits, on every run), then add the bias and write y. One kernel per
+// product. Which of the two is faster depends on the shape (bench/results/mma_variant_cluster_h100.json): the tuning
+// tries both.
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -117,7 +119,7 @@ cudaLaunchConfig_t cluster_config(dim3 grid, dim3 block, int smem, cudaStream_t 
 template <typename T, int R, int NT, int STAGES, int WARPS>
 void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
             const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int split,
-            cudaStream_t stream) {
+            bool allow_cluster, cudaStream_t stream) {
   const int M = x.size(0), K = x.size(1), N = values.size(0);
   const int num_chunks = K / chunk_columns(STAGES);
   const int per_split = (num_chunks + split - 1) / split;
@@ -148,7 +150,7 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   }
   cudaLaunchAttribute attribute;
   const cudaLaunchConfig_t config = cluster_config(grid, block, kSmem, stream, split, &attribute);
-  bool cluster = split > 1 && split <= SPARSE_LLM_CLUSTER_SPLIT_MAX && cluster_capable(device);
+  bool cluster = allow_cluster && split > 1 && split <= SPARSE_LLM_CLUSTER_SPLIT_MAX && cluster_capable(device);
   if (cluster) {  // only when every cluster (one per output tile) is resident at once: measured per instantiation
     static std::mutex mutex;
     static std::map<std::pair<int, int>, int> resident;  // (device, split) -> most clusters at once
@@ -197,11 +199,11 @@ bool tile_supported(int rows, int tokens, int stages, int warps) {
 template <typename T>
 void dispatch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
               const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int rows,
-              int tokens, int stages, int warps, int split, cudaStream_t stream) {
-#define SPARSE_LLM_MMA_CASE(R_, NT_, S_, W_)                                            \
-  if (rows == R_ && tokens == NT_ && stages == S_ && warps == W_) {                     \
-    launch<T, R_, NT_, S_, W_>(x, values, meta, bias, y, workspace, split, stream);     \
-    return;                                                                             \
+              int tokens, int stages, int warps, int split, bool cluster, cudaStream_t stream) {
+#define SPARSE_LLM_MMA_CASE(R_, NT_, S_, W_)                                                     \
+  if (rows == R_ && tokens == NT_ && stages == S_ && warps == W_) {                              \
+    launch<T, R_, NT_, S_, W_>(x, values, meta, bias, y, workspace, split, cluster, stream);     \
+    return;                                                                                      \
   }
   SPARSE_LLM_MMA_TILES(SPARSE_LLM_MMA_CASE)
 #undef SPARSE_LLM_MMA_CASE
@@ -209,10 +211,11 @@ void dispatch(const torch::Tensor& x, const torch::Tensor& values, const torch::
 
 }  // namespace
 
-// y (M, N) = x (M, K) @ W.T + bias, tiles as listed in SPARSE_LLM_MMA_TILES; split > 1 splits K over grid.z.
+// y (M, N) = x (M, K) @ W.T + bias, tiles as listed in SPARSE_LLM_MMA_TILES; split > 1 splits K over grid.z;
+// cluster: reduce the split through distributed shared memory where the GPU and the grid allow it.
 torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
                          const c10::optional<torch::Tensor>& bias, int64_t rows_per_warp, int64_t tokens_per_block,
-                         int64_t split, int64_t stages, int64_t warps) {
+                         int64_t split, int64_t stages, int64_t warps, bool cluster) {
   TORCH_CHECK(x.is_cuda() && values.is_cuda() && meta.is_cuda(), "spmm24_mma: x, values and meta must be CUDA tensors");
   TORCH_CHECK(x.device() == values.device() && meta.device() == values.device(),
               "spmm24_mma: x, values and meta must be on one device");
@@ -264,10 +267,10 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
   SplitWorkspace workspace{x, stream};
   if (x.scalar_type() == at::kBFloat16) {
     dispatch<__nv_bfloat16>(x, values, meta, bias, y, workspace, rows, tokens, static_cast<int>(stages),
-                            static_cast<int>(warps), static_cast<int>(split), stream);
+                            static_cast<int>(warps), static_cast<int>(split), cluster, stream);
   } else {
     dispatch<__half>(x, values, meta, bias, y, workspace, rows, tokens, static_cast<int>(stages),
-                     static_cast<int>(warps), static_cast<int>(split), stream);
+                     static_cast<int>(warps), static_cast<int>(split), cluster, stream);
   }
   return y;
 }
@@ -275,5 +278,6 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm24_mma", &spmm24_mma, "y = x @ W.T (+ bias) for a canonical 2:4 W on the sparse tensor cores",
         py::arg("x"), py::arg("values"), py::arg("meta"), py::arg("bias"), py::arg("rows_per_warp"),
-        py::arg("tokens_per_block"), py::arg("split"), py::arg("stages"), py::arg("warps"));
+        py::arg("tokens_per_block"), py::arg("split"), py::arg("stages"), py::arg("warps"),
+        py::arg("cluster") = false);
 }

@@ -128,10 +128,12 @@ def mma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
     depth, warps per block, and for each tile its automatic split of K, a half, a quarter and an eighth of it (the
     H100 sweeps v7 and v8: fewer pieces than the automatic split were fastest in 31 of 36 cases, more pieces in 3).
     Where the heuristic picks the pipelined kernel (32+ tokens), only pipelined tiles: the register kernel was never
-    the fastest there in those sweeps."""
-    from sparse_llm.backends.sparse_mma import TILES, MmaConfig, auto_split
+    the fastest there in those sweeps. On sm_90 every split of 2-8 pieces also with the cluster reduction (faster on
+    the small layers up to 32 tokens, slower on most others: mma_variant_cluster_h100.json)."""
+    from sparse_llm.backends.sparse_mma import MAX_CLUSTER, TILES, MmaConfig, auto_split, clusters_available
     from sparse_llm.backends.sparse_mma import default_config as mma_default
 
+    clusters = clusters_available(device)
     base = mma_default(m, n, k, device)
     out = [base]
     for rows, tokens, stages, warps in sorted(TILES):
@@ -139,9 +141,10 @@ def mma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
             continue
         split = auto_split(m, n, k, rows, tokens, device, warps)
         for s in sorted({max(1, split // 8), max(1, split // 4), max(1, split // 2), split}):
-            cfg = MmaConfig(rows, tokens, stages, s, warps)
-            if cfg not in out:
-                out.append(cfg)
+            for cluster in (False, True) if clusters and 2 <= s <= MAX_CLUSTER else (False,):
+                cfg = MmaConfig(rows, tokens, stages, s, warps, cluster)
+                if cfg not in out:
+                    out.append(cfg)
     return out
 
 

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -34,9 +36,11 @@ def test_eager_time_two_runs_when_close(monkeypatch):
     assert len(calls) == 2
 
 
+@pytest.mark.parametrize("capability", [(9, 0), (8, 0)])
 @pytest.mark.parametrize("m", [1, 8, 33, 64, 128, 256])
-def test_mma_candidates(monkeypatch, m):
+def test_mma_candidates(monkeypatch, m, capability):
     monkeypatch.setattr(sparse_mma, "_num_sms", lambda index: 132)
+    monkeypatch.setattr(sparse_mma, "_capability", lambda index: capability)
     dev = torch.device("cuda", 0)
     cands = tune.mma_candidates(m, 4096, 4096, dev)
     base = sparse_mma.default_config(m, 4096, 4096, dev)
@@ -49,3 +53,11 @@ def test_mma_candidates(monkeypatch, m):
             assert c.stages >= 3
     if base.split > 1:  # fewer pieces than the automatic split are tried
         assert any(c.split < base.split for c in cands)
+    # the cluster reduction is tried for every split of 2-8 pieces on sm_90, never elsewhere
+    plain = {c for c in cands if not c.cluster}
+    with_cluster = {c for c in cands if c.cluster}
+    assert all(2 <= c.split <= sparse_mma.MAX_CLUSTER for c in with_cluster)
+    if capability >= (9, 0):
+        assert {replace(c, cluster=True) for c in plain if 2 <= c.split <= sparse_mma.MAX_CLUSTER} <= with_cluster
+    else:
+        assert not with_cluster

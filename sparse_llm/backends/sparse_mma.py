@@ -25,6 +25,7 @@ from sparse_llm.backends._build import load_mma_extension
 
 DTYPES = (torch.float16, torch.bfloat16)
 CHUNK = 256  # K columns per step of the kernel: K must be a multiple
+MAX_CLUSTER = 8  # most split pieces reduced in one thread-block cluster (kMaxClusterSplit in the kernel)
 # (rows per warp, tokens per block, stages, warps) instantiated in csrc/spmm24_mma.cu (SPARSE_LLM_MMA_TILES)
 TILES = frozenset(
     (16 * r, 8 * t, s, w)
@@ -44,6 +45,9 @@ class MmaConfig:
     stages: int = 1
     split: int = 1  # pieces of K (blocks along grid.z)
     warps: int = 4  # warps per block (4 or 8): they share the block's staged tokens of x
+    # split 2-8 on an sm_90 GPU: the pieces of a tile run as one thread-block cluster and add their partial tiles
+    # through distributed shared memory instead of a global workspace (same bits; faster or slower by shape)
+    cluster: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +56,16 @@ class MmaConfig:
 @functools.lru_cache(maxsize=8)
 def _num_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+@functools.lru_cache(maxsize=8)
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def clusters_available(device: torch.device) -> bool:
+    """Whether the cluster split-K can run: thread-block clusters need compute capability 9.0+."""
+    return _capability(device.index if device.index is not None else torch.cuda.current_device())[0] >= 9
 
 
 def auto_split(
@@ -71,14 +85,17 @@ def default_config(m: int, n: int, k: int, device: torch.device) -> MmaConfig:
     tokens the register kernel, 32 rows per warp on layers of 4096+ rows (16 below), K split to about 16 warps per
     SM; from 32 tokens on the pipelined kernel (32 rows per warp, 3 stages, 8 warps for 64 tokens; the register
     kernel where x or the weight exceeds its 32-bit offsets, :func:`pipelined_fits`), split to about
-    8 warps per SM (its shared memory allows one or two blocks per SM). H100 sweep: mma_sweep_v7_h100.json."""
+    8 warps per SM (its shared memory allows one or two blocks per SM). H100 sweep: mma_sweep_v7_h100.json.
+    The split is reduced in a thread-block cluster on layers of fewer than 4096 rows up to 16 tokens (H100:
+    1.07-1.13x faster there, slower on the larger layers; mma_variant_cluster_h100.json)."""
     tokens = min(8 * triton.next_power_of_2(triton.cdiv(m, 8)), 64)
     if tokens >= 32 and pipelined_fits(m, n, k):
         warps = 8 if tokens == 64 else 4
         return MmaConfig(32, tokens, 3, auto_split(m, n, k, 32, tokens, device, warps, per_sm=8), warps)
     rows = 32 if n >= 4096 or tokens >= 32 else 16
     warps = 8 if tokens == 64 else 4  # (register kernel, 64 tokens: the 8-warp tile is the instantiated one)
-    return MmaConfig(rows, tokens, 1, auto_split(m, n, k, rows, tokens, device, warps), warps)
+    split = auto_split(m, n, k, rows, tokens, device, warps)
+    return MmaConfig(rows, tokens, 1, split, warps, cluster=n < 4096 and tokens <= 16 and 2 <= split <= MAX_CLUSTER)
 
 
 def pipelined_fits(m: int, n: int, k: int) -> bool:
@@ -106,7 +123,7 @@ def why_not(x: torch.Tensor, values: torch.Tensor) -> str | None:
 
 def _launch(x, values, meta, bias, config: MmaConfig) -> torch.Tensor:
     return load_mma_extension().spmm24_mma(x, values, meta, bias, config.rows, config.tokens, config.split,
-                                           config.stages, config.warps)  # fmt: skip
+                                           config.stages, config.warps, config.cluster)  # fmt: skip
 
 
 @torch.library.custom_op("sparse_llm::spmm24_mma", mutates_args=())
@@ -120,12 +137,13 @@ def _spmm24_mma_op(
     stages: int,
     split: int,
     warps: int,
+    cluster: bool,
 ) -> torch.Tensor:
-    return _launch(x, values, meta, bias, MmaConfig(rows, tokens, stages, split, warps))
+    return _launch(x, values, meta, bias, MmaConfig(rows, tokens, stages, split, warps, cluster))
 
 
 @_spmm24_mma_op.register_fake
-def _(x, values, meta, bias, rows, tokens, stages, split, warps):
+def _(x, values, meta, bias, rows, tokens, stages, split, warps, cluster):
     return x.new_empty(x.shape[0], values.shape[0])
 
 
@@ -163,7 +181,7 @@ def spmm24_mma(
         return x.new_empty(*lead, n)
     if torch.compiler.is_compiling():
         out = _spmm24_mma_op(x2, values, meta, bias, config.rows, config.tokens, config.stages, config.split,
-                             config.warps)  # fmt: skip
+                             config.warps, config.cluster)  # fmt: skip
     else:  # eager: skip the custom-op dispatcher (microseconds that matter at decode sizes)
         out = _launch(x2, values, meta, bias, config)
     return out.reshape(*lead, n)

@@ -2,6 +2,7 @@
 dense weight."""
 
 import io
+from dataclasses import replace
 
 import pytest
 import torch
@@ -72,6 +73,9 @@ def test_sparse_mma_every_tile_and_split():
                 cfg = MmaConfig(rows, tokens, stages, split, warps)
                 out = spmm24_mma(x, layer.values, layer.meta, layer.bias, cfg)
                 assert _rel_err(out, ref) < 1e-2, cfg
+                if split > 1:  # the cluster reduction: the same sums in the same order, so the same bits
+                    clustered = spmm24_mma(x, layer.values, layer.meta, layer.bias, replace(cfg, cluster=True))
+                    assert torch.equal(clustered, out), cfg
         first = spmm24_mma(x, layer.values, layer.meta, None, MmaConfig(32, 8, 1, 4))
         assert torch.equal(first, spmm24_mma(x, layer.values, layer.meta, None, MmaConfig(32, 8, 1, 4)))
 
@@ -242,15 +246,16 @@ def test_sparse_mma_split_k_first_used_inside_graph_capture():
     from sparse_llm.backends.sparse_mma import MmaConfig, spmm24_mma
 
     layer, dense, _ = _layer(96, 1024, torch.bfloat16, False)
-    xs = [torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16) for m in (3, 40)]
+    xs = [torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16) for m in (3, 40, 5)]
     stream = torch.cuda.Stream()
     graphs, outs = [], []
-    for x, cfg in zip(xs, (MmaConfig(16, 8, 1, 4), MmaConfig(16, 64, 1, 2, 8)), strict=True):
+    cfgs = (MmaConfig(16, 8, 1, 4), MmaConfig(16, 64, 1, 2, 8), MmaConfig(16, 8, 1, 4, 4, cluster=True))
+    for x, cfg in zip(xs, cfgs, strict=True):
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g, stream=stream):
             outs.append(spmm24_mma(x, layer.values, layer.meta, None, cfg))
         graphs.append(g)
-    for i in (1, 0, 1):
+    for i in (1, 0, 2, 1):
         graphs[i].replay()
         torch.cuda.synchronize()
         assert _rel_err(outs[i], _ref(xs[i], dense, None)) < 1e-2, i

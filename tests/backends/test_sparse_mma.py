@@ -41,3 +41,14 @@ def test_default_config_leaves_the_pipelined_kernel_when_offsets_do_not_fit(monk
     assert sparse_mma.default_config(64, 4096, 4096, dev).stages >= 3
     big = sparse_mma.default_config(2**19, 4096, 4096, dev)  # x of 4 GiB: past the 32-bit copy offsets
     assert big.stages < 3 and (big.rows, big.tokens, big.stages, big.warps) in sparse_mma.TILES
+
+
+@pytest.mark.parametrize("m", [1, 8, 16, 32, 64])
+@pytest.mark.parametrize("n", [1024, 4096])
+def test_default_config_clusters_the_split_of_small_layers(monkeypatch, m, n):
+    monkeypatch.setattr(sparse_mma, "_num_sms", lambda index: 132)
+    cfg = sparse_mma.default_config(m, n, 4096, torch.device("cuda", 0))
+    # the H100 A/B (bench/results/mma_variant_cluster_h100.json): faster below 4096 rows up to 16 tokens only
+    assert cfg.cluster == (n < 4096 and m <= 16 and 2 <= cfg.split <= sparse_mma.MAX_CLUSTER)
+    assert not (cfg.cluster and cfg.split > sparse_mma.MAX_CLUSTER)
+    assert sparse_mma.MmaConfig(**cfg.as_dict()) == cfg  # round trip through a tuned table's JSON
