@@ -203,7 +203,7 @@ def time_us(fn) -> float:
     return eager(fn)
 
 
-def _eager_us(fn, graph_us: float, tries: int = 4) -> float:
+def eager_us(fn, graph_us: float, tries: int = 4) -> float:
     """Eager time of ``fn``, the best of two runs, and of up to ``tries`` while it stays far above the graph-replay
     time: the H100 grids showed single eager windows at 5-15x the graph time (4096x14336 M = 8: 200 us against
     40.8 us in both of two runs) that flipped the choice; a real launch cost shows up in every run."""
@@ -275,7 +275,7 @@ def tune_shape(
         # eager, our extensions a few): a backend must be fast in both modes to be chosen.
         cost = {}
         for name, t in times.items():
-            eager = _eager_us(runs[name], t)
+            eager = eager_us(runs[name], t)
             rows.append({"m": m, "backend": name, "us": t, "eager_us": eager})
             cost[name] = max(t, eager)
         backends[str(m)] = min((c, name) for name, c in cost.items())[1]

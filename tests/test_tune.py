@@ -20,19 +20,19 @@ def _fake_eager(monkeypatch, times):
 
 def test_eager_time_retries_a_slow_window(monkeypatch):
     calls = _fake_eager(monkeypatch, [200.0, 210.0, 41.0, 300.0])
-    assert tune._eager_us(lambda: None, graph_us=40.8) == 41.0
+    assert tune.eager_us(lambda: None, graph_us=40.8) == 41.0
     assert len(calls) == 3  # the third run is close to the graph time: no fourth
 
 
 def test_eager_time_keeps_a_real_launch_cost(monkeypatch):
     calls = _fake_eager(monkeypatch, [57.5, 58.0, 57.9, 57.6])
-    assert tune._eager_us(lambda: None, graph_us=16.7) == 57.5
+    assert tune.eager_us(lambda: None, graph_us=16.7) == 57.5
     assert len(calls) == 4
 
 
 def test_eager_time_two_runs_when_close(monkeypatch):
     calls = _fake_eager(monkeypatch, [22.0, 20.0])
-    assert tune._eager_us(lambda: None, graph_us=18.0) == 20.0
+    assert tune.eager_us(lambda: None, graph_us=18.0) == 20.0
     assert len(calls) == 2
 
 
