@@ -39,7 +39,7 @@ def _cuda_extensions() -> dict:
         cpp_extension.CUDAExtension(
             "sparse_llm._mma",
             ["csrc/spmm24_mma.cu"],
-            depends=["csrc/spmm24_mma_common.cuh", "csrc/spmm24_mma_regs.cuh", "csrc/spmm24_mma_pipe.cuh"],
+            depends=sorted(glob.glob("csrc/spmm24_mma_*.cuh")),
             extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
         )
     ]

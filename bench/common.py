@@ -1,5 +1,5 @@
-"""Shared by the benchmark scripts: result writing (with ``sparse_llm.benchmark.environment`` as the header) and
-the measured copy bandwidth."""
+"""Shared by the benchmark scripts: result writing (with ``sparse_llm.benchmark.environment`` as the header), the
+measured copy bandwidth, the distinct Llama layer shapes, random 2:4 weights and the relative error."""
 
 from __future__ import annotations
 
@@ -9,7 +9,25 @@ from pathlib import Path
 
 import torch
 
-from sparse_llm.benchmark import environment
+from sparse_llm import Sparse24Weight
+from sparse_llm.benchmark import LLAMA_SHAPES, _random_24, environment
+
+
+def llama_shapes() -> list[tuple[int, int]]:
+    """The distinct (N, K) of the Llama-2-7B, Llama-2-70B and Llama-3-8B linears (``benchmark.LLAMA_SHAPES``)."""
+    return sorted({(n, k) for layers in LLAMA_SHAPES.values() for _, n, k in layers})
+
+
+def random_packed(n: int, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A random 2:4 (N, K) weight on the GPU: (masked dense, packed values, metadata)."""
+    dense = _random_24(n, k, dtype)
+    p = Sparse24Weight.from_dense(dense)
+    return dense, p.values, p.meta
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in fp32."""
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def write_result(out_dir: str | os.PathLike, name: str, payload: dict) -> Path:

@@ -21,18 +21,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import llama_shapes, random_packed, rel_err, write_result  # noqa: E402
 
-from sparse_llm import Sparse24Weight  # noqa: E402
 from sparse_llm.backends._build import load_extension  # noqa: E402
 from sparse_llm.backends.cusparselt import compress_values, cusparselt_linear  # noqa: E402
-from sparse_llm.benchmark import LLAMA_SHAPES, time_graph_us  # noqa: E402
+from sparse_llm.benchmark import time_graph_us  # noqa: E402
 
 MS = (64, 128, 256, 512, 1000, 1024, 2048, 4096)
-
-
-def rel(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def main() -> None:
@@ -42,15 +37,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="three shapes instead of ten")
     args = parser.parse_args()
     ext = load_extension()
-    shapes = sorted({(n, k) for layers in LLAMA_SHAPES.values() for _, n, k in layers})
+    shapes = llama_shapes()
     if args.quick:
         shapes = [(1024, 4096), (8192, 8192), (28672, 8192)]
     rows = []
     for n, k in shapes:
-        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-        dense = w * (torch.rand(n, k // 4, 4, device="cuda").argsort(-1) < 2).reshape(n, k)
-        packed = Sparse24Weight.from_dense(dense)
-        compressed, _ = compress_values(packed.values, packed.meta)
+        dense, values, meta = random_packed(n, k, torch.bfloat16)
+        compressed, _ = compress_values(values, meta)
         for m in args.ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             t_dense = time_graph_us(lambda x=x, w=dense: F.linear(x, w))
@@ -64,7 +57,7 @@ def main() -> None:
                 row[mode] = {"us": us, "speedup": t_dense / us, "config_id": plan[0], "split_k": plan[1],
                              "split_mode": plan[2], "rows": plan[3]}  # fmt: skip
                 if mode == "full":
-                    row["rel_err"] = rel(out, F.linear(x.float(), dense.float()))
+                    row["rel_err"] = rel_err(out, F.linear(x.float(), dense.float()))
                     row["candidates"] = [{"config_id": c[0], "split_k": c[1], "split_mode": c[2], "us": 1e3 * c[3]}
                                          for c in ext.last_search()]  # fmt: skip
             rows.append(row)

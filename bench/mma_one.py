@@ -7,22 +7,23 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import torch
 
-from sparse_llm import Sparse24Weight
-from sparse_llm.backends.sparse_mma import MmaConfig, spmm24_mma
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import random_packed  # noqa: E402
+
+from sparse_llm.backends.sparse_mma import MmaConfig, spmm24_mma  # noqa: E402
 
 
 def main() -> None:
     n, k, m, rows, tokens, stages, warps, split = (int(a) for a in sys.argv[1:9])
-    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-    keep = torch.rand(n, k // 4, 4, device="cuda").argsort(-1) < 2
-    p = Sparse24Weight.from_dense(w * keep.reshape(n, k))
+    _, values, meta = random_packed(n, k, torch.bfloat16)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     cfg = MmaConfig(rows, tokens, stages, split, warps)
     for _ in range(4):
-        spmm24_mma(x, p.values, p.meta, None, cfg)
+        spmm24_mma(x, values, meta, None, cfg)
     torch.cuda.synchronize()
     print("ran", cfg)
 

@@ -21,11 +21,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import llama_shapes, random_packed, rel_err, write_result  # noqa: E402
 
-from sparse_llm import Sparse24Weight  # noqa: E402
 from sparse_llm.backends.sparse_mma import TILES  # noqa: E402
-from sparse_llm.benchmark import LLAMA_SHAPES, time_graph_us  # noqa: E402
+from sparse_llm.benchmark import time_graph_us  # noqa: E402
 from sparse_llm.tune import mma_candidates  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,20 +40,8 @@ def build():
     return mod
 
 
-def random_packed(n, k, dtype):
-    w = torch.randn(n, k, device="cuda", dtype=dtype)
-    keep = torch.rand(n, k // 4, 4, device="cuda").argsort(-1) < 2
-    dense = w * keep.reshape(n, k)
-    p = Sparse24Weight.from_dense(dense)
-    return dense, p.values, p.meta
-
-
-def run(mod, x, values, meta, bias, rows, tokens, split, stages, warps=4):
-    return mod.spmm24_mma(x, values, meta, bias, rows, tokens, split, stages, warps)
-
-
-def rel(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+def run(mod, x, values, meta, bias, rows, tokens, split, stages, warps=4, cluster=False):
+    return mod.spmm24_mma(x, values, meta, bias, rows, tokens, split, stages, warps, cluster)
 
 
 def main() -> None:
@@ -67,7 +54,7 @@ def main() -> None:
     # 1. the metadata register layout (found on the H100: thread 0 of a quad holds groups 0-3 of rows g, g+8)
     dense, values, meta = random_packed(128, 256, torch.bfloat16)
     x = torch.randn(8, 256, device="cuda", dtype=torch.bfloat16)
-    checks = {"first": rel(run(mod, x, values, meta, None, 16, 8, 1, 1), F.linear(x.float(), dense.float()))}
+    checks = {"first": rel_err(run(mod, x, values, meta, None, 16, 8, 1, 1), F.linear(x.float(), dense.float()))}
     print("first check:", checks, flush=True)
     if not checks["first"] < 1e-2:
         write_result(args.out, "mma_sweep", {"checks": checks, "error": "wrong product"})
@@ -84,7 +71,7 @@ def main() -> None:
                 # split 3 of 4 chunks (k = 1024) leaves the last piece empty: it must still count in
                 for split in sorted({1, min(3, k // 256), k // 256}):
                     out = run(mod, x, values, meta, bias, rows, tokens, split, stages, warps)
-                    e = rel(out, ref)
+                    e = rel_err(out, ref)
                     same = torch.equal(out, run(mod, x, values, meta, bias, rows, tokens, split, stages, warps))
                     errors.append({"dtype": str(dtype), "n": n, "k": k, "m": m, "rows": rows, "tokens": tokens,
                                    "stages": stages, "warps": warps, "split": split, "rel_err": e,
@@ -95,7 +82,7 @@ def main() -> None:
     print(f"correctness: {len(errors) - len(bad)}/{len(errors)} ok, max err "
           f"{max(e['rel_err'] for e in errors):.2e}", flush=True)  # fmt: skip
     # 3. timing
-    shapes = sorted({(n, k) for layers in LLAMA_SHAPES.values() for _, n, k in layers})
+    shapes = llama_shapes()
     if args.quick:
         shapes = [(4096, 4096), (28672, 8192), (1024, 8192)]
     table, rows_out = [], []
@@ -110,13 +97,13 @@ def main() -> None:
             for c in mma_candidates(m, n, k, torch.device("cuda", 0)):
                 cfg = c.as_dict()
                 try:
-                    out = run(mod, x, values, meta, None, c.rows, c.tokens, c.split, c.stages, c.warps)
-                    err = rel(out, ref)
+                    out = run(mod, x, values, meta, None, c.rows, c.tokens, c.split, c.stages, c.warps, c.cluster)
+                    err = rel_err(out, ref)
                     if not err < 1e-2:
                         raise AssertionError(f"rel err {err}")
                     us = time_graph_us(
                         lambda x=x, v=values, mt=meta, c=c: run(
-                            mod, x, v, mt, None, c.rows, c.tokens, c.split, c.stages, c.warps
+                            mod, x, v, mt, None, c.rows, c.tokens, c.split, c.stages, c.warps, c.cluster
                         )
                     )
                 except Exception as e:

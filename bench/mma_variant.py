@@ -23,13 +23,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import llama_shapes, random_packed, rel_err, write_result  # noqa: E402
 
-from sparse_llm import Sparse24Weight  # noqa: E402
-from sparse_llm.backends._build import MMA_SOURCE, load_mma_extension  # noqa: E402
+from sparse_llm.backends._build import MMA_SOURCE, load_mma_extension, mma_headers_flag  # noqa: E402
 from sparse_llm.backends.sparse_mma import MmaConfig, default_config  # noqa: E402
-from sparse_llm.benchmark import LLAMA_SHAPES, time_graph_us  # noqa: E402
+from sparse_llm.benchmark import time_graph_us  # noqa: E402
 from sparse_llm.cache import cache_dir  # noqa: E402
+from sparse_llm.tune import m_bucket  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MS = (1, 8, 16, 32, 64, 128, 256)
@@ -44,7 +44,8 @@ def build_variant(define: str):
     build_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     mod = cpp_extension.load(name=f"_sparse_llm_mma_{tag}", sources=[str(MMA_SOURCE)],
-                             build_directory=str(build_dir), extra_cuda_cflags=["-O3", f"-D{define}"])  # fmt: skip
+                             build_directory=str(build_dir),
+                             extra_cuda_cflags=["-O3", mma_headers_flag(), f"-D{define}"])  # fmt: skip
     print(f"variant -D{define} built in {time.time() - t0:.0f} s", flush=True)
     return mod
 
@@ -58,27 +59,8 @@ def tuned_configs() -> dict:
     return out
 
 
-def random_packed(n, k, dtype):
-    w = torch.randn(n, k, device="cuda", dtype=dtype)
-    keep = torch.rand(n, k // 4, 4, device="cuda").argsort(-1) < 2
-    dense = w * keep.reshape(n, k)
-    p = Sparse24Weight.from_dense(dense)
-    return dense, p.values, p.meta
-
-
 def run(mod, x, values, meta, c: MmaConfig, bias=None):
     return mod.spmm24_mma(x, values, meta, bias, c.rows, c.tokens, c.split, c.stages, c.warps, c.cluster)
-
-
-def rel(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-
-def bucket(m: int) -> int:
-    b = 1
-    while b < m:
-        b *= 2
-    return b
 
 
 def main() -> None:
@@ -106,7 +88,7 @@ def main() -> None:
             for c in sorted(configs, key=str):
                 outs = {name: run(mod, x, values, meta, c, bias) for name, mod in mods.items()}
                 for name, out in outs.items():
-                    e = rel(out, ref)
+                    e = rel_err(out, ref)
                     checks.append({"build": name, "dtype": str(dtype), "n": n, "k": k, "m": m, **c.as_dict(),
                                    "rel_err": e, "ok": e < tol,
                                    "same_bits": torch.equal(out, outs["package"])})  # fmt: skip
@@ -118,7 +100,7 @@ def main() -> None:
         write_result(args.out, "mma_variant", {"define": args.define, "checks": checks})
         raise SystemExit(f"wrong products: {bad[:3]}")
 
-    shapes = sorted({(n, k) for layers in LLAMA_SHAPES.values() for _, n, k in layers})
+    shapes = llama_shapes()
     if args.quick:
         shapes = [(4096, 4096), (28672, 8192), (1024, 8192)]
     rows = []
@@ -128,8 +110,8 @@ def main() -> None:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             t_dense = time_graph_us(lambda x=x, dense=dense: F.linear(x, dense))
             configs = {"default": default_config(m, n, k, device)}
-            if (n, k, bucket(m)) in tuned:
-                configs["tuned"] = tuned[(n, k, bucket(m))]
+            if (n, k, m_bucket(m)) in tuned:
+                configs["tuned"] = tuned[(n, k, m_bucket(m))]
             for kind, c in configs.items():
                 times = {"package": [], "variant": []}
                 for _ in range(2):

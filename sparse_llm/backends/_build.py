@@ -26,7 +26,6 @@ SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "cusparselt_linear.cpp"
 # The sparse tensor-core small-M kernel: CUDA only, no cuSPARSELt (csrc/spmm24_mma.cu).
 MMA_EXTENSION_NAME = "sparse_llm_mma"
 MMA_SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "spmm24_mma.cu"
-MMA_HEADERS = ("spmm24_mma_common.cuh", "spmm24_mma_regs.cuh", "spmm24_mma_pipe.cuh")  # beside MMA_SOURCE
 
 
 class ExtensionUnavailable(RuntimeError):
@@ -104,10 +103,15 @@ def _check_sparse_tensor_cores() -> None:
         raise ExtensionUnavailable(f"sparse tensor cores need compute capability 8.0+, not {major}.{minor}")
 
 
+def mma_headers_flag() -> str:
+    """torch rebuilds a JIT extension when its sources or flags change, not its headers: their hash as a flag."""
+    headers = sorted(MMA_SOURCE.parent.glob("spmm24_mma_*.cuh"))  # the kernels, included by MMA_SOURCE
+    digest = hashlib.sha256(b"".join(h.read_bytes() for h in headers)).hexdigest()[:16]
+    return f"-DSPARSE_LLM_HEADERS_{digest}"
+
+
 def _jit_build_mma() -> ModuleType:
-    # torch rebuilds a JIT extension when its sources or flags change, not its headers: their hash is a flag
-    digest = hashlib.sha256(b"".join((MMA_SOURCE.parent / h).read_bytes() for h in MMA_HEADERS)).hexdigest()[:16]
-    return _jit(MMA_EXTENSION_NAME, MMA_SOURCE, "mma-", extra_cuda_cflags=["-O3", f"-DSPARSE_LLM_HEADERS_{digest}"])
+    return _jit(MMA_EXTENSION_NAME, MMA_SOURCE, "mma-", extra_cuda_cflags=["-O3", mma_headers_flag()])
 
 
 def _find_or_build(prebuilt: str, build, what: str, check=None) -> tuple[ModuleType | None, str]:
