@@ -31,6 +31,7 @@
 
 #include "spmm24_mma_pipe.cuh"
 #include "spmm24_mma_regs.cuh"
+#include "spmm24_mma_workspace.cuh"
 
 namespace {
 
@@ -64,41 +65,6 @@ bool cluster_capable(int device) {
   }
   return capable.load() & bit;
 }
-
-// Split-K tile counters, one zeroed buffer per (device, stream): every kernel leaves its counters at 0, and
-// kernels of one stream run one after the other, so the buffer is reused without a reset. (Two products that
-// run at the same time on two streams get two buffers.) A stream being captured into a CUDA graph cannot zero a
-// new buffer now (the memset would only run at replay), so there each call gets its own zeroed counters: the
-// graph zeroes them at every replay, whatever order its graphs are replayed in.
-int* tile_counters(const torch::Tensor& like, cudaStream_t stream, int64_t tiles, torch::Tensor& per_call) {
-  static std::mutex mutex;
-  static std::map<std::pair<int, cudaStream_t>, torch::Tensor> buffers;
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  const std::lock_guard<std::mutex> lock(mutex);
-  const auto found = buffers.find({like.get_device(), stream});
-  if (found != buffers.end() && found->second.numel() >= tiles) return found->second.data_ptr<int>();
-  if (capture != cudaStreamCaptureStatusNone) {
-    per_call = torch::zeros({tiles}, like.options().dtype(at::kInt));
-    return per_call.data_ptr<int>();
-  }
-  torch::Tensor& buf = buffers[{like.get_device(), stream}];
-  buf = torch::zeros({std::max<int64_t>(tiles, 4096)}, like.options().dtype(at::kInt));
-  return buf.data_ptr<int>();
-}
-
-// The global split-K workspace of one call (fp32 partial tiles and tile counters), made only when a launch takes
-// the global path.
-struct SplitWorkspace {
-  const torch::Tensor& like;
-  cudaStream_t stream;
-  torch::Tensor partial, counters_per_call;
-
-  std::pair<float*, int*> get(int64_t split, int64_t tiles, int64_t values_per_tile) {
-    partial = torch::empty({split * tiles * values_per_tile}, like.options().dtype(at::kFloat));
-    return {partial.data_ptr<float>(), tile_counters(like, stream, tiles, counters_per_call)};
-  }
-};
 
 cudaLaunchConfig_t cluster_config(dim3 grid, dim3 block, int smem, cudaStream_t stream, int split,
                                   cudaLaunchAttribute* attribute) {

@@ -26,6 +26,11 @@ SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "cusparselt_linear.cpp"
 # The sparse tensor-core small-M kernel: CUDA only, no cuSPARSELt (csrc/spmm24_mma.cu).
 MMA_EXTENSION_NAME = "sparse_llm_mma"
 MMA_SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "spmm24_mma.cu"
+# The warpgroup sparse MMA kernel (wgmma.mma_async.sp + tensor-map copies): sm_90a only (csrc/spmm24_wgmma.cu).
+WGMMA_EXTENSION_NAME = "sparse_llm_wgmma"
+WGMMA_SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "spmm24_wgmma.cu"
+# wgmma and setmaxnreg exist only for the architecture-specific target; a plain sm_90 pass rejects them.
+WGMMA_ARCH_FLAG = "-gencode=arch=compute_90a,code=sm_90a"
 
 
 class ExtensionUnavailable(RuntimeError):
@@ -103,15 +108,27 @@ def _check_sparse_tensor_cores() -> None:
         raise ExtensionUnavailable(f"sparse tensor cores need compute capability 8.0+, not {major}.{minor}")
 
 
+def _check_wgmma() -> None:
+    major, minor = torch.cuda.get_device_capability()
+    if (major, minor) != (9, 0):
+        raise ExtensionUnavailable(f"wgmma.mma_async.sp needs compute capability 9.0 (sm_90a), not {major}.{minor}")
+
+
 def mma_headers_flag() -> str:
     """torch rebuilds a JIT extension when its sources or flags change, not its headers: their hash as a flag."""
-    headers = sorted(MMA_SOURCE.parent.glob("spmm24_mma_*.cuh"))  # the kernels, included by MMA_SOURCE
+    headers = sorted(MMA_SOURCE.parent.glob("*.cuh"))  # the kernels, included by the extension sources
     digest = hashlib.sha256(b"".join(h.read_bytes() for h in headers)).hexdigest()[:16]
     return f"-DSPARSE_LLM_HEADERS_{digest}"
 
 
 def _jit_build_mma() -> ModuleType:
     return _jit(MMA_EXTENSION_NAME, MMA_SOURCE, "mma-", extra_cuda_cflags=["-O3", mma_headers_flag()])
+
+
+def _jit_build_wgmma() -> ModuleType:
+    # An arch flag of our own: torch then adds none of its own (its default would be the plain sm_90 target).
+    return _jit(WGMMA_EXTENSION_NAME, WGMMA_SOURCE, "wgmma-",
+                extra_cuda_cflags=["-O3", WGMMA_ARCH_FLAG, mma_headers_flag()])  # fmt: skip
 
 
 def _find_or_build(prebuilt: str, build, what: str, check=None) -> tuple[ModuleType | None, str]:
@@ -142,6 +159,11 @@ def _load_mma() -> tuple[ModuleType | None, str]:
     return _find_or_build("sparse_llm._mma", _jit_build_mma, "sparse tensor-core", _check_sparse_tensor_cores)
 
 
+@functools.cache
+def _load_wgmma() -> tuple[ModuleType | None, str]:
+    return _find_or_build("sparse_llm._wgmma", _jit_build_wgmma, "warpgroup sparse MMA", _check_wgmma)
+
+
 def _module_or_raise(loaded: tuple[ModuleType | None, str], what: str) -> ModuleType:
     module, reason = loaded
     if module is None:
@@ -152,6 +174,18 @@ def _module_or_raise(loaded: tuple[ModuleType | None, str], what: str) -> Module
 def load_mma_extension() -> ModuleType:
     """The sparse tensor-core (mma.sp) kernel module; builds it on first use. Raises ExtensionUnavailable."""
     return _module_or_raise(_load_mma(), "sparse tensor-core kernel")
+
+
+def load_wgmma_extension() -> ModuleType:
+    """The warpgroup sparse MMA (wgmma.sp, sm_90a) kernel module; builds it on first use. Raises
+    ExtensionUnavailable (any GPU other than compute capability 9.0, or no toolkit)."""
+    return _module_or_raise(_load_wgmma(), "warpgroup sparse MMA kernel")
+
+
+def wgmma_status() -> dict:
+    """``{"available", "reason"}`` of the wgmma.sp kernel (builds it if possible), never raises."""
+    module, reason = _load_wgmma()
+    return {"available": module is not None, "reason": reason}
 
 
 def mma_status() -> dict:

@@ -1,0 +1,392 @@
+// 2:4 sparse x dense product on Hopper's warpgroup sparse MMA (wgmma.mma_async.sp, sm_90a only): y = x @ W.T + bias.
+//
+// The product is yT = W . xT: W is the sparse operand A (64 rows per warpgroup x 32 columns of K per instruction),
+// x the dense operand B (32 columns of K x TOKENS tokens), the accumulator 64 rows x TOKENS tokens in fp32 registers.
+// W is read in the package's canonical form, the same bytes as the mma.sp kernels (spmm24_mma.cu): `values`
+// (N, K/2) row-major and natural `meta` (N, K/16) int16.
+//
+// A block owns 64 * CWG rows of W and TOKENS tokens, and walks its piece of K in chunks of 128 columns through an
+// S-stage shared-memory ring, filled by the tensor-memory-access unit from three 2-D tensor maps (one request per
+// operand and stage, completion counted on the stage's mbarrier):
+//   values: 64 values (128 bytes) x 64 * CWG rows, 128-byte swizzle (the layout the instruction's descriptor reads);
+//   meta:   8 words (16 bytes) x 64 * CWG rows, unswizzled;
+//   x:      two boxes of 64 columns x TOKENS tokens, 128-byte swizzle (rows past M arrive as zeros).
+// Warpgroup 0 is the producer (one thread issues the copies); warpgroups 1 .. CWG are the consumers: each waits for
+// a stage, builds its 4 metadata registers (one byte permute of two 16-byte metadata rows per 32-column step, as in
+// the mma.sp kernels), issues 4 wgmma.sp (one per 32 columns), and releases the stage of the chunk before once its
+// own wgmma group completed, so the tensor cores always have one chunk queued.
+//
+// Split-K (grid.z > 1): each block writes its fp32 partial tile to a workspace and counts itself in on the tile's
+// counter; the last block of a tile adds the partials in split order (the same bits on every run), adds the bias and
+// writes y.
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <tuple>
+#include <type_traits>
+
+#include "spmm24_mma_workspace.cuh"
+#include "spmm24_wgmma_sp.cuh"
+
+namespace {
+
+constexpr int kChunk = 128;              // K columns per stage
+constexpr int kRowBytes = 128;           // values bytes per W row and stage (64 kept values)
+constexpr int kMetaRowBytes = 16;        // metadata bytes per W row and stage (8 words of 4 groups)
+constexpr int kXBoxColumns = 64;         // x columns per 128-byte swizzled box
+constexpr int kSmemBudget = 220 * 1024;  // the ring's share of the 227 KB a block may have
+
+template <int TOKENS, int CWG>
+struct WgLayout {
+  static constexpr int kRows = 64 * CWG;
+  static constexpr int kValues = kRows * kRowBytes;         // multiple of 1024: swizzle atoms stay aligned
+  static constexpr int kXBox = TOKENS * 128;                // one 64-column box of x
+  static constexpr int kX = 2 * kXBox;
+  static constexpr int kMeta = kRows * kMetaRowBytes;
+  static constexpr int kTxBytes = kValues + kX + kMeta;     // bytes the copies of one stage deliver
+  static constexpr int kStage = (kTxBytes + 1023) / 1024 * 1024;
+  static constexpr int kStages = std::min(8, kSmemBudget / kStage);
+  static constexpr int kSmem = kStages * kStage + 2 * 8 * kStages + 1024;  // + barriers + alignment slack
+  static constexpr int kThreads = 128 * (CWG + 1);
+  static constexpr int kConsumerThreads = 128 * CWG;
+  static_assert(kStages >= 2, "a stage does not fit twice in shared memory");
+};
+
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define SPARSE_LLM_WGMMA 1
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT_%=:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+// One 2-D box of a tensor map into shared memory, completion counted on `bar` (bytes).
+__device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n" ::
+          "r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1)
+      : "memory");
+}
+// Shared-memory matrix descriptor of a K-major operand in 128-byte swizzled rows: 8-row groups 1024 bytes apart
+// (stride byte offset), the leading byte offset unused for swizzled K-major layouts, layout type 1 = 128B swizzle.
+__device__ __forceinline__ uint64_t desc_sw128(uint32_t addr) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) |
+         (uint64_t{1} << 62);
+}
+#endif
+
+template <typename T, int TOKENS, int CWG>
+__global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
+    const __grid_constant__ CUtensorMap map_values, const __grid_constant__ CUtensorMap map_meta,
+    const __grid_constant__ CUtensorMap map_x, const T* __restrict__ bias, T* __restrict__ y,
+    float* __restrict__ partial, int* __restrict__ counters, int M, int N, int num_chunks, int chunks_per_split) {
+#ifdef SPARSE_LLM_WGMMA
+  using L = WgLayout<TOKENS, CWG>;
+  constexpr int S = L::kStages;
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023u) & ~1023u;
+  const uint32_t full = base + S * L::kStage;  // full[s] at full + 8 s, empty[s] at full + 8 (S + s)
+  const uint32_t empty = full + 8 * S;
+  const int row0 = blockIdx.y * L::kRows;
+  const int tok0 = blockIdx.x * TOKENS;
+  const int c_begin = blockIdx.z * chunks_per_split;
+  const int c_end = min(c_begin + chunks_per_split, num_chunks);
+  const int wg = threadIdx.x / 128;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < S; ++s) {
+      mbar_init(full + 8 * s, 1);
+      mbar_init(empty + 8 * s, CWG);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // producer
+    if constexpr (CWG >= 2) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    if (threadIdx.x == 0) {
+      for (int c = c_begin; c < c_end; ++c) {
+        const int k = c - c_begin, s = k % S;
+        if (k >= S) mbar_wait(empty + 8 * s, ((k / S) - 1) & 1);
+        const uint32_t stage = base + s * L::kStage, bar = full + 8 * s;
+        mbar_expect_tx(bar, L::kTxBytes);
+        tma_load(stage, &map_values, bar, c * (kChunk / 2), row0);
+        tma_load(stage + L::kValues, &map_x, bar, c * kChunk, tok0);
+        tma_load(stage + L::kValues + L::kXBox, &map_x, bar, c * kChunk + kXBoxColumns, tok0);
+        tma_load(stage + L::kValues + L::kX, &map_meta, bar, c * (kChunk / 16), row0);
+      }
+    }
+    return;
+  }
+
+  if constexpr (CWG >= 2) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+  const int ctid = threadIdx.x - 128;  // consumer thread 0 .. 128 CWG - 1
+  const int cw = wg - 1;               // consumer warpgroup
+  const int warp = (ctid >> 5) & 3, lane = ctid & 31, g = lane >> 2, t = lane & 3;
+  const uint32_t odd = (t & 1) ? 0x7632u : 0x5410u;  // thread 0 of a quad: columns 0-15 of a step, thread 1: 16-31
+  const uint32_t meta_off = L::kValues + L::kX + kMetaRowBytes * (64 * cw + 16 * warp + g);
+  float acc[TOKENS / 2];
+#pragma unroll
+  for (int i = 0; i < TOKENS / 2; ++i) acc[i] = 0.f;
+
+  for (int c = c_begin; c < c_end; ++c) {
+    const int k = c - c_begin, s = k % S;
+    mbar_wait(full + 8 * s, (k / S) & 1);
+    const uint32_t stage = base + s * L::kStage;
+    uint32_t m0[4], m8[4], e[4];
+    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(m0[0]), "=r"(m0[1]), "=r"(m0[2]), "=r"(m0[3])
+                 : "r"(stage + meta_off));
+    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(m8[0]), "=r"(m8[1]), "=r"(m8[2]), "=r"(m8[3])
+                 : "r"(stage + meta_off + 8 * kMetaRowBytes));
+#pragma unroll
+    for (int j = 0; j < 4; ++j) e[j] = __byte_perm(m0[j], m8[j], odd);
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      // step j: values bytes 32 j of the warpgroup's 64 rows, x columns 32 j .. 32 j + 31 (box j / 2, bytes 64 (j % 2))
+      const uint64_t a = desc_sw128(stage + 64 * cw * kRowBytes + 32 * j);
+      const uint64_t b = desc_sw128(stage + L::kValues + (j / 2) * L::kXBox + 64 * (j % 2));
+      wgmma_sp<T, TOKENS>(acc, a, b, e[j]);
+    }
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+    if (k > 0 && (ctid & 127) == 0) mbar_arrive(empty + 8 * ((k - 1) % S));
+  }
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+
+  // Accumulator i = 4 j + 2 h + q: row 16 warp + g + 8 h of the warpgroup's 64, token 8 j + 2 t + q.
+  constexpr int kValues = TOKENS / 2;
+  if (gridDim.z > 1) {
+    const int tile = blockIdx.y * gridDim.x + blockIdx.x;
+    const int64_t tiles = static_cast<int64_t>(gridDim.x) * gridDim.y;
+    constexpr int CT = L::kConsumerThreads;
+    float* mine = partial + (blockIdx.z * tiles + tile) * kValues * CT + ctid;
+#pragma unroll
+    for (int v = 0; v < kValues; ++v) mine[v * CT] = acc[v];
+    __threadfence();
+    asm volatile("bar.sync 1, %0;\n" ::"n"(CT) : "memory");
+    __shared__ int is_last;
+    if (ctid == 0) is_last = atomicAdd(counters + tile, 1) == static_cast<int>(gridDim.z) - 1;
+    asm volatile("bar.sync 1, %0;\n" ::"n"(CT) : "memory");
+    if (!is_last) return;
+    __threadfence();
+#pragma unroll
+    for (int v = 0; v < kValues; ++v) acc[v] = 0.f;
+    for (int z = 0; z < static_cast<int>(gridDim.z); ++z) {
+      const float* theirs = partial + (z * tiles + tile) * kValues * CT + ctid;
+#pragma unroll
+      for (int v = 0; v < kValues; ++v) acc[v] += __ldcg(theirs + v * CT);
+    }
+    if (ctid == 0) counters[tile] = 0;
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = row0 + 64 * cw + 16 * warp + g + 8 * h;
+    const float b_row = bias != nullptr ? to_float(bias[row]) : 0.f;
+#pragma unroll
+    for (int j = 0; j < TOKENS / 8; ++j)
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const int tok = tok0 + 8 * j + 2 * t + q;
+        if (tok < M) y[static_cast<int64_t>(tok) * N + row] = from_float<T>(acc[4 * j + 2 * h + q] + b_row);
+      }
+  }
+#endif
+}
+
+// cuTensorMapEncodeTiled from the driver, through the runtime (no link against libcuda).
+PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult result{};
+    C10_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &result));
+    TORCH_CHECK(result == cudaDriverEntryPointSuccess && ptr != nullptr,
+                "spmm24_wgmma: the CUDA driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
+  }();
+  return fn;
+}
+
+// A 2-D tensor map of a row-major (rows, cols) tensor with row stride `stride` elements, boxes of (box_cols,
+// box_rows); out-of-bounds elements of a box arrive as zeros.
+CUtensorMap tensor_map(const torch::Tensor& t, CUtensorMapDataType type, int elem_bytes, int box_cols, int box_rows,
+                       CUtensorMapSwizzle swizzle) {
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(t.size(1)), static_cast<cuuint64_t>(t.size(0))};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(t.stride(0)) * elem_bytes};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(box_cols), static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  const CUresult status =
+      encode_fn()(&map, type, 2, t.data_ptr(), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                  swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  TORCH_CHECK(status == CUDA_SUCCESS, "spmm24_wgmma: cuTensorMapEncodeTiled failed (", static_cast<int>(status),
+              ") for a tensor of shape ", t.sizes(), " and strides ", t.strides());
+  return map;
+}
+
+template <typename T, int TOKENS, int CWG>
+void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
+            const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int split,
+            cudaStream_t stream) {
+  using L = WgLayout<TOKENS, CWG>;
+  const int M = x.size(0), K = x.size(1), N = values.size(0);
+  const int num_chunks = K / kChunk;
+  const int per_split = (num_chunks + split - 1) / split;
+  const dim3 grid((M + TOKENS - 1) / TOKENS, N / L::kRows, split);
+  const auto kernel = spmm24_wgmma_kernel<T, TOKENS, CWG>;
+  const int device = x.get_device();
+  static std::atomic<uint64_t> configured{0};  // once per device and instantiation
+  const uint64_t bit = uint64_t{1} << (device & 63);
+  if (!(configured.load() & bit)) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kSmem));
+    configured.fetch_or(bit);
+  }
+  const CUtensorMapDataType type =
+      std::is_same_v<T, __nv_bfloat16> ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const CUtensorMap map_values = tensor_map(values, type, 2, kRowBytes / 2, L::kRows, CU_TENSOR_MAP_SWIZZLE_128B);
+  const CUtensorMap map_meta =
+      tensor_map(meta, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, kMetaRowBytes / 2, L::kRows, CU_TENSOR_MAP_SWIZZLE_NONE);
+  const CUtensorMap map_x = tensor_map(x, type, 2, kXBoxColumns, TOKENS, CU_TENSOR_MAP_SWIZZLE_128B);
+  float* partial = nullptr;
+  int* counters = nullptr;
+  if (split > 1) std::tie(partial, counters) = workspace.get(split, grid.x * grid.y, L::kConsumerThreads * TOKENS / 2);
+  const T* bias_ptr = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
+  kernel<<<grid, L::kThreads, L::kSmem, stream>>>(map_values, map_meta, map_x, bias_ptr,
+                                                  reinterpret_cast<T*>(y.data_ptr()), partial, counters, M, N,
+                                                  num_chunks, per_split);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The instantiated tiles: (tokens per block, consumer warpgroups of 64 rows each).
+#define SPARSE_LLM_WGMMA_TILES(X) \
+  X(8, 1) X(8, 2) X(16, 1) X(16, 2) X(32, 1) X(32, 2) X(64, 1) X(64, 2) X(128, 1) X(128, 2) X(256, 1)
+
+bool tile_supported(int tokens, int warpgroups) {
+#define SPARSE_LLM_WGMMA_MATCH(T_, W_) \
+  if (tokens == T_ && warpgroups == W_) return true;
+  SPARSE_LLM_WGMMA_TILES(SPARSE_LLM_WGMMA_MATCH)
+#undef SPARSE_LLM_WGMMA_MATCH
+  return false;
+}
+
+int stages_of(int tokens, int warpgroups) {
+#define SPARSE_LLM_WGMMA_STAGES(T_, W_) \
+  if (tokens == T_ && warpgroups == W_) return WgLayout<T_, W_>::kStages;
+  SPARSE_LLM_WGMMA_TILES(SPARSE_LLM_WGMMA_STAGES)
+#undef SPARSE_LLM_WGMMA_STAGES
+  return 0;
+}
+
+template <typename T>
+void dispatch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
+              const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int tokens,
+              int warpgroups, int split, cudaStream_t stream) {
+#define SPARSE_LLM_WGMMA_CASE(T_, W_)                                                \
+  if (tokens == T_ && warpgroups == W_) {                                            \
+    launch<T, T_, W_>(x, values, meta, bias, y, workspace, split, stream);           \
+    return;                                                                          \
+  }
+  SPARSE_LLM_WGMMA_TILES(SPARSE_LLM_WGMMA_CASE)
+#undef SPARSE_LLM_WGMMA_CASE
+}
+
+bool aligned16(const torch::Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 && (t.stride(0) * t.element_size()) % 16 == 0;
+}
+
+}  // namespace
+
+// y (M, N) = x (M, K) @ W.T + bias with tiles of `tokens` tokens x 64 * `warpgroups` rows of W; split > 1 splits K.
+torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
+                           const c10::optional<torch::Tensor>& bias, int64_t tokens, int64_t warpgroups,
+                           int64_t split) {
+  TORCH_CHECK(x.is_cuda() && values.is_cuda() && meta.is_cuda(), "spmm24_wgmma: x, values and meta must be CUDA tensors");
+  TORCH_CHECK(x.device() == values.device() && meta.device() == values.device(),
+              "spmm24_wgmma: x, values and meta must be on one device");
+  TORCH_CHECK(x.dim() == 2 && values.dim() == 2 && meta.dim() == 2, "spmm24_wgmma: x, values, meta must be 2-D");
+  TORCH_CHECK(x.scalar_type() == values.scalar_type(), "spmm24_wgmma: x dtype ", x.scalar_type(),
+              " does not match the weight dtype ", values.scalar_type());
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
+              "spmm24_wgmma: float16 or bfloat16 only, got ", x.scalar_type());
+  TORCH_CHECK(meta.scalar_type() == at::kShort, "spmm24_wgmma: meta must be int16");
+  const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
+  TORCH_CHECK(values.size(1) * 2 == K, "spmm24_wgmma: x has ", K, " features, the weight expects ", values.size(1) * 2);
+  TORCH_CHECK(meta.size(0) == N && meta.size(1) * 16 == K, "spmm24_wgmma: meta shape does not match the weight");
+  TORCH_CHECK(K % kChunk == 0, "spmm24_wgmma: K must be a multiple of ", kChunk, ", got ", K);
+  TORCH_CHECK(tile_supported(static_cast<int>(tokens), static_cast<int>(warpgroups)),
+              "spmm24_wgmma: no kernel for tokens=", tokens, " warpgroups=", warpgroups);
+  TORCH_CHECK(N % (64 * warpgroups) == 0, "spmm24_wgmma: the weight's ", N, " rows are not a multiple of the tile's ",
+              64 * warpgroups);
+  TORCH_CHECK(x.stride(1) == 1 && values.stride(1) == 1 && meta.stride(1) == 1, "spmm24_wgmma: unit column strides");
+  TORCH_CHECK(aligned16(x) && aligned16(values) && aligned16(meta),
+              "spmm24_wgmma: the tensor maps need 16-byte aligned storage and row strides for x, values and meta");
+  TORCH_CHECK(split >= 1 && split <= K / kChunk, "spmm24_wgmma: split must be in [1, K/", kChunk, "], got ", split);
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->is_cuda() && bias->device() == x.device() && bias->scalar_type() == x.scalar_type() &&
+                    bias->dim() == 1 && bias->size(0) == N && bias->stride(0) == 1,
+                "spmm24_wgmma: bias must be a contiguous (N,) tensor of x's dtype on x's device");
+  }
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto* props = at::cuda::getCurrentDeviceProperties();
+  TORCH_CHECK(props->major == 9 && props->minor == 0, "spmm24_wgmma: needs compute capability 9.0 (sm_90a), not ",
+              props->major, ".", props->minor);
+  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  torch::Tensor y = torch::empty({M, N}, x.options());
+  if (M == 0) return y;
+  SplitWorkspace workspace{x, stream};
+  if (x.scalar_type() == at::kBFloat16) {
+    dispatch<__nv_bfloat16>(x, values, meta, bias, y, workspace, static_cast<int>(tokens),
+                            static_cast<int>(warpgroups), static_cast<int>(split), stream);
+  } else {
+    dispatch<__half>(x, values, meta, bias, y, workspace, static_cast<int>(tokens), static_cast<int>(warpgroups),
+                     static_cast<int>(split), stream);
+  }
+  return y;
+}
+
+// Pipeline depth of a tile (what fits in shared memory), for reports.
+int64_t wgmma_stages(int64_t tokens, int64_t warpgroups) {
+  return stages_of(static_cast<int>(tokens), static_cast<int>(warpgroups));
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("spmm24_wgmma", &spmm24_wgmma, "y = x @ W.T (+ bias) for a canonical 2:4 W on Hopper's wgmma.sp",
+        py::arg("x"), py::arg("values"), py::arg("meta"), py::arg("bias"), py::arg("tokens"), py::arg("warpgroups"),
+        py::arg("split"));
+  m.def("stages", &wgmma_stages, "shared-memory stages of a tile", py::arg("tokens"), py::arg("warpgroups"));
+}
