@@ -13,8 +13,7 @@
 //   x:      two boxes of 64 columns x TOKENS tokens, 128-byte swizzle (rows past M arrive as zeros).
 // Warpgroup 0 is the producer (one thread issues the copies); warpgroups 1 .. CWG are the consumers: each waits for
 // a stage, builds its 4 metadata registers (one byte permute of two 16-byte metadata rows per 32-column step, as in
-// the mma.sp kernels), issues 4 wgmma.sp (one per 32 columns), and releases the stage of the chunk before once its
-// own wgmma group completed, so the tensor cores always have one chunk queued.
+// the mma.sp kernels), issues 4 wgmma.sp (one per 32 columns), waits for them and releases the stage.
 //
 // Split-K (grid.z > 1): each block writes its fp32 partial tile to a workspace and counts itself in on the tile's
 // counter; the last block of a tile adds the partials in split order (the same bits on every run), adds the bias and
@@ -184,10 +183,13 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
       wgmma_sp<T, TOKENS>(acc, a, b, e[j]);
     }
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-    if (k > 0 && (ctid & 127) == 0) mbar_arrive(empty + 8 * ((k - 1) % S));
+    // All of this chunk's wgmma complete before the next chunk's metadata registers are written: the instruction
+    // reads its metadata register asynchronously, like its accumulators (with one group left in flight, the next
+    // chunk's metadata overwrote the running group's: wrong sums on the H100, wgmma_check_v1_h100.json), and
+    // ptxas does not protect it. The other consumer warpgroup keeps the tensor cores busy meanwhile.
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    if ((ctid & 127) == 0) mbar_arrive(empty + 8 * s);
   }
-  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 
   // Accumulator i = 4 j + 2 h + q: row 16 warp + g + 8 h of the warpgroup's 64, token 8 j + 2 t + q.
   constexpr int kValues = TOKENS / 2;
