@@ -5,7 +5,8 @@ The folder is not installed as a top-level ``kernels`` module: that name belongs
 
 When torch with CUDA and the CUDA toolkit (nvcc) are importable at build time (``pip install
 --no-build-isolation``), the extensions in ``csrc/`` are built: ``sparse_llm._mma`` (the sparse tensor-core small-M
-kernel) and, where the ``nvidia-cusparselt`` wheel is installed, ``sparse_llm._cusparselt``. Otherwise, or if a
+kernel), ``sparse_llm._wgmma`` (the warpgroup sparse MMA kernel, sm_90a) and, where the ``nvidia-cusparselt`` wheel
+is installed, ``sparse_llm._cusparselt``. Otherwise, or if a
 build fails, it is skipped and the package builds it lazily on first GPU use (``sparse_llm/backends/_build.py``).
 """
 
@@ -41,7 +42,15 @@ def _cuda_extensions() -> dict:
             ["csrc/spmm24_mma.cu"],
             depends=sorted(glob.glob("csrc/spmm24_mma_*.cuh")),
             extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
-        )
+        ),
+        # wgmma.mma_async.sp and setmaxnreg exist only for the sm_90a target (H100/H200); the arch flag given here
+        # replaces torch's own (a plain sm_90 pass rejects them)
+        cpp_extension.CUDAExtension(
+            "sparse_llm._wgmma",
+            ["csrc/spmm24_wgmma.cu"],
+            depends=sorted(glob.glob("csrc/*.cuh")),
+            extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-gencode=arch=compute_90a,code=sm_90a"]},
+        ),
     ]
     cusparselt = _cusparselt_extension()
     if cusparselt is not None:

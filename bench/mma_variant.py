@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import llama_shapes, random_packed, rel_err, write_result  # noqa: E402
 
 from sparse_llm.backends._build import MMA_SOURCE, load_mma_extension, mma_headers_flag  # noqa: E402
-from sparse_llm.backends.sparse_mma import MmaConfig, default_config  # noqa: E402
+from sparse_llm.backends.sparse_mma import MmaConfig  # noqa: E402
+from sparse_llm.backends.sparse_mma import mma_sp_default_config as default_config  # noqa: E402
 from sparse_llm.benchmark import time_graph_us  # noqa: E402
 from sparse_llm.cache import cache_dir  # noqa: E402
 from sparse_llm.tune import m_bucket  # noqa: E402

@@ -129,9 +129,10 @@ def mma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
     H100 sweeps v7 and v8: fewer pieces than the automatic split were fastest in 31 of 36 cases, more pieces in 3).
     Where the heuristic picks the pipelined kernel (32+ tokens), only pipelined tiles: the register kernel was never
     the fastest there in those sweeps. On sm_90 every split of 2-8 pieces also with the cluster reduction (faster on
-    the small layers up to 32 tokens, slower on most others: mma_variant_cluster_h100.json)."""
+    the small layers up to 32 tokens, slower on most others: mma_variant_cluster_h100.json). Then, where it
+    runs, the warpgroup kernel's candidates (:func:`wgmma_candidates`)."""
     from sparse_llm.backends.sparse_mma import MAX_CLUSTER, TILES, MmaConfig, auto_split, clusters_available
-    from sparse_llm.backends.sparse_mma import default_config as mma_default
+    from sparse_llm.backends.sparse_mma import mma_sp_default_config as mma_default
 
     clusters = clusters_available(device)
     base = mma_default(m, n, k, device)
@@ -145,6 +146,26 @@ def mma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
                 cfg = MmaConfig(rows, tokens, stages, s, warps, cluster)
                 if cfg not in out:
                     out.append(cfg)
+    return out + [c for c in wgmma_candidates(m, n, k, device) if c not in out]
+
+
+def wgmma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
+    """The warpgroup kernel's tiles of M's token count (a power of two, 8-256), half and double it, with 64 and 128
+    rows per block, each with no split, its automatic split (``wgmma_split``), half and double that; none where the
+    kernel does not run (not an H100/H200, or no toolkit to build it)."""
+    from sparse_llm.backends.sparse_mma import WGMMA_CHUNK, WGMMA_TILES, wgmma_config, wgmma_split, wgmma_usable
+
+    if not wgmma_usable(device) or k % WGMMA_CHUNK:
+        return []
+    t0 = min(max(8, triton.next_power_of_2(m)), 256)
+    out = []
+    for tokens, warpgroups in sorted(WGMMA_TILES):
+        if tokens not in (t0 // 2, t0, 2 * t0) or n % (64 * warpgroups):
+            continue
+        split = wgmma_split(m, n, k, tokens, warpgroups, device)
+        for s in sorted({1, max(1, split // 2), split, 2 * split}):
+            if s == 1 or k // (WGMMA_CHUNK * s) >= 4:
+                out.append(wgmma_config(tokens, warpgroups, s))
     return out
 
 

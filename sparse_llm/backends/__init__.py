@@ -155,16 +155,20 @@ BACKENDS: list[Backend] = [SPARSE_MMA, TRITON_SMALL, CUSPARSELT, REFERENCE]
 
 def status() -> dict:
     """Which backends can run here and, for the cuSPARSELt fast path, why it is off when it is (builds it once)."""
-    from sparse_llm.backends._build import extension_status, mma_status
+    from sparse_llm.backends._build import extension_status, mma_status, wgmma_status
 
     cuda = torch.cuda.is_available()
     ext = extension_status()
     mma = mma_status()
+    wgmma = wgmma_status()
     return {
         "cuda": cuda,
         "device": torch.cuda.get_device_name() if cuda else None,
         "sparse_mma": mma["available"],
         "sparse_mma_reason": mma["reason"],
+        # the sparse_mma backend's warpgroup kernel (wgmma.mma_async.sp): H100/H200 only
+        "sparse_mma_wgmma": wgmma["available"],
+        "sparse_mma_wgmma_reason": wgmma["reason"],
         "triton_small": cuda,
         "cusparselt": ext["available"],
         "cusparselt_reason": ext["reason"],

@@ -1,4 +1,5 @@
-"""Small-M backend on the sparse tensor cores: ``mma.sp`` through our CUDA kernel (``csrc/spmm24_mma.cu``).
+"""Small-M backend on the sparse tensor cores: ``mma.sp`` through our CUDA kernels (``csrc/spmm24_mma.cu``), and on
+an H100/H200 (compute capability 9.0) the warpgroup ``wgmma.mma_async.sp`` kernel (``csrc/spmm24_wgmma.cu``).
 
 It reads the layer's canonical ``values`` (on the GPU a view of the head of cuSPARSELt's compressed buffer: one
 copy of the weight) and natural ``meta`` directly: no conversion, no padding of M. A block stages its tokens of x
@@ -10,7 +11,9 @@ small-batch sizes, it is the dispatcher's choice for small M (the crossover to c
 (rows of W per warp, tokens per block), the pipeline depth (1-2: W chunks in registers; 3+: the pipelined kernel,
 W and x chunks in shared memory) and the split of K (split > 1: the last
 block of each tile adds the fp32 partial sums in a fixed order inside the same kernel, so results are the same
-on every run).
+on every run). ``MmaConfig.wgmma`` selects the warpgroup kernel: 64 rows of W per consumer warpgroup (``warps`` =
+4 per warpgroup, ``rows`` = 16 per warp), ``tokens`` per block, W and x through a shared-memory ring filled by
+tensor-map copies as deep as fits (``stages`` is 0: not a choice).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 import triton
 
-from sparse_llm.backends._build import load_mma_extension
+from sparse_llm.backends._build import ExtensionUnavailable, load_mma_extension, load_wgmma_extension
 
 DTYPES = (torch.float16, torch.bfloat16)
 CHUNK = 256  # K columns per step of the kernel: K must be a multiple
@@ -34,6 +37,11 @@ TILES = frozenset(
                        (1, 1, 4, 4), (2, 1, 4, 4), (2, 2, 4, 4), (1, 4, 3, 4), (2, 4, 3, 4), (1, 8, 3, 4), (2, 8, 3, 4),
                        (2, 8, 3, 8), (1, 16, 3, 8), (2, 16, 3, 8))
 )  # fmt: skip
+
+# (tokens per block, consumer warpgroups of 64 rows) instantiated in csrc/spmm24_wgmma.cu (SPARSE_LLM_WGMMA_TILES)
+WGMMA_TILES = frozenset(((8, 1), (8, 2), (16, 1), (16, 2), (32, 1), (32, 2), (64, 1), (64, 2), (128, 1), (128, 2),
+                         (256, 1)))  # fmt: skip
+WGMMA_CHUNK = 128  # K columns per stage of the wgmma kernel
 
 
 @dataclass(frozen=True)
@@ -48,9 +56,20 @@ class MmaConfig:
     # split 2-8 on an sm_90 GPU: the pieces of a tile run as one thread-block cluster and add their partial tiles
     # through distributed shared memory instead of a global workspace (same bits; faster or slower by shape)
     cluster: bool = False
+    # the warpgroup kernel (wgmma.mma_async.sp, sm_90a): rows 16, warps 4 per warpgroup, stages 0, cluster False
+    wgmma: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def warpgroups(self) -> int:
+        return self.warps // 4
+
+
+def wgmma_config(tokens: int, warpgroups: int, split: int = 1) -> MmaConfig:
+    """The configuration of the warpgroup kernel with that tile (tokens per block, consumer warpgroups) and split."""
+    return MmaConfig(rows=16, tokens=tokens, stages=0, split=split, warps=4 * warpgroups, wgmma=True)
 
 
 @functools.lru_cache(maxsize=8)
@@ -68,6 +87,49 @@ def clusters_available(device: torch.device) -> bool:
     return _capability(device.index if device.index is not None else torch.cuda.current_device())[0] >= 9
 
 
+@functools.lru_cache(maxsize=8)
+def _wgmma_loads(index: int) -> bool:
+    try:
+        load_wgmma_extension()
+        return True
+    except ExtensionUnavailable:
+        return False
+
+
+def wgmma_usable(device: torch.device) -> bool:
+    """Whether the warpgroup kernel runs here: an H100/H200 (compute capability 9.0) and its extension builds."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _capability(index) == (9, 0) and _wgmma_loads(index)
+
+
+def wgmma_split(m: int, n: int, k: int, tokens: int, warpgroups: int, device: torch.device) -> int:
+    """Split K (powers of two, at least 4 chunks of 128 per piece) while the blocks stay under half the SMs: on the
+    H100 only the 1024-row layers gained from a split (bench/results/wgmma_check_v2_h100.json: 4 pieces of
+    1024x4096 at M = 1-16, none for 4096+ rows)."""
+    sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+    blocks = triton.cdiv(m, tokens) * triton.cdiv(n, 64 * warpgroups)
+    split = 1
+    while blocks * split * 2 <= sms // 2 and k // (WGMMA_CHUNK * split * 2) >= 4:
+        split *= 2
+    return split
+
+
+def wgmma_default_config(m: int, n: int, k: int, device: torch.device) -> MmaConfig:
+    """The warpgroup kernel before tuning: all tokens up to 128 in one block (W streamed once), 128 rows per block
+    on layers of 8192+ rows (64 below), the split of :func:`wgmma_split`. H100: bench/results/wgmma_check_v2_h100.json
+    (1.2-1.7x of cuBLAS at M <= 128 on 1024x4096, 4096x4096 and 28672x8192)."""
+    tokens = min(max(8, triton.next_power_of_2(m)), 128)
+    warpgroups = 2 if n >= 8192 and n % 128 == 0 else 1
+    return wgmma_config(tokens, warpgroups, wgmma_split(m, n, k, tokens, warpgroups, device))
+
+
+def wgmma_fits(n: int, k: int, config: MmaConfig) -> bool:
+    """The warpgroup kernel's shape rules: whole 128-column chunks of K and whole row tiles of W."""
+    return k % WGMMA_CHUNK == 0 and n % (64 * config.warpgroups) == 0
+
+
 def auto_split(
     m: int, n: int, k: int, rows: int, tokens: int, device: torch.device, warps: int = 4, per_sm: int = 16
 ) -> int:
@@ -81,7 +143,17 @@ def auto_split(
 
 
 def default_config(m: int, n: int, k: int, device: torch.device) -> MmaConfig:
-    """Before a tuning table exists: all of M's tokens in one block up to 64 (x is staged once per block). Up to 16
+    """Before a tuning table exists: the warpgroup kernel where it runs (:func:`wgmma_default_config`), else the
+    mma.sp kernels' :func:`mma_sp_default_config`."""
+    if wgmma_usable(device):
+        cfg = wgmma_default_config(m, n, k, device)
+        if wgmma_fits(n, k, cfg):
+            return cfg
+    return mma_sp_default_config(m, n, k, device)
+
+
+def mma_sp_default_config(m: int, n: int, k: int, device: torch.device) -> MmaConfig:
+    """The mma.sp kernels before a tuning table exists: all of M's tokens in one block up to 64 (x is staged once per block). Up to 16
     tokens the register kernel, 32 rows per warp on layers of 4096+ rows (16 below), K split to about 16 warps per
     SM; from 32 tokens on the pipelined kernel (32 rows per warp, 3 stages, 8 warps for 64 tokens; the register
     kernel where x or the weight exceeds its 32-bit offsets, :func:`pipelined_fits`), split to about
@@ -122,6 +194,9 @@ def why_not(x: torch.Tensor, values: torch.Tensor) -> str | None:
 
 
 def _launch(x, values, meta, bias, config: MmaConfig) -> torch.Tensor:
+    if config.wgmma:
+        return load_wgmma_extension().spmm24_wgmma(x, values, meta, bias, config.tokens, config.warpgroups,
+                                                   config.split)  # fmt: skip
     return load_mma_extension().spmm24_mma(x, values, meta, bias, config.rows, config.tokens, config.split,
                                            config.stages, config.warps, config.cluster)  # fmt: skip
 
@@ -138,12 +213,13 @@ def _spmm24_mma_op(
     split: int,
     warps: int,
     cluster: bool,
+    wgmma: bool,
 ) -> torch.Tensor:
-    return _launch(x, values, meta, bias, MmaConfig(rows, tokens, stages, split, warps, cluster))
+    return _launch(x, values, meta, bias, MmaConfig(rows, tokens, stages, split, warps, cluster, wgmma))
 
 
 @_spmm24_mma_op.register_fake
-def _(x, values, meta, bias, rows, tokens, stages, split, warps, cluster):
+def _(x, values, meta, bias, rows, tokens, stages, split, warps, cluster, wgmma):
     return x.new_empty(x.shape[0], values.shape[0])
 
 
@@ -170,18 +246,27 @@ def spmm24_mma(
     x2 = x.reshape(-1, x.shape[-1])
     m, n = x2.shape[0], values.shape[0]
     config = config or default_config(m, n, x2.shape[1], x.device)
-    # the kernels copy x in 4-byte pieces (16-byte in the pipelined one): a fresh contiguous copy if rows are not
-    # aligned to that (contiguous() alone would keep a contiguous but misaligned view)
-    align = 16 if config.stages >= 3 else 4
+    # the kernels copy x in 4-byte pieces (16-byte in the pipelined one, tensor-map boxes of 16-byte aligned rows in
+    # the warpgroup one): a fresh contiguous copy if rows are not aligned to that (contiguous() alone would keep a
+    # contiguous but misaligned view)
+    align = 16 if config.stages >= 3 or config.wgmma else 4
     if x2.stride(-1) != 1 or x2.stride(0) % (align // 2) or x2.data_ptr() % align:
         x2 = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device).copy_(x2)
-    if (config.rows, config.tokens, config.stages, config.warps) not in TILES:
+    if config.wgmma:
+        if (config.tokens, config.warpgroups) not in WGMMA_TILES or config.warps % 4 or config.stages or config.cluster:
+            raise ValueError(f"no warpgroup kernel for {config}; tiles (tokens, warpgroups): {sorted(WGMMA_TILES)}")
+        if not wgmma_fits(n, x2.shape[1], config):
+            raise ValueError(f"the warpgroup kernel needs in_features divisible by {WGMMA_CHUNK} and out_features "
+                             f"by {64 * config.warpgroups}, got {x2.shape[1]} and {n}")  # fmt: skip
+        if check and not wgmma_usable(x.device):
+            raise ValueError("the warpgroup kernel needs an H100/H200 (compute capability 9.0) and its extension")
+    elif (config.rows, config.tokens, config.stages, config.warps) not in TILES:
         raise ValueError(f"no sparse tensor-core kernel for {config}; tiles: {sorted(TILES)}")
     if m == 0:
         return x.new_empty(*lead, n)
     if torch.compiler.is_compiling():
         out = _spmm24_mma_op(x2, values, meta, bias, config.rows, config.tokens, config.stages, config.split,
-                             config.warps, config.cluster)  # fmt: skip
+                             config.warps, config.cluster, config.wgmma)  # fmt: skip
     else:  # eager: skip the custom-op dispatcher (microseconds that matter at decode sizes)
         out = _launch(x2, values, meta, bias, config)
     return out.reshape(*lead, n)

@@ -259,3 +259,80 @@ def test_sparse_mma_split_k_first_used_inside_graph_capture():
         graphs[i].replay()
         torch.cuda.synchronize()
         assert _rel_err(outs[i], _ref(xs[i], dense, None)) < 1e-2, i
+
+
+def _wgmma_or_skip():
+    from sparse_llm.backends import sparse_mma
+
+    if not sparse_mma.wgmma_usable(torch.device("cuda", torch.cuda.current_device())):
+        from sparse_llm.backends._build import wgmma_status
+
+        pytest.skip(f"the warpgroup kernel does not run here: {wgmma_status()['reason']}")
+    return sparse_mma
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_wgmma_every_tile_and_split(dtype):
+    """Every tile of the warpgroup kernel at odd M (tokens past M arrive as zeros), split 1 and 3 of 8 chunks (the
+    last piece shorter), with and without bias; runs again give the same bits."""
+    sparse_mma = _wgmma_or_skip()
+    layer, dense, bias = _layer(256, 1024, dtype, True)
+    for m in (1, 9, 40, 100, 300):
+        x = torch.randn(m, 1024, device="cuda", dtype=dtype)
+        for b in (None, layer.bias):
+            ref = _ref(x, dense, None if b is None else bias)
+            for tokens, warpgroups in sorted(sparse_mma.WGMMA_TILES):
+                for split in (1, 3):
+                    cfg = sparse_mma.wgmma_config(tokens, warpgroups, split)
+                    out = sparse_mma.spmm24_mma(x, layer.values, layer.meta, b, cfg)
+                    assert _rel_err(out, ref) < TOL[dtype], (m, cfg, b is None)
+                    assert torch.equal(out, sparse_mma.spmm24_mma(x, layer.values, layer.meta, b, cfg)), cfg
+
+
+def test_wgmma_takes_misaligned_and_strided_x():
+    """The tensor maps need 16-byte aligned rows: a view 2 bytes off, and rows of a wider tensor, still work."""
+    sparse_mma = _wgmma_or_skip()
+    layer, dense, bias = _layer(128, 512, torch.bfloat16, True)
+    flat = torch.randn(37 * 512 + 1, device="cuda", dtype=torch.bfloat16)
+    x = flat[1:].view(37, 512)
+    wide = torch.randn(37, 640, device="cuda", dtype=torch.bfloat16)[:, 64:576]
+    for inp in (x, wide):
+        out = sparse_mma.spmm24_mma(inp, layer.values, layer.meta, layer.bias, sparse_mma.wgmma_config(64, 2, 2))
+        assert _rel_err(out, _ref(inp, dense, bias)) < 1e-2
+
+
+def test_wgmma_refuses_what_it_cannot_run():
+    sparse_mma = _wgmma_or_skip()
+    layer, _, _ = _layer(192, 512, torch.bfloat16, False)
+    x = torch.randn(4, 512, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="out_features by 128"):
+        sparse_mma.spmm24_mma(x, layer.values, layer.meta, None, sparse_mma.wgmma_config(64, 2))
+    with pytest.raises(ValueError, match="no warpgroup kernel"):
+        sparse_mma.spmm24_mma(x, layer.values, layer.meta, None, sparse_mma.wgmma_config(24, 1))
+    ext = sparse_mma.load_wgmma_extension()
+    with pytest.raises(RuntimeError, match="split must be in"):
+        ext.spmm24_wgmma(x, layer.values, layer.meta, None, 64, 1, 5)
+    with pytest.raises(RuntimeError, match="does not match the weight dtype"):
+        ext.spmm24_wgmma(x.half(), layer.values, layer.meta, None, 64, 1, 1)
+
+
+def test_wgmma_is_the_untuned_default_and_replays_from_a_graph():
+    """On an H100 the untuned sparse_mma backend takes the warpgroup kernel; split-K counters first used inside a
+    capture are the graph's own."""
+    sparse_mma = _wgmma_or_skip()
+    dev = torch.device("cuda", torch.cuda.current_device())
+    assert sparse_mma.default_config(16, 4096, 4096, dev).wgmma
+    layer, dense, _ = _layer(1024, 4096, torch.bfloat16, False)
+    xs = [torch.randn(m, 4096, device="cuda", dtype=torch.bfloat16) for m in (3, 70)]
+    cfgs = (sparse_mma.wgmma_config(8, 1, 4), sparse_mma.wgmma_config(128, 2, 2))
+    stream = torch.cuda.Stream()
+    graphs, outs = [], []
+    for x, cfg in zip(xs, cfgs, strict=True):
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, stream=stream):
+            outs.append(sparse_mma.spmm24_mma(x, layer.values, layer.meta, None, cfg))
+        graphs.append(g)
+    for i in (1, 0, 1):
+        graphs[i].replay()
+        torch.cuda.synchronize()
+        assert _rel_err(outs[i], _ref(xs[i], dense, None)) < 1e-2, i

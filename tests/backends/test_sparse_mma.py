@@ -52,3 +52,66 @@ def test_default_config_clusters_the_split_of_small_layers(monkeypatch, m, n):
     assert cfg.cluster == (n < 4096 and m <= 16 and 2 <= cfg.split <= sparse_mma.MAX_CLUSTER)
     assert not (cfg.cluster and cfg.split > sparse_mma.MAX_CLUSTER)
     assert sparse_mma.MmaConfig(**cfg.as_dict()) == cfg  # round trip through a tuned table's JSON
+
+
+def test_wgmma_header_is_what_the_generator_writes():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "csrc" / "gen_wgmma_sp.py"
+    spec = importlib.util.spec_from_file_location("gen_wgmma_sp", path)
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert gen.HEADER.read_text() == gen.render(), "run python csrc/gen_wgmma_sp.py"
+    assert {t for t, _ in sparse_mma.WGMMA_TILES} <= set(gen.TOKENS)
+
+
+def test_wgmma_tiles_are_the_instantiated_ones():
+    import re
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[2] / "csrc" / "spmm24_wgmma.cu").read_text()
+    macro = source[source.index("#define SPARSE_LLM_WGMMA_TILES") :].split("\n\n")[0]
+    listed = {(int(t), int(w)) for t, w in re.findall(r"X\((\d+), (\d+)\)", macro)}
+    assert listed == set(sparse_mma.WGMMA_TILES)
+
+
+def test_wgmma_is_off_without_an_h100(monkeypatch):
+    monkeypatch.setattr(sparse_mma, "_num_sms", lambda index: 132)
+    cpu = torch.device("cpu")
+    assert not sparse_mma.wgmma_usable(cpu)
+    assert tune.wgmma_candidates(16, 4096, 4096, cpu) == []
+    assert not sparse_mma.wgmma_usable(torch.device("cuda", 0))  # no CUDA here
+    assert not sparse_mma.default_config(16, 4096, 4096, torch.device("cuda", 0)).wgmma
+
+
+@pytest.mark.parametrize("m", [1, 7, 16, 64, 100, 128, 256, 1000])
+@pytest.mark.parametrize("n,k", [(1024, 4096), (4096, 4096), (28672, 8192), (4096, 11008)])
+def test_wgmma_default_and_candidates(monkeypatch, m, n, k):
+    monkeypatch.setattr(sparse_mma, "_num_sms", lambda index: 132)
+    monkeypatch.setattr(sparse_mma, "wgmma_usable", lambda device: True)
+    dev = torch.device("cuda", 0)
+    cfg = sparse_mma.default_config(m, n, k, dev)
+    assert cfg.wgmma and (cfg.tokens, cfg.warpgroups) in sparse_mma.WGMMA_TILES and sparse_mma.wgmma_fits(n, k, cfg)
+    assert cfg.tokens >= min(m, 128) and cfg.stages == 0 and not cfg.cluster
+    assert 1 <= cfg.split and k // (sparse_mma.WGMMA_CHUNK * cfg.split) >= 4
+    # H100 sweep (wgmma_check_v2_h100.json): 4 pieces for 1024x4096 at M <= 16, none for 4096+ rows
+    if n >= 4096:
+        assert cfg.split == 1
+    if (n, k) == (1024, 4096) and m <= 8:
+        assert cfg.split == 4
+    candidates = tune.wgmma_candidates(m, n, k, dev)
+    assert cfg in candidates and len(candidates) == len(set(candidates)) <= 24
+    for c in candidates:
+        assert c.wgmma and (c.tokens, c.warpgroups) in sparse_mma.WGMMA_TILES and sparse_mma.wgmma_fits(n, k, c)
+        assert sparse_mma.MmaConfig(**c.as_dict()) == c
+
+
+def test_wgmma_config_checks_before_any_launch():
+    values = torch.zeros(192, 256, dtype=torch.bfloat16)
+    meta = torch.zeros(192, 32, dtype=torch.int16)
+    x = torch.zeros(4, 512, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="no warpgroup kernel"):
+        sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.wgmma_config(24, 1), check=False)
+    with pytest.raises(ValueError, match="out_features by 128"):
+        sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.wgmma_config(64, 2), check=False)
