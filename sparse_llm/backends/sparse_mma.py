@@ -28,6 +28,7 @@ from sparse_llm.backends._build import ExtensionUnavailable, load_mma_extension,
 
 DTYPES = (torch.float16, torch.bfloat16)
 CHUNK = 256  # K columns per step of the kernel: K must be a multiple
+PIPE_CHUNK = 128  # K columns per stage of the pipelined kernel (stages >= 3)
 MAX_CLUSTER = 8  # most split pieces reduced in one thread-block cluster (kMaxClusterSplit in the kernel)
 # (rows per warp, tokens per block, stages, warps) instantiated in csrc/spmm24_mma.cu (SPARSE_LLM_MMA_TILES)
 TILES = frozenset(
@@ -262,6 +263,10 @@ def spmm24_mma(
             raise ValueError("the warpgroup kernel needs an H100/H200 (compute capability 9.0) and its extension")
     elif (config.rows, config.tokens, config.stages, config.warps) not in TILES:
         raise ValueError(f"no sparse tensor-core kernel for {config}; tiles: {sorted(TILES)}")
+    chunk = WGMMA_CHUNK if config.wgmma else PIPE_CHUNK if config.stages >= 3 else CHUNK
+    if not 1 <= config.split <= x2.shape[1] // chunk:
+        raise ValueError(f"split must be 1 to {x2.shape[1] // chunk} (chunks of {chunk} of the {x2.shape[1]} input "
+                         f"features) for {config}")  # fmt: skip
     if m == 0:
         return x.new_empty(*lead, n)
     if torch.compiler.is_compiling():

@@ -115,3 +115,7 @@ def test_wgmma_config_checks_before_any_launch():
         sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.wgmma_config(24, 1), check=False)
     with pytest.raises(ValueError, match="out_features by 128"):
         sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.wgmma_config(64, 2), check=False)
+    with pytest.raises(ValueError, match="split must be 1 to 4"):
+        sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.wgmma_config(64, 1, 5), check=False)
+    with pytest.raises(ValueError, match="split must be 1 to 2"):
+        sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.MmaConfig(32, 8, 1, 3, 4), check=False)
