@@ -323,6 +323,13 @@ def _tune_args(parser: argparse.ArgumentParser) -> None:
         help="weight shapes out_features x in_features (default: every Llama linear shape of the layer benchmark)",
     )
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    parser.add_argument(
+        "--ms",
+        nargs="+",
+        type=int,
+        metavar="M",
+        help="token counts to measure (default: 1-1024 in powers of two); other M of a tuned shape stay as they are",
+    )
 
 
 def _parse_shape(text: str) -> tuple[int, int]:
@@ -340,7 +347,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         shapes = [_parse_shape(s) for s in args.shapes]
     else:
         shapes = sorted({(n, k) for layers in benchmark.LLAMA_SHAPES.values() for _, n, k in layers})
-    for entry in tune.tune(shapes, getattr(torch, args.dtype)):
+    ms = tuple(sorted(set(args.ms))) if args.ms else tune.TUNE_MS
+    if any(m < 1 for m in ms):
+        raise ValueError(f"--ms takes token counts of 1 or more, got {list(ms)}")
+    for entry in tune.tune(shapes, getattr(torch, args.dtype), ms):
         chosen = ", ".join(f"M<={m}: {name}" for m, name in entry["backends"].items())
         print(f"{entry['n']}x{entry['k']}: {chosen}; cuSPARSELt above M = {max(int(m) for m in entry['backends'])}")
     print(f"crossover table: {tune.cache_path()}")

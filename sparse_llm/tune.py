@@ -26,10 +26,12 @@ from sparse_llm.cache import cache_dir
 CACHE_FILE = "crossover.json"
 # Before a shape is tuned: Triton up to here, cuSPARSELt above (first H100 run: cuSPARSELt won from M = 4-8 on).
 DEFAULT_CROSSOVER = 4
-# Above 256 cuSPARSELt won on every shape measured (bench/NOTES.md, layers): not worth tuning time.
-TUNE_MS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-# The sparse tensor-core kernel (x staged in shared memory) is timed at every tuned M: it lost to cuBLAS from
-# M = 64 on in the H100 sweep (bench/results/mma_sweep_v5_h100.json), but can still beat the other two backends.
+# 512 and 1024: the warpgroup kernel beat cuSPARSELt on the 1024-row layers there (H100, wgmma_check_v2_h100.json:
+# 1024x4096 M = 1024 0.85x of cuBLAS against 0.76x); above, cuSPARSELt won on every shape measured.
+TUNE_MS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# The mma.sp kernels are timed up to here (they lost to cuBLAS from M = 64 on in the H100 sweep,
+# bench/results/mma_sweep_v5_h100.json, but could still beat the other two backends); the warpgroup kernel at every
+# tuned M.
 MMA_TUNE_MAX_M = 256
 
 
@@ -282,9 +284,10 @@ def tune_shape(
             times["cusparselt"] = _bench(runs["cusparselt"])
             if times["cusparselt"] < best_t and crossover == max(ms):
                 crossover = ms[ms.index(m) - 1] if ms.index(m) > 0 else 0
-        if mma_ok and m <= MMA_TUNE_MAX_M:
+        mma_cands = mma_candidates(m, n, k, dev) if m <= MMA_TUNE_MAX_M else wgmma_candidates(m, n, k, dev)
+        if mma_ok and mma_cands:
             best_mma, t_mma = None, float("inf")
-            for cfg in mma_candidates(m, n, k, dev):
+            for cfg in mma_cands:
                 t = _bench(lambda cfg=cfg, x=x: sparse_mma.spmm24_mma(x, values, meta, None, cfg))
                 rows.append({"m": m, "mma_config": cfg.as_dict(), "us": t})
                 if t < t_mma:
@@ -317,6 +320,19 @@ def tune_shape(
     }
 
 
+def _merged(old: dict | None, new: dict, ms: tuple[int, ...]) -> dict:
+    """A new entry measured at ``ms`` over the old one: its M buckets replace the old ones, the others stay; the
+    Triton/cuSPARSELt crossover stays the old one unless the new run measured from M = 1."""
+    if not old:
+        return new
+    out = dict(new)
+    for field in ("backends", "triton_configs", "mma_configs"):
+        out[field] = {**old.get(field, {}), **new.get(field, {})}
+    if min(ms) > 1 and "crossover" in old:
+        out["crossover"] = old["crossover"]
+    return out
+
+
 def tune(
     shapes: list[tuple[int, int]],
     dtype: torch.dtype = torch.bfloat16,
@@ -330,7 +346,8 @@ def tune(
     entries = [tune_shape(n, k, dtype, ms) for n, k in shapes]
     table = dict(load_table(path))
     for e in entries:
-        table[entry_key(e["gpu"], e["n"], e["k"], dtype)] = {kk: v for kk, v in e.items() if kk != "measurements"}
+        key = entry_key(e["gpu"], e["n"], e["k"], dtype)
+        table[key] = _merged(table.get(key), {kk: v for kk, v in e.items() if kk != "measurements"}, ms)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(table, indent=1, sort_keys=True))
     _table.cache_clear()
