@@ -337,7 +337,8 @@ bool aligned16(const torch::Tensor& t) {
 torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
                            const c10::optional<torch::Tensor>& bias, int64_t tokens, int64_t warpgroups,
                            int64_t split) {
-  TORCH_CHECK(x.is_cuda() && values.is_cuda() && meta.is_cuda(), "spmm24_wgmma: x, values and meta must be CUDA tensors");
+  TORCH_CHECK(x.is_cuda() && values.is_cuda() && meta.is_cuda(),
+              "spmm24_wgmma: x, values and meta must be CUDA tensors");
   TORCH_CHECK(x.device() == values.device() && meta.device() == values.device(),
               "spmm24_wgmma: x, values and meta must be on one device");
   TORCH_CHECK(x.dim() == 2 && values.dim() == 2 && meta.dim() == 2, "spmm24_wgmma: x, values, meta must be 2-D");

@@ -67,7 +67,8 @@ def test_partial_tuning_merges_into_the_entry():
     old = {"crossover": 4, "backends": {"1": "sparse_mma", "512": "cusparselt"},
            "mma_configs": {"1": {"rows": 16}}, "triton_configs": {"1": {"kernel": "fma"}}}  # fmt: skip
     new = {"crossover": 0, "backends": {"512": "sparse_mma", "1024": "cusparselt"},
-           "mma_configs": {"512": {"rows": 16, "wgmma": True}}, "triton_configs": {"512": {"kernel": "dot"}}}  # fmt: skip
+           "mma_configs": {"512": {"rows": 16, "wgmma": True}},
+           "triton_configs": {"512": {"kernel": "dot"}}}  # fmt: skip
     merged = tune._merged(old, new, (512, 1024))
     assert merged["backends"] == {"1": "sparse_mma", "512": "sparse_mma", "1024": "cusparselt"}
     assert merged["mma_configs"]["1"] == {"rows": 16} and merged["mma_configs"]["512"]["wgmma"]

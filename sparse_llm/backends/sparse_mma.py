@@ -154,8 +154,8 @@ def default_config(m: int, n: int, k: int, device: torch.device) -> MmaConfig:
 
 
 def mma_sp_default_config(m: int, n: int, k: int, device: torch.device) -> MmaConfig:
-    """The mma.sp kernels before a tuning table exists: all of M's tokens in one block up to 64 (x is staged once per block). Up to 16
-    tokens the register kernel, 32 rows per warp on layers of 4096+ rows (16 below), K split to about 16 warps per
+    """The mma.sp kernels before a tuning table exists: all of M's tokens in one block up to 64 (x is staged once per
+    block). Up to 16 tokens the register kernel, 32 rows per warp on layers of 4096+ rows (16 below), K split to about 16 warps per
     SM; from 32 tokens on the pipelined kernel (32 rows per warp, 3 stages, 8 warps for 64 tokens; the register
     kernel where x or the weight exceeds its 32-bit offsets, :func:`pipelined_fits`), split to about
     8 warps per SM (its shared memory allows one or two blocks per SM). H100 sweep: mma_sweep_v7_h100.json.
