@@ -131,13 +131,16 @@ def mma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
     H100 sweeps v7 and v8: fewer pieces than the automatic split were fastest in 31 of 36 cases, more pieces in 3).
     Where the heuristic picks the pipelined kernel (32+ tokens), only pipelined tiles: the register kernel was never
     the fastest there in those sweeps. On sm_90 every split of 2-8 pieces also with the cluster reduction (faster on
-    the small layers up to 32 tokens, slower on most others: mma_variant_cluster_h100.json). Then, where it
-    runs, the warpgroup kernel's candidates (:func:`wgmma_candidates`)."""
+    the small layers up to 32 tokens, slower on most others: mma_variant_cluster_h100.json). Where the warpgroup
+    kernel runs, its candidates (:func:`wgmma_candidates`) and the mma.sp default only."""
     from sparse_llm.backends.sparse_mma import MAX_CLUSTER, TILES, MmaConfig, auto_split, clusters_available
     from sparse_llm.backends.sparse_mma import mma_sp_default_config as mma_default
 
     clusters = clusters_available(device)
     base = mma_default(m, n, k, device)
+    warpgroup = wgmma_candidates(m, n, k, device)
+    if warpgroup:  # H100: the warpgroup kernel was the fastest in 110 of 110 tuned entries (crossover_h100.json)
+        return [base] + [c for c in warpgroup if c != base]
     out = [base]
     for rows, tokens, stages, warps in sorted(TILES):
         if tokens not in (base.tokens // 2, base.tokens, base.tokens * 2) or (base.stages >= 3 and stages < 3):
@@ -148,7 +151,7 @@ def mma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
                 cfg = MmaConfig(rows, tokens, stages, s, warps, cluster)
                 if cfg not in out:
                     out.append(cfg)
-    return out + [c for c in wgmma_candidates(m, n, k, device) if c not in out]
+    return out
 
 
 def wgmma_candidates(m: int, n: int, k: int, device: torch.device) -> list:

@@ -75,3 +75,13 @@ def test_partial_tuning_merges_into_the_entry():
     assert merged["crossover"] == 4  # measured from 512 on: the Triton/cuSPARSELt crossover is the old one
     assert tune._merged(old, new, (1, 2))["crossover"] == 0
     assert tune._merged(None, new, (512,)) == new
+
+
+def test_mma_candidates_on_a_gpu_with_the_warpgroup_kernel(monkeypatch):
+    monkeypatch.setattr(sparse_mma, "_num_sms", lambda index: 132)
+    monkeypatch.setattr(sparse_mma, "_capability", lambda index: (9, 0))
+    monkeypatch.setattr(sparse_mma, "wgmma_usable", lambda device: True)
+    dev = torch.device("cuda", 0)
+    cands = tune.mma_candidates(64, 4096, 4096, dev)
+    assert cands[0] == sparse_mma.mma_sp_default_config(64, 4096, 4096, dev) and not cands[0].wgmma
+    assert all(c.wgmma for c in cands[1:]) and cands[1:] == tune.wgmma_candidates(64, 4096, 4096, dev)
