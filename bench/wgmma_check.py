@@ -26,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import llama_shapes, random_packed, rel_err, write_result  # noqa: E402
 
+from sparse_llm.backends.sparse_mma import WGMMA_TILES  # noqa: E402
 from sparse_llm.benchmark import time_graph_us  # noqa: E402
 
-TILES = ((8, 1), (8, 2), (16, 1), (16, 2), (32, 1), (32, 2), (64, 1), (64, 2), (128, 1), (128, 2), (256, 1))
+TILES = tuple(sorted(WGMMA_TILES))
 MS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 TOL = {torch.bfloat16: 1e-2, torch.float16: 5e-3}
 

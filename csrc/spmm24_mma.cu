@@ -31,7 +31,7 @@
 
 #include "spmm24_mma_pipe.cuh"
 #include "spmm24_mma_regs.cuh"
-#include "spmm24_mma_workspace.cuh"
+#include "spmm24_mma_host.cuh"
 
 namespace {
 
@@ -183,20 +183,9 @@ void dispatch(const torch::Tensor& x, const torch::Tensor& values, const torch::
 torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
                          const c10::optional<torch::Tensor>& bias, int64_t rows_per_warp, int64_t tokens_per_block,
                          int64_t split, int64_t stages, int64_t warps, bool cluster) {
-  TORCH_CHECK(x.is_cuda() && values.is_cuda() && meta.is_cuda(), "spmm24_mma: x, values and meta must be CUDA tensors");
-  TORCH_CHECK(x.device() == values.device() && meta.device() == values.device(),
-              "spmm24_mma: x, values and meta must be on one device");
-  TORCH_CHECK(x.dim() == 2 && values.dim() == 2 && meta.dim() == 2, "spmm24_mma: x, values, meta must be 2-D");
-  TORCH_CHECK(x.scalar_type() == values.scalar_type(), "spmm24_mma: x dtype ", x.scalar_type(),
-              " does not match the weight dtype ", values.scalar_type());
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
-              "spmm24_mma: float16 or bfloat16 only, got ", x.scalar_type());
-  TORCH_CHECK(meta.scalar_type() == at::kShort, "spmm24_mma: meta must be int16");
+  check_operands("spmm24_mma", x, values, meta, bias);
   const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
-  TORCH_CHECK(values.size(1) * 2 == K, "spmm24_mma: x has ", K, " features, the weight expects ", values.size(1) * 2);
-  TORCH_CHECK(meta.size(0) == N && meta.size(1) * 16 == K, "spmm24_mma: meta shape does not match the weight");
   TORCH_CHECK(K % kChunk == 0, "spmm24_mma: K must be a multiple of ", kChunk, ", got ", K);
-  TORCH_CHECK(x.stride(1) == 1 && values.stride(1) == 1 && meta.stride(1) == 1, "spmm24_mma: unit column strides");
   TORCH_CHECK(x.stride(0) % 2 == 0 && values.stride(0) % 8 == 0 && meta.stride(0) % 8 == 0,
               "spmm24_mma: row strides must keep the 4-byte x and 16-byte values and meta loads aligned");
   TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 4 == 0 &&
@@ -216,11 +205,6 @@ torch::Tensor spmm24_mma(const torch::Tensor& x, const torch::Tensor& values, co
               "spmm24_mma: the pipelined kernel (stages >= 3) needs x, values and meta of less than 4 GiB each");
   TORCH_CHECK(split >= 1 && split <= K / chunk_columns(static_cast<int>(stages)), "spmm24_mma: split must be in [1, K/",
               chunk_columns(static_cast<int>(stages)), "] for stages=", stages, ", got ", split);
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->is_cuda() && bias->device() == x.device() && bias->scalar_type() == x.scalar_type() &&
-                    bias->dim() == 1 && bias->size(0) == N && bias->stride(0) == 1,
-                "spmm24_mma: bias must be a contiguous (N,) tensor of x's dtype on x's device");
-  }
   TORCH_CHECK(rows_per_warp % 16 == 0 && tokens_per_block % 8 == 0 &&
                   tile_supported(static_cast<int>(rows_per_warp / 16), static_cast<int>(tokens_per_block / 8),
                                  static_cast<int>(stages), static_cast<int>(warps)),

@@ -1,5 +1,6 @@
-// Shared by the two sparse tensor-core kernels (spmm24_mma_regs.cuh, spmm24_mma_pipe.cuh): the mma.sp
-// instruction, conversions, and the end of every kernel (split-K reduction, bias, store of y).
+// Shared by the sparse tensor-core kernels (spmm24_mma_regs.cuh, spmm24_mma_pipe.cuh; conversions and the global
+// split-K reduction also by spmm24_wgmma.cu): the mma.sp instruction, conversions, and the end of every kernel
+// (split-K reduction, bias, store of y).
 #pragma once
 
 #include <cooperative_groups.h>
@@ -64,6 +65,47 @@ __device__ __forceinline__ uint32_t cluster_blocks() {
 
 constexpr int kMaxClusterSplit = 8;  // the portable cluster size
 
+// A barrier of the kThreads threads taking part: the whole block (BARRIER 0), else named barrier BARRIER.
+template <int BARRIER, int kThreads>
+__device__ __forceinline__ void sync_threads() {
+  if constexpr (BARRIER == 0) {
+    __syncthreads();
+  } else {
+    asm volatile("bar.sync %0, %1;\n" ::"n"(BARRIER), "n"(kThreads) : "memory");
+  }
+}
+
+// The global split-K reduction of a tile (grid.z > 1; grid.x * grid.y tiles): each block writes its fp32 partial
+// tile (kValues values per thread slot tid of kThreads) to `partial` and counts itself in on the tile's counter; the
+// last block of a tile gets the partials added in split order in `flat` (the same result on every run), resets the
+// counter to 0 for the next call and returns true; the others return false.
+template <int kValues, int kThreads, int BARRIER>
+__device__ __forceinline__ bool split_sum_global(float* flat, float* __restrict__ partial, int* __restrict__ counters,
+                                                 int tid) {
+  // Partial tile in [split][tile][value][thread] order: coalesced, and read back by the same thread slots.
+  const int tile = blockIdx.y * gridDim.x + blockIdx.x;
+  const int64_t tiles = static_cast<int64_t>(gridDim.x) * gridDim.y;
+  float* mine = partial + (blockIdx.z * tiles + tile) * kValues * kThreads + tid;
+#pragma unroll
+  for (int v = 0; v < kValues; ++v) mine[v * kThreads] = flat[v];
+  __threadfence();
+  sync_threads<BARRIER, kThreads>();
+  __shared__ int is_last;
+  if (tid == 0) is_last = atomicAdd(counters + tile, 1) == static_cast<int>(gridDim.z) - 1;
+  sync_threads<BARRIER, kThreads>();
+  if (!is_last) return false;
+  __threadfence();
+#pragma unroll
+  for (int v = 0; v < kValues; ++v) flat[v] = 0.f;
+  for (int z = 0; z < static_cast<int>(gridDim.z); ++z) {
+    const float* theirs = partial + (z * tiles + tile) * kValues * kThreads + tid;
+#pragma unroll
+    for (int v = 0; v < kValues; ++v) flat[v] += __ldcg(theirs + v * kThreads);
+  }
+  if (tid == 0) counters[tile] = 0;
+  return true;
+}
+
 // The end of every kernel: with split-K (grid.z > 1) the partial tiles of a tile's pieces are added, through
 // distributed shared memory when the pieces form one cluster, else through the global workspace: each block writes
 // its fp32 partial tile and counts itself in on the tile's counter; the last block of a tile adds the partials in
@@ -104,29 +146,7 @@ __device__ __forceinline__ void finish_tile(float (&acc)[R][NT][4], const T* __r
     cluster.sync();  // every peer's shared memory stays alive until all slices are read
   } else
 #endif
-  if (gridDim.z > 1) {
-    // Partial tile in [split][tile][value][thread] order: coalesced, and read back by the same thread slots.
-    const int tile = blockIdx.y * gridDim.x + blockIdx.x;
-    const int64_t tiles = static_cast<int64_t>(gridDim.x) * gridDim.y;
-    float* mine = partial + (blockIdx.z * tiles + tile) * kValues * kThreads + tid;
-#pragma unroll
-    for (int v = 0; v < kValues; ++v) mine[v * kThreads] = flat[v];
-    __threadfence();
-    __syncthreads();
-    __shared__ int is_last;
-    if (tid == 0) is_last = atomicAdd(counters + tile, 1) == static_cast<int>(gridDim.z) - 1;
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-#pragma unroll
-    for (int v = 0; v < kValues; ++v) flat[v] = 0.f;
-    for (int z = 0; z < static_cast<int>(gridDim.z); ++z) {
-      const float* theirs = partial + (z * tiles + tile) * kValues * kThreads + tid;
-#pragma unroll
-      for (int v = 0; v < kValues; ++v) flat[v] += __ldcg(theirs + v * kThreads);
-    }
-    if (tid == 0) counters[tile] = 0;
-  }
+  if (gridDim.z > 1 && !split_sum_global<kValues, kThreads, 0>(flat, partial, counters, tid)) return;
 
   // Accumulator: c0, c1 -> row g, tokens 2t, 2t+1; c2, c3 -> row g + 8.
 #pragma unroll

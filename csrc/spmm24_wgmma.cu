@@ -30,11 +30,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <mutex>
 #include <tuple>
 #include <type_traits>
 
-#include "spmm24_mma_workspace.cuh"
+#include "spmm24_mma_common.cuh"
+#include "spmm24_mma_host.cuh"
 #include "spmm24_wgmma_sp.cuh"
 
 namespace {
@@ -60,15 +60,6 @@ struct WgLayout {
   static constexpr int kConsumerThreads = 128 * CWG;
   static_assert(kStages >= 2, "a stage does not fit twice in shared memory");
 };
-
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define SPARSE_LLM_WGMMA 1
@@ -192,30 +183,8 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   }
 
   // Accumulator i = 4 j + 2 h + q: row 16 warp + g + 8 h of the warpgroup's 64, token 8 j + 2 t + q.
-  constexpr int kValues = TOKENS / 2;
-  if (gridDim.z > 1) {
-    const int tile = blockIdx.y * gridDim.x + blockIdx.x;
-    const int64_t tiles = static_cast<int64_t>(gridDim.x) * gridDim.y;
-    constexpr int CT = L::kConsumerThreads;
-    float* mine = partial + (blockIdx.z * tiles + tile) * kValues * CT + ctid;
-#pragma unroll
-    for (int v = 0; v < kValues; ++v) mine[v * CT] = acc[v];
-    __threadfence();
-    asm volatile("bar.sync 1, %0;\n" ::"n"(CT) : "memory");
-    __shared__ int is_last;
-    if (ctid == 0) is_last = atomicAdd(counters + tile, 1) == static_cast<int>(gridDim.z) - 1;
-    asm volatile("bar.sync 1, %0;\n" ::"n"(CT) : "memory");
-    if (!is_last) return;
-    __threadfence();
-#pragma unroll
-    for (int v = 0; v < kValues; ++v) acc[v] = 0.f;
-    for (int z = 0; z < static_cast<int>(gridDim.z); ++z) {
-      const float* theirs = partial + (z * tiles + tile) * kValues * CT + ctid;
-#pragma unroll
-      for (int v = 0; v < kValues; ++v) acc[v] += __ldcg(theirs + v * CT);
-    }
-    if (ctid == 0) counters[tile] = 0;
-  }
+  // (the producer warpgroup has left: the consumers meet on named barrier 1)
+  if (gridDim.z > 1 && !split_sum_global<TOKENS / 2, L::kConsumerThreads, 1>(acc, partial, counters, ctid)) return;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int row = row0 + 64 * cw + 16 * warp + g + 8 * h;
@@ -337,33 +306,16 @@ bool aligned16(const torch::Tensor& t) {
 torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
                            const c10::optional<torch::Tensor>& bias, int64_t tokens, int64_t warpgroups,
                            int64_t split) {
-  TORCH_CHECK(x.is_cuda() && values.is_cuda() && meta.is_cuda(),
-              "spmm24_wgmma: x, values and meta must be CUDA tensors");
-  TORCH_CHECK(x.device() == values.device() && meta.device() == values.device(),
-              "spmm24_wgmma: x, values and meta must be on one device");
-  TORCH_CHECK(x.dim() == 2 && values.dim() == 2 && meta.dim() == 2, "spmm24_wgmma: x, values, meta must be 2-D");
-  TORCH_CHECK(x.scalar_type() == values.scalar_type(), "spmm24_wgmma: x dtype ", x.scalar_type(),
-              " does not match the weight dtype ", values.scalar_type());
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
-              "spmm24_wgmma: float16 or bfloat16 only, got ", x.scalar_type());
-  TORCH_CHECK(meta.scalar_type() == at::kShort, "spmm24_wgmma: meta must be int16");
+  check_operands("spmm24_wgmma", x, values, meta, bias);
   const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
-  TORCH_CHECK(values.size(1) * 2 == K, "spmm24_wgmma: x has ", K, " features, the weight expects ", values.size(1) * 2);
-  TORCH_CHECK(meta.size(0) == N && meta.size(1) * 16 == K, "spmm24_wgmma: meta shape does not match the weight");
   TORCH_CHECK(K % kChunk == 0, "spmm24_wgmma: K must be a multiple of ", kChunk, ", got ", K);
   TORCH_CHECK(tile_supported(static_cast<int>(tokens), static_cast<int>(warpgroups)),
               "spmm24_wgmma: no kernel for tokens=", tokens, " warpgroups=", warpgroups);
   TORCH_CHECK(N % (64 * warpgroups) == 0, "spmm24_wgmma: the weight's ", N, " rows are not a multiple of the tile's ",
               64 * warpgroups);
-  TORCH_CHECK(x.stride(1) == 1 && values.stride(1) == 1 && meta.stride(1) == 1, "spmm24_wgmma: unit column strides");
   TORCH_CHECK(aligned16(x) && aligned16(values) && aligned16(meta),
               "spmm24_wgmma: the tensor maps need 16-byte aligned storage and row strides for x, values and meta");
   TORCH_CHECK(split >= 1 && split <= K / kChunk, "spmm24_wgmma: split must be in [1, K/", kChunk, "], got ", split);
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->is_cuda() && bias->device() == x.device() && bias->scalar_type() == x.scalar_type() &&
-                    bias->dim() == 1 && bias->size(0) == N && bias->stride(0) == 1,
-                "spmm24_wgmma: bias must be a contiguous (N,) tensor of x's dtype on x's device");
-  }
   const c10::cuda::CUDAGuard guard(x.device());
   const auto* props = at::cuda::getCurrentDeviceProperties();
   TORCH_CHECK(props->major == 9 && props->minor == 0, "spmm24_wgmma: needs compute capability 9.0 (sm_90a), not ",

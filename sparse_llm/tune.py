@@ -136,11 +136,11 @@ def mma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
     from sparse_llm.backends.sparse_mma import MAX_CLUSTER, TILES, MmaConfig, auto_split, clusters_available
     from sparse_llm.backends.sparse_mma import mma_sp_default_config as mma_default
 
-    clusters = clusters_available(device)
     base = mma_default(m, n, k, device)
     warpgroup = wgmma_candidates(m, n, k, device)
     if warpgroup:  # H100: the warpgroup kernel was the fastest in 110 of 110 tuned entries (crossover_h100.json)
         return [base] + [c for c in warpgroup if c != base]
+    clusters = clusters_available(device)
     out = [base]
     for rows, tokens, stages, warps in sorted(TILES):
         if tokens not in (base.tokens // 2, base.tokens, base.tokens * 2) or (base.stages >= 3 and stages < 3):

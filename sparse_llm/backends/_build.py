@@ -182,16 +182,19 @@ def load_wgmma_extension() -> ModuleType:
     return _module_or_raise(_load_wgmma(), "warpgroup sparse MMA kernel")
 
 
+def _status(loaded: tuple[ModuleType | None, str]) -> dict:
+    module, reason = loaded
+    return {"available": module is not None, "reason": reason}
+
+
 def wgmma_status() -> dict:
     """``{"available", "reason"}`` of the wgmma.sp kernel (builds it if possible), never raises."""
-    module, reason = _load_wgmma()
-    return {"available": module is not None, "reason": reason}
+    return _status(_load_wgmma())
 
 
 def mma_status() -> dict:
     """``{"available", "reason"}`` of the sparse tensor-core kernel (builds it if possible), never raises."""
-    module, reason = _load_mma()
-    return {"available": module is not None, "reason": reason}
+    return _status(_load_mma())
 
 
 def load_extension() -> ModuleType:

@@ -1,5 +1,5 @@
-// Host side of the global split-K reduction, shared by the sparse tensor-core extensions (spmm24_mma.cu,
-// spmm24_wgmma.cu): the fp32 partial tiles of one call and the per-tile counters the kernels count themselves in on.
+// Host side shared by the sparse tensor-core extensions (spmm24_mma.cu, spmm24_wgmma.cu): the checks of the operands
+// both take, and the global split-K reduction's fp32 partial tiles of one call and per-tile counters.
 #pragma once
 
 #include <ATen/cuda/CUDAContext.h>
@@ -12,6 +12,30 @@
 #include <utility>
 
 namespace {
+
+// The checks both launchers make of x (M, K), the canonical 2:4 weight (values (N, K/2), meta (N, K/16) int16) and
+// bias; `op` names the caller in the messages.
+void check_operands(const char* op, const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
+                    const c10::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(x.is_cuda() && values.is_cuda() && meta.is_cuda(), op, ": x, values and meta must be CUDA tensors");
+  TORCH_CHECK(x.device() == values.device() && meta.device() == values.device(), op,
+              ": x, values and meta must be on one device");
+  TORCH_CHECK(x.dim() == 2 && values.dim() == 2 && meta.dim() == 2, op, ": x, values, meta must be 2-D");
+  TORCH_CHECK(x.scalar_type() == values.scalar_type(), op, ": x dtype ", x.scalar_type(),
+              " does not match the weight dtype ", values.scalar_type());
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf, op,
+              ": float16 or bfloat16 only, got ", x.scalar_type());
+  TORCH_CHECK(meta.scalar_type() == at::kShort, op, ": meta must be int16");
+  const int64_t K = x.size(1), N = values.size(0);
+  TORCH_CHECK(values.size(1) * 2 == K, op, ": x has ", K, " features, the weight expects ", values.size(1) * 2);
+  TORCH_CHECK(meta.size(0) == N && meta.size(1) * 16 == K, op, ": meta shape does not match the weight");
+  TORCH_CHECK(x.stride(1) == 1 && values.stride(1) == 1 && meta.stride(1) == 1, op, ": unit column strides");
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->is_cuda() && bias->device() == x.device() && bias->scalar_type() == x.scalar_type() &&
+                    bias->dim() == 1 && bias->size(0) == N && bias->stride(0) == 1,
+                op, ": bias must be a contiguous (N,) tensor of x's dtype on x's device");
+  }
+}
 
 // Split-K tile counters, one zeroed buffer per (device, stream): every kernel leaves its counters at 0, and
 // kernels of one stream run one after the other, so the buffer is reused without a reset. (Two products that
