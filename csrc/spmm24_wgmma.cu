@@ -13,7 +13,8 @@
 //   x:      two boxes of 64 columns x TOKENS tokens, 128-byte swizzle (rows past M arrive as zeros).
 // Warpgroup 0 is the producer (one thread issues the copies); warpgroups 1 .. CWG are the consumers: each waits for
 // a stage, builds its 4 metadata registers (one byte permute of two 16-byte metadata rows per 32-column step, as in
-// the mma.sp kernels), issues 4 wgmma.sp (one per 32 columns), waits for them and releases the stage.
+// the mma.sp kernels), issues 4 wgmma.sp (one per 32 columns) as one group, and releases the stage once the group
+// has completed (with SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT=2 only after the next chunk's group is issued).
 //
 // Split-K (grid.z > 1): each block writes its fp32 partial tile to a workspace and counts itself in on the tile's
 // counter; the last block of a tile adds the partials in split order (the same bits on every run), adds the bias and
@@ -45,6 +46,22 @@ constexpr int kMetaRowBytes = 16;        // metadata bytes per W row and stage (
 constexpr int kXBoxColumns = 64;         // x columns per 128-byte swizzled box
 constexpr int kSmemBudget = 220 * 1024;  // the ring's share of the 227 KB a block may have
 
+// Build-time knobs, for measuring variants side by side (bench/wgmma_variants.py); the defaults are what ships.
+// The deepest ring a tile gets (stages of small tiles are cheap: more bytes in flight per SM).
+#ifndef SPARSE_LLM_WGMMA_MAX_STAGES
+#define SPARSE_LLM_WGMMA_MAX_STAGES 8
+#endif
+// wgmma groups a consumer leaves in flight when it moves to the next chunk: 1 waits for each chunk's group before
+// the next chunk's metadata is loaded; 2 keeps two metadata register sets, alternating between chunks, so one
+// chunk's group runs while the next is issued.
+#ifndef SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT
+#define SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT 1
+#endif
+constexpr int kMaxStages = SPARSE_LLM_WGMMA_MAX_STAGES;
+constexpr int kGroupsInFlight = SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT;
+static_assert(kMaxStages >= 2 && kMaxStages <= 32, "SPARSE_LLM_WGMMA_MAX_STAGES must be in [2, 32]");
+static_assert(kGroupsInFlight == 1 || kGroupsInFlight == 2, "SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT must be 1 or 2");
+
 template <int TOKENS, int CWG>
 struct WgLayout {
   static constexpr int kRows = 64 * CWG;
@@ -54,7 +71,7 @@ struct WgLayout {
   static constexpr int kMeta = kRows * kMetaRowBytes;
   static constexpr int kTxBytes = kValues + kX + kMeta;     // bytes the copies of one stage deliver
   static constexpr int kStage = (kTxBytes + 1023) / 1024 * 1024;
-  static constexpr int kStages = std::min(8, kSmemBudget / kStage);
+  static constexpr int kStages = std::min(kMaxStages, kSmemBudget / kStage);
   static constexpr int kSmem = kStages * kStage + 2 * 8 * kStages + 1024;  // + barriers + alignment slack
   static constexpr int kThreads = 128 * (CWG + 1);
   static constexpr int kConsumerThreads = 128 * CWG;
@@ -152,11 +169,12 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
 #pragma unroll
   for (int i = 0; i < TOKENS / 2; ++i) acc[i] = 0.f;
 
-  for (int c = c_begin; c < c_end; ++c) {
-    const int k = c - c_begin, s = k % S;
+  // Chunk k: waits for its stage, builds its metadata registers e, issues its 4 wgmma as one group; returns the stage.
+  auto issue = [&](int k, uint32_t(&e)[4]) {
+    const int s = k % S;
     mbar_wait(full + 8 * s, (k / S) & 1);
     const uint32_t stage = base + s * L::kStage;
-    uint32_t m0[4], m8[4], e[4];
+    uint32_t m0[4], m8[4];
     asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(m0[0]), "=r"(m0[1]), "=r"(m0[2]), "=r"(m0[3])
                  : "r"(stage + meta_off));
@@ -174,13 +192,49 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
       wgmma_sp<T, TOKENS>(acc, a, b, e[j]);
     }
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    // All of this chunk's wgmma complete before the next chunk's metadata registers are written: the instruction
-    // reads its metadata register asynchronously, like its accumulators (with one group left in flight, the next
-    // chunk's metadata overwrote the running group's: wrong sums on the H100, wgmma_check_v1_h100.json), and
-    // ptxas does not protect it. The other consumer warpgroup keeps the tensor cores busy meanwhile.
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    return s;
+  };
+  // After a chunk's group has completed: its stage goes back to the producer. wgmma.sp reads its metadata register
+  // asynchronously, like its accumulators, and ptxas does not protect it (with the next chunk's metadata written
+  // into the same registers while a group ran: wrong sums on the H100, wgmma_check_v1_h100.json): the empty asm
+  // makes the compiler hold the chunk's registers unchanged until the group is known complete.
+  auto retire = [&](int s, uint32_t(&e)[4]) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(e[j])::"memory");
     if ((ctid & 127) == 0) mbar_arrive(empty + 8 * s);
+  };
+  const int n = c_end - c_begin;
+  if constexpr (kGroupsInFlight == 1) {
+    uint32_t e[4];
+    for (int k = 0; k < n; ++k) {
+      const int s = issue(k, e);
+      asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+      retire(s, e);
+    }
+  } else {  // two register sets: even chunks in ea, odd chunks in eb; one group runs while the next is issued
+    uint32_t ea[4], eb[4];
+    int sa = 0, sb = 0;
+    if (n > 0) sa = issue(0, ea);
+    for (int k = 1; k < n; k += 2) {
+      sb = issue(k, eb);
+      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+      retire(sa, ea);
+      if (k + 1 == n) {
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        retire(sb, eb);
+        break;
+      }
+      sa = issue(k + 1, ea);
+      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+      retire(sb, eb);
+    }
+    if (n % 2 == 1) {
+      asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+      retire(sa, ea);
+    }
   }
+#pragma unroll
+  for (int i = 0; i < TOKENS / 2; ++i) asm volatile("" : "+f"(acc[i])::"memory");  // complete before the epilogue
 
   // Accumulator i = 4 j + 2 h + q: row 16 warp + g + 8 h of the warpgroup's 64, token 8 j + 2 t + q.
   // (the producer warpgroup has left: the consumers meet on named barrier 1)

@@ -1,0 +1,150 @@
+"""Build-time variants of the warpgroup kernel (csrc/spmm24_wgmma.cu), side by side on the H100: each variant is the
+same source compiled with other values of its knobs (SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT, SPARSE_LLM_WGMMA_MAX_STAGES)
+into an extension of its own.
+
+    python bench/wgmma_variants.py --out DIR [--variants base pipe ...] [--ms 1 64 ...] [--shapes 4096x4096 ...]
+
+1. Builds the variants in parallel (JIT, sm_90a) and checks every tile of each against F.linear (the quick cases of
+   bench/wgmma_check.py: odd M, with and without bias, split 1 and 3, bf16 and fp16).
+2. Per Llama shape and M: dense F.linear, then for each variant the best of the same candidate tiles and splits
+   (tokens near M, 64 and 128 rows, split 1, 2, 4), all as CUDA-graph replays (median of do_bench), in one run.
+Writes ``wgmma_variants.json``: every time, the best per variant and its ratio to dense, medians per M.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import llama_shapes, random_packed, rel_err, write_result  # noqa: E402
+from wgmma_check import check  # noqa: E402
+
+from sparse_llm.backends import _build  # noqa: E402
+from sparse_llm.backends.sparse_mma import WGMMA_CHUNK, WGMMA_TILES  # noqa: E402
+from sparse_llm.benchmark import time_graph_us  # noqa: E402
+
+VARIANTS = {  # name: (groups in flight, deepest ring)
+    "base": (1, 8),
+    "deep": (1, 16),
+    "pipe": (2, 8),
+    "pipe_deep": (2, 16),
+}
+MS = (1, 16, 64, 100, 128, 256, 512, 1024, 4096)
+
+
+def flags(name: str) -> list[str]:
+    groups, stages = VARIANTS[name]
+    return ["-O3", _build.WGMMA_ARCH_FLAG, _build.mma_headers_flag(),
+            f"-DSPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT={groups}", f"-DSPARSE_LLM_WGMMA_MAX_STAGES={stages}"]  # fmt: skip
+
+
+def build(name: str):
+    return _build._jit(f"_wgmma_variant_{name}", _build.WGMMA_SOURCE, f"wgmma-variant-{name}-",
+                       extra_cuda_cflags=flags(name))  # fmt: skip
+
+
+def candidates(m: int, n: int, k: int) -> list[tuple[int, int, int]]:
+    t0 = min(max(8, 1 << (m - 1).bit_length()), 256)
+    out = []
+    for tokens, wgs in sorted(WGMMA_TILES):
+        if tokens not in (t0 // 2, t0, 2 * t0) or n % (64 * wgs):
+            continue
+        out += [(tokens, wgs, s) for s in (1, 2, 4) if s == 1 or k // (WGMMA_CHUNK * s) >= 4]
+    return out
+
+
+def time_tile(ext, x, values, meta, tokens: int, wgs: int, split: int) -> float:
+    return time_graph_us(lambda: ext.spmm24_wgmma(x, values, meta, None, tokens, wgs, split))
+
+
+def sweep(exts: dict, shapes, ms, save) -> list[dict]:
+    rows = []
+    for n, k in shapes:
+        dense, values, meta = random_packed(n, k, torch.bfloat16)
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            ref = F.linear(x, dense)
+            row = {
+                "n": n,
+                "k": k,
+                "m": m,
+                "dense_us": time_graph_us(lambda x=x, d=dense: F.linear(x, d)),
+                "variants": {},
+            }
+            for name, ext in exts.items():
+                times = [{"tokens": t, "warpgroups": w, "split": s, "us": time_tile(ext, x, values, meta, t, w, s)}
+                         for t, w, s in candidates(m, n, k)]  # fmt: skip
+                best = min(times, key=lambda r: r["us"])
+                y = ext.spmm24_wgmma(x, values, meta, None, best["tokens"], best["warpgroups"], best["split"])
+                row["variants"][name] = {"best": best, "speedup": row["dense_us"] / best["us"],
+                                         "error": rel_err(y, ref), "times": times}  # fmt: skip
+            rows.append(row)
+            print(f"{n}x{k} M={m}: dense {row['dense_us']:.1f} us; "
+                  + ", ".join(f"{v} {r['best']['us']:.1f} us ({r['speedup']:.2f}x, {r['best']['tokens']}x"
+                              f"{64 * r['best']['warpgroups']}/{r['best']['split']})"
+                              for v, r in row["variants"].items()), flush=True)  # fmt: skip
+        save(rows)  # what is measured so far survives a run cut short
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--ms", type=int, nargs="*", default=list(MS))
+    ap.add_argument("--shapes", nargs="*", default=None, help="NxK, default: the Llama shapes")
+    args = ap.parse_args()
+    t0 = time.time()
+    with multiprocessing.get_context("spawn").Pool(len(args.variants)) as pool:
+        pool.map(build, args.variants)  # compiles in parallel; the loads below find the builds up to date
+    exts = {name: build(name) for name in args.variants}
+    build_s = time.time() - t0
+    print(f"built {len(exts)} variants in {build_s:.0f} s", flush=True)
+    checks = {}
+    for name, ext in exts.items():
+        rows = check(ext, quick=True)
+        checks[name] = {"ok": sum(r["ok"] for r in rows), "total": len(rows),
+                        "failures": [r for r in rows if not r["ok"]][:20]}  # fmt: skip
+        print(
+            f"{name}: stages",
+            {f"{t}x{64 * w}": ext.stages(t, w) for t, w in sorted(WGMMA_TILES)},
+            f"correctness {checks[name]['ok']}/{checks[name]['total']}",
+            flush=True,
+        )
+    good = {name: ext for name, ext in exts.items() if checks[name]["ok"] == checks[name]["total"]}
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else llama_shapes()
+    knobs = {v: {"groups_in_flight": VARIANTS[v][0], "max_stages": VARIANTS[v][1]} for v in args.variants}
+
+    def save(rows: list[dict]) -> None:
+        payload = {"variants": knobs, "build_s": build_s, "checks": checks, "sweep": rows}
+        write_result(args.out, "wgmma_variants", payload | {"summary": summarize(rows, args.ms, good)})
+
+    rows = sweep(good, shapes, args.ms, save) if good else []
+    save(rows)
+    print("median speedup over dense:", summarize(rows, args.ms, good))
+
+
+def summarize(rows: list[dict], ms, variants) -> dict:
+    """Median over the shapes of each variant's best/dense, per M and per regime."""
+    summary = {}
+    groups = {str(m): [m] for m in ms} | {"M<=16": [m for m in ms if m <= 16],
+                                          "M 32-256": [m for m in ms if 32 <= m <= 256]}  # fmt: skip
+    for label, group in groups.items():
+        per = [r for r in rows if r["m"] in group]
+        if per:
+            summary[label] = {v: round(statistics.median(r["variants"][v]["speedup"] for r in per), 4)
+                              for v in variants}  # fmt: skip
+    return summary
+
+
+if __name__ == "__main__":
+    main()
