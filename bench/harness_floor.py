@@ -54,8 +54,11 @@ def main() -> None:
         row["stream_sparse_tb_s"] = sparse_bytes / row["stream_sparse_us"] / 1e6
         rows.append(row)
         del w
-        print(f"{n}x{k}: stream dense {row['stream_dense_us']:.1f} us, stream 2:4 {row['stream_sparse_us']:.1f} us "
-              f"(ratio {row['stream_ratio']:.2f}), dense F.linear M=1 {row['dense_linear_m1_us']:.1f} us", flush=True)
+        print(
+            f"{n}x{k}: stream dense {row['stream_dense_us']:.1f} us, stream 2:4 {row['stream_sparse_us']:.1f} us "
+            f"(ratio {row['stream_ratio']:.2f}), dense F.linear M=1 {row['dense_linear_m1_us']:.1f} us",
+            flush=True,
+        )
     median_ratio = statistics.median(r["stream_ratio"] for r in rows)
     print(f"median stream ratio over the shapes: {median_ratio:.3f}")
     write_result(args.out, "harness_floor", {"empty_us": empty_us, "rows": rows, "median_stream_ratio": median_ratio})
