@@ -10,7 +10,8 @@
 // operand and stage, completion counted on the stage's mbarrier):
 //   values: 64 values (128 bytes) x 64 * CWG rows, 128-byte swizzle (the layout the instruction's descriptor reads);
 //   meta:   8 words (16 bytes) x 64 * CWG rows, unswizzled;
-//   x:      two boxes of 64 columns x TOKENS tokens, 128-byte swizzle (rows past M arrive as zeros).
+//   x:      two boxes of 64 columns x min(M, TOKENS) tokens, 128-byte swizzle, never past the last row of x (a last
+//           tile that would reach past M is moved back to end at M).
 // Warpgroup 0 is the producer (one thread issues the copies); warpgroups 1 .. CWG are the consumers: each waits for
 // a stage, builds its 4 metadata registers (one byte permute of two 16-byte metadata rows per 32-column step, as in
 // the mma.sp kernels), issues 4 wgmma.sp (one per 32 columns) as one group, and releases the stage once the group
@@ -69,7 +70,7 @@ struct WgLayout {
   static constexpr int kXBox = TOKENS * 128;                // one 64-column box of x
   static constexpr int kX = 2 * kXBox;
   static constexpr int kMeta = kRows * kMetaRowBytes;
-  static constexpr int kTxBytes = kValues + kX + kMeta;     // bytes the copies of one stage deliver
+  static constexpr int kTxBytes = kValues + kX + kMeta;     // bytes the copies of one stage deliver (whole x boxes)
   static constexpr int kStage = (kTxBytes + 1023) / 1024 * 1024;
   static constexpr int kStages = std::min(kMaxStages, kSmemBudget / kStage);
   static constexpr int kSmem = kStages * kStage + 2 * 8 * kStages + 1024;  // + barriers + alignment slack
@@ -118,7 +119,8 @@ template <typename T, int TOKENS, int CWG>
 __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     const __grid_constant__ CUtensorMap map_values, const __grid_constant__ CUtensorMap map_meta,
     const __grid_constant__ CUtensorMap map_x, const T* __restrict__ bias, T* __restrict__ y,
-    float* __restrict__ partial, int* __restrict__ counters, int M, int N, int num_chunks, int chunks_per_split) {
+    float* __restrict__ partial, int* __restrict__ counters, int M, int N, int num_chunks, int chunks_per_split,
+    int x_rows) {
 #ifdef SPARSE_LLM_WGMMA
   using L = WgLayout<TOKENS, CWG>;
   constexpr int S = L::kStages;
@@ -127,7 +129,12 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   const uint32_t full = base + S * L::kStage;  // full[s] at full + 8 s, empty[s] at full + 8 (S + s)
   const uint32_t empty = full + 8 * S;
   const int row0 = blockIdx.y * L::kRows;
-  const int tok0 = blockIdx.x * TOKENS;
+  const int tok0 = blockIdx.x * TOKENS;  // the block's first token of y
+  // The first token of x the block loads: a last tile that would reach past M is moved back to end at M (its tokens
+  // before tok0 are the previous tile's, computed again and not written), since a tensor-map box that reaches past
+  // the last row of x costs time (28672x8192, tile 128: M = 96 135 us, M = 128 116 us; wgmma_odd_m_h100.json).
+  // With M < TOKENS the box is M rows (x_rows): the tile's other columns of x hold stale bytes and are not written.
+  const int load0 = M >= TOKENS ? min(tok0, M - TOKENS) : 0;
   const int c_begin = blockIdx.z * chunks_per_split;
   const int c_end = min(c_begin + chunks_per_split, num_chunks);
   const int wg = threadIdx.x / 128;
@@ -149,10 +156,10 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
         const int k = c - c_begin, s = k % S;
         if (k >= S) mbar_wait(empty + 8 * s, ((k / S) - 1) & 1);
         const uint32_t stage = base + s * L::kStage, bar = full + 8 * s;
-        mbar_expect_tx(bar, L::kTxBytes);
+        mbar_expect_tx(bar, L::kValues + L::kMeta + 2 * x_rows * kRowBytes);
         tma_load(stage, &map_values, bar, c * (kChunk / 2), row0);
-        tma_load(stage + L::kValues, &map_x, bar, c * kChunk, tok0);
-        tma_load(stage + L::kValues + L::kXBox, &map_x, bar, c * kChunk + kXBoxColumns, tok0);
+        tma_load(stage + L::kValues, &map_x, bar, c * kChunk, load0);
+        tma_load(stage + L::kValues + L::kXBox, &map_x, bar, c * kChunk + kXBoxColumns, load0);
         tma_load(stage + L::kValues + L::kX, &map_meta, bar, c * (kChunk / 16), row0);
       }
     }
@@ -236,7 +243,7 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
 #pragma unroll
   for (int i = 0; i < TOKENS / 2; ++i) asm volatile("" : "+f"(acc[i])::"memory");  // complete before the epilogue
 
-  // Accumulator i = 4 j + 2 h + q: row 16 warp + g + 8 h of the warpgroup's 64, token 8 j + 2 t + q.
+  // Accumulator i = 4 j + 2 h + q: row 16 warp + g + 8 h of the warpgroup's 64, token load0 + 8 j + 2 t + q.
   // (the producer warpgroup has left: the consumers meet on named barrier 1)
   if (gridDim.z > 1 && !split_sum_global<TOKENS / 2, L::kConsumerThreads, 1>(acc, partial, counters, ctid)) return;
 #pragma unroll
@@ -247,8 +254,8 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     for (int j = 0; j < TOKENS / 8; ++j)
 #pragma unroll
       for (int q = 0; q < 2; ++q) {
-        const int tok = tok0 + 8 * j + 2 * t + q;
-        if (tok < M) y[static_cast<int64_t>(tok) * N + row] = from_float<T>(acc[4 * j + 2 * h + q] + b_row);
+        const int tok = load0 + 8 * j + 2 * t + q;
+        if (tok >= tok0 && tok < M) y[static_cast<int64_t>(tok) * N + row] = from_float<T>(acc[4 * j + 2 * h + q] + b_row);
       }
   }
 #endif
@@ -306,14 +313,15 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   const CUtensorMap map_values = tensor_map(values, type, 2, kRowBytes / 2, L::kRows, CU_TENSOR_MAP_SWIZZLE_128B);
   const CUtensorMap map_meta =
       tensor_map(meta, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, kMetaRowBytes / 2, L::kRows, CU_TENSOR_MAP_SWIZZLE_NONE);
-  const CUtensorMap map_x = tensor_map(x, type, 2, kXBoxColumns, TOKENS, CU_TENSOR_MAP_SWIZZLE_128B);
+  const int x_rows = std::min(M, TOKENS);  // boxes of x never reach past its last row (see the kernel)
+  const CUtensorMap map_x = tensor_map(x, type, 2, kXBoxColumns, x_rows, CU_TENSOR_MAP_SWIZZLE_128B);
   float* partial = nullptr;
   int* counters = nullptr;
   if (split > 1) std::tie(partial, counters) = workspace.get(split, grid.x * grid.y, L::kConsumerThreads * TOKENS / 2);
   const T* bias_ptr = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
   kernel<<<grid, L::kThreads, L::kSmem, stream>>>(map_values, map_meta, map_x, bias_ptr,
                                                   reinterpret_cast<T*>(y.data_ptr()), partial, counters, M, N,
-                                                  num_chunks, per_split);
+                                                  num_chunks, per_split, x_rows);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
