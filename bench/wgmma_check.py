@@ -92,13 +92,14 @@ def sweep(ext, shapes, ms) -> list[dict]:
         dense, values, meta = random_packed(n, k, torch.bfloat16)
         for m in ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            dense_us = time_graph_us(lambda: F.linear(x, dense))
+            dense_us = time_graph_us(lambda x=x, d=dense: F.linear(x, d))
             times = []
             for tokens, wgs in TILES:
                 if tokens > 2 * max(8, m) or (tokens < m // 4 and tokens < 128) or n % (64 * wgs):
                     continue
                 for split in splits_for(m, n, k, tokens, wgs, sms):
-                    us = time_graph_us(lambda: ext.spmm24_wgmma(x, values, meta, None, tokens, wgs, split))
+                    args = (x, values, meta, None, tokens, wgs, split)
+                    us = time_graph_us(lambda args=args: ext.spmm24_wgmma(*args))
                     times.append({"tokens": tokens, "warpgroups": wgs, "split": split, "us": us})
             best = min(times, key=lambda r: r["us"])
             y = ext.spmm24_wgmma(x, values, meta, None, best["tokens"], best["warpgroups"], best["split"])

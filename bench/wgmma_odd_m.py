@@ -44,14 +44,14 @@ def main() -> None:
             rows_padded = -(-m // cfg.tokens) * cfg.tokens
             padded = torch.zeros(rows_padded, k, device="cuda", dtype=torch.bfloat16)
 
-            def run_padded(x=x, padded=padded, cfg=cfg, m=m):
+            def run_padded(x=x, padded=padded, cfg=cfg, m=m, values=values, meta=meta):
                 padded[:m].copy_(x)
                 return spmm24_mma(padded, values, meta, None, cfg)[:m]
 
             ref = F.linear(x, dense)
             row = {"n": n, "k": k, "m": m, "config": cfg.as_dict(),
-                   "dense_us": time_graph_us(lambda x=x: F.linear(x, dense)),
-                   "as_is_us": time_graph_us(lambda x=x, cfg=cfg: spmm24_mma(x, values, meta, None, cfg)),
+                   "dense_us": time_graph_us(lambda x=x, d=dense: F.linear(x, d)),
+                   "as_is_us": time_graph_us(lambda x=x, c=cfg, v=values, e=meta: spmm24_mma(x, v, e, None, c)),
                    "padded_us": time_graph_us(run_padded),
                    "error_as_is": rel_err(spmm24_mma(x, values, meta, None, cfg), ref),
                    "error_padded": rel_err(run_padded(), ref)}  # fmt: skip

@@ -78,13 +78,23 @@ def _gpu_why_not(module: torch.nn.Module, x: torch.Tensor) -> str:
     return extension_status()["reason"]
 
 
+def _module_cache(module: torch.nn.Module, attr: str) -> dict:
+    """A per-module dict of dispatch decisions (plain attribute access: ``__dict__.setdefault`` broke the
+    torch.compile graph at every call, bench/NOTES.md)."""
+    cache = getattr(module, attr, None)
+    if cache is None:
+        cache = {}
+        setattr(module, attr, cache)
+    return cache
+
+
 def _gpu_choice(module: torch.nn.Module, x: torch.Tensor) -> str | None:
     """The GPU backend that the measured crossover (``sparse_llm.tune``) picks for this call, or None."""
     if not _triton_small_supports(module, x):
         return None
     # Cached per module and (M, dtype, device): dispatch is host time on every call.
     key = (x.shape[0], x.dtype, x.device)
-    choices = module.__dict__.setdefault("_sparse_llm_choice", {})
+    choices = _module_cache(module, "_sparse_llm_choice")
     if key not in choices:
         from sparse_llm import tune
 
@@ -104,7 +114,7 @@ def _prepared_config(module: torch.nn.Module, x: torch.Tensor, attr: str, tuned:
     if cusparselt.supports(module, x):
         cusparselt.ensure_prepared(module)
     key = (x.shape[0], x.dtype, x.device)
-    configs = module.__dict__.setdefault(attr, {})
+    configs = _module_cache(module, attr)
     if key not in configs:
         n, k = module.values.shape[0], 2 * module.values.shape[1]
         configs[key] = tuned(n, k, x.shape[0], x.dtype, x.device)

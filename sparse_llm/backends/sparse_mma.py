@@ -155,10 +155,10 @@ def default_config(m: int, n: int, k: int, device: torch.device) -> MmaConfig:
 
 def mma_sp_default_config(m: int, n: int, k: int, device: torch.device) -> MmaConfig:
     """The mma.sp kernels before a tuning table exists: all of M's tokens in one block up to 64 (x is staged once per
-    block). Up to 16 tokens the register kernel, 32 rows per warp on layers of 4096+ rows (16 below), K split to about 16 warps per
-    SM; from 32 tokens on the pipelined kernel (32 rows per warp, 3 stages, 8 warps for 64 tokens; the register
-    kernel where x or the weight exceeds its 32-bit offsets, :func:`pipelined_fits`), split to about
-    8 warps per SM (its shared memory allows one or two blocks per SM). H100 sweep: mma_sweep_v7_h100.json.
+    block). Up to 16 tokens the register kernel, 32 rows per warp on layers of 4096+ rows (16 below), K split to
+    about 16 warps per SM; from 32 tokens on the pipelined kernel (32 rows per warp, 3 stages, 8 warps for 64
+    tokens; the register kernel where x or the weight exceeds its 32-bit offsets, :func:`pipelined_fits`), split to
+    about 8 warps per SM (its shared memory allows one or two blocks per SM). H100 sweep: mma_sweep_v7_h100.json.
     The split is reduced in a thread-block cluster on layers of fewer than 4096 rows up to 16 tokens (H100:
     1.07-1.13x faster there, slower on the larger layers; mma_variant_cluster_h100.json)."""
     tokens = min(8 * triton.next_power_of_2(triton.cdiv(m, 8)), 64)
@@ -195,6 +195,12 @@ def why_not(x: torch.Tensor, values: torch.Tensor) -> str | None:
 
 
 def _launch(x, values, meta, bias, config: MmaConfig) -> torch.Tensor:
+    # the kernels copy x in 4-byte pieces (16-byte in the pipelined one, tensor-map boxes of 16-byte aligned rows in
+    # the warpgroup one): a fresh contiguous copy if rows are not aligned to that (contiguous() alone would keep a
+    # contiguous but misaligned view). Here, on the real tensors: under torch.compile this runs inside the custom op.
+    align = 16 if config.stages >= 3 or config.wgmma else 4
+    if x.stride(-1) != 1 or x.stride(0) % (align // 2) or x.data_ptr() % align:
+        x = torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
     if config.wgmma:
         return load_wgmma_extension().spmm24_wgmma(x, values, meta, bias, config.tokens, config.warpgroups,
                                                    config.split)  # fmt: skip
@@ -247,12 +253,6 @@ def spmm24_mma(
     x2 = x.reshape(-1, x.shape[-1])
     m, n = x2.shape[0], values.shape[0]
     config = config or default_config(m, n, x2.shape[1], x.device)
-    # the kernels copy x in 4-byte pieces (16-byte in the pipelined one, tensor-map boxes of 16-byte aligned rows in
-    # the warpgroup one): a fresh contiguous copy if rows are not aligned to that (contiguous() alone would keep a
-    # contiguous but misaligned view)
-    align = 16 if config.stages >= 3 or config.wgmma else 4
-    if x2.stride(-1) != 1 or x2.stride(0) % (align // 2) or x2.data_ptr() % align:
-        x2 = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device).copy_(x2)
     if config.wgmma:
         if (config.tokens, config.warpgroups) not in WGMMA_TILES or config.warps % 4 or config.stages or config.cluster:
             raise ValueError(f"no warpgroup kernel for {config}; tiles (tokens, warpgroups): {sorted(WGMMA_TILES)}")

@@ -217,6 +217,18 @@ def test_torch_compile(m):
     assert torch.equal(compiled(x), eager)
 
 
+@pytest.mark.parametrize("m", [1, 100, 2048])
+def test_torch_compile_is_one_graph_once_m_was_seen(m):
+    """After one eager call at this M (the dispatch decision is cached on the layer), the compiled layer is a single
+    graph: fullgraph=True raises on any graph break (the per-module cache once broke it at every call)."""
+    layer, dense, bias = _layer(256, 512, torch.bfloat16, True)
+    x = torch.randn(m, 512, device="cuda", dtype=torch.bfloat16)
+    eager = layer(x)
+    compiled = torch.compile(layer, fullgraph=True)
+    assert torch.equal(compiled(x), eager)
+    assert _rel_err(eager, F.linear(x, dense, bias)) < 1e-2
+
+
 def test_dispatch_by_m_is_inspectable():
     layer, _, _ = _layer(256, 512, torch.bfloat16, False)
     small = backends.select(layer, torch.randn(1, 512, device="cuda", dtype=torch.bfloat16))
