@@ -255,7 +255,8 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
 #pragma unroll
       for (int q = 0; q < 2; ++q) {
         const int tok = load0 + 8 * j + 2 * t + q;
-        if (tok >= tok0 && tok < M) y[static_cast<int64_t>(tok) * N + row] = from_float<T>(acc[4 * j + 2 * h + q] + b_row);
+        if (tok >= tok0 && tok < M)  // tokens before tok0: the previous tile's (a last tile moved back)
+          y[static_cast<int64_t>(tok) * N + row] = from_float<T>(acc[4 * j + 2 * h + q] + b_row);
       }
   }
 #endif
