@@ -25,11 +25,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import llama_shapes, random_packed, rel_err, write_result  # noqa: E402
 
-from sparse_llm.backends._build import MMA_SOURCE, load_mma_extension, mma_headers_flag  # noqa: E402
+from sparse_llm.backends._build import MMA_SOURCE, _jit, load_mma_extension, mma_headers_flag  # noqa: E402
 from sparse_llm.backends.sparse_mma import MmaConfig  # noqa: E402
 from sparse_llm.backends.sparse_mma import mma_sp_default_config as default_config  # noqa: E402
 from sparse_llm.benchmark import time_graph_us  # noqa: E402
-from sparse_llm.cache import cache_dir  # noqa: E402
 from sparse_llm.tune import m_bucket  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,15 +37,10 @@ TABLE = ROOT / "bench" / "results" / "crossover_h100.json"
 
 
 def build_variant(define: str):
-    from torch.utils import cpp_extension
-
     tag = "".join(ch if ch.isalnum() else "_" for ch in define).lower()
-    build_dir = cache_dir() / "torch_extensions" / f"mma-variant-{tag}"
-    build_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    mod = cpp_extension.load(name=f"_sparse_llm_mma_{tag}", sources=[str(MMA_SOURCE)],
-                             build_directory=str(build_dir),
-                             extra_cuda_cflags=["-O3", mma_headers_flag(), f"-D{define}"])  # fmt: skip
+    mod = _jit(f"_sparse_llm_mma_{tag}", MMA_SOURCE, f"mma-variant-{tag}-",
+               extra_cuda_cflags=["-O3", mma_headers_flag(), f"-D{define}"])  # fmt: skip
     print(f"variant -D{define} built in {time.time() - t0:.0f} s", flush=True)
     return mod
 

@@ -29,7 +29,7 @@ from common import llama_shapes, random_packed, rel_err, write_result  # noqa: E
 from wgmma_check import check  # noqa: E402
 
 from sparse_llm.backends import _build  # noqa: E402
-from sparse_llm.backends.sparse_mma import WGMMA_CHUNK, WGMMA_TILES  # noqa: E402
+from sparse_llm.backends.sparse_mma import WGMMA_CHUNK, WGMMA_TILES, wgmma_tiles_near  # noqa: E402
 from sparse_llm.benchmark import time_graph_us  # noqa: E402
 
 VARIANTS = {  # name: (groups in flight, deepest ring)
@@ -57,13 +57,8 @@ def build_only(name: str) -> None:
 
 
 def candidates(m: int, n: int, k: int) -> list[tuple[int, int, int]]:
-    t0 = min(max(8, 1 << (m - 1).bit_length()), 256)
-    out = []
-    for tokens, wgs in sorted(WGMMA_TILES):
-        if tokens not in (t0 // 2, t0, 2 * t0) or n % (64 * wgs):
-            continue
-        out += [(tokens, wgs, s) for s in (1, 2, 4) if s == 1 or k // (WGMMA_CHUNK * s) >= 4]
-    return out
+    splits = [s for s in (1, 2, 4) if s == 1 or k // (WGMMA_CHUNK * s) >= 4]
+    return [(tokens, wgs, s) for tokens, wgs in wgmma_tiles_near(m, n) for s in splits]
 
 
 def time_tile(ext, x, values, meta, tokens: int, wgs: int, split: int) -> float:

@@ -51,9 +51,9 @@ __device__ __forceinline__ __half from_float<__half>(float v) { return __float2h
 // Split-K through distributed shared memory (sm_90 thread-block clusters): when the split pieces of a tile run as
 // one cluster (asked for by the caller, MmaConfig.cluster; the launcher takes it for split <= 8 on compute
 // capability 9.x when all clusters are resident at once), each block leaves its fp32 partial tile in its own shared
-// memory; then block z adds slice z of the tile's values from all peers' shared memory and stores that slice of y. No global round trip (partial write, fence, counter atomic,
-// partial read) on the critical path, and the reads are spread over the cluster's SMs. The sums and their order are
-// those of the global path, so both give the same bits.
+// memory; then block z adds slice z of the tile's values from all peers' shared memory and stores that slice of y.
+// No global round trip (partial write, fence, counter atomic, partial read) on the critical path, and the reads are
+// spread over the cluster's SMs. The sums and their order are those of the global path, so both give the same bits.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define SPARSE_LLM_CLUSTER_SPLIT 1
 __device__ __forceinline__ uint32_t cluster_blocks() {

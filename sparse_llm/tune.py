@@ -158,15 +158,12 @@ def wgmma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
     """The warpgroup kernel's tiles of M's token count (a power of two, 8-256), half and double it, with 64 and 128
     rows per block, each with no split, its automatic split (``wgmma_split``), half and double that; none where the
     kernel does not run (not an H100/H200, or no toolkit to build it)."""
-    from sparse_llm.backends.sparse_mma import WGMMA_CHUNK, WGMMA_TILES, wgmma_config, wgmma_split, wgmma_usable
+    from sparse_llm.backends.sparse_mma import WGMMA_CHUNK, wgmma_config, wgmma_split, wgmma_tiles_near, wgmma_usable
 
     if not wgmma_usable(device) or k % WGMMA_CHUNK:
         return []
-    t0 = min(max(8, triton.next_power_of_2(m)), 256)
     out = []
-    for tokens, warpgroups in sorted(WGMMA_TILES):
-        if tokens not in (t0 // 2, t0, 2 * t0) or n % (64 * warpgroups):
-            continue
+    for tokens, warpgroups in wgmma_tiles_near(m, n):
         split = wgmma_split(m, n, k, tokens, warpgroups, device)
         for s in sorted({1, max(1, split // 2), split, 2 * split}):
             if s == 1 or k // (WGMMA_CHUNK * s) >= 4:

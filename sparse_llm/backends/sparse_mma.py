@@ -73,6 +73,10 @@ def wgmma_config(tokens: int, warpgroups: int, split: int = 1) -> MmaConfig:
     return MmaConfig(rows=16, tokens=tokens, stages=0, split=split, warps=4 * warpgroups, wgmma=True)
 
 
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 @functools.lru_cache(maxsize=8)
 def _num_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
@@ -85,7 +89,7 @@ def _capability(index: int) -> tuple[int, int]:
 
 def clusters_available(device: torch.device) -> bool:
     """Whether the cluster split-K can run: thread-block clusters need compute capability 9.0+."""
-    return _capability(device.index if device.index is not None else torch.cuda.current_device())[0] >= 9
+    return _capability(_index(device))[0] >= 9
 
 
 @functools.lru_cache(maxsize=8)
@@ -101,7 +105,7 @@ def wgmma_usable(device: torch.device) -> bool:
     """Whether the warpgroup kernel runs here: an H100/H200 (compute capability 9.0) and its extension builds."""
     if device.type != "cuda" or not torch.cuda.is_available():
         return False
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _index(device)
     return _capability(index) == (9, 0) and _wgmma_loads(index)
 
 
@@ -109,12 +113,19 @@ def wgmma_split(m: int, n: int, k: int, tokens: int, warpgroups: int, device: to
     """Split K (powers of two, at least 4 chunks of 128 per piece) while the blocks stay under half the SMs: on the
     H100 only the 1024-row layers gained from a split (bench/results/wgmma_check_v2_h100.json: 4 pieces of
     1024x4096 at M = 1-16, none for 4096+ rows)."""
-    sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+    sms = _num_sms(_index(device))
     blocks = triton.cdiv(m, tokens) * triton.cdiv(n, 64 * warpgroups)
     split = 1
     while blocks * split * 2 <= sms // 2 and k // (WGMMA_CHUNK * split * 2) >= 4:
         split *= 2
     return split
+
+
+def wgmma_tiles_near(m: int, n: int) -> list[tuple[int, int]]:
+    """The warpgroup tiles (tokens, warpgroups) with M's token count (a power of two, 8-256), half and double it,
+    whose rows divide the weight's ``n``: the neighbourhood the tuner (and bench/wgmma_variants.py) times."""
+    t0 = min(max(8, triton.next_power_of_2(m)), 256)
+    return [(t, w) for t, w in sorted(WGMMA_TILES) if t in (t0 // 2, t0, 2 * t0) and n % (64 * w) == 0]
 
 
 def wgmma_default_config(m: int, n: int, k: int, device: torch.device) -> MmaConfig:
@@ -135,7 +146,7 @@ def auto_split(
     m: int, n: int, k: int, rows: int, tokens: int, device: torch.device, warps: int = 4, per_sm: int = 16
 ) -> int:
     """Split K (powers of two, at least 2 chunks of 256 per piece) until there are about ``per_sm`` warps per SM."""
-    sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+    sms = _num_sms(_index(device))
     blocks = triton.cdiv(n, warps * rows) * triton.cdiv(m, tokens)
     split = 1
     while blocks * split * warps < per_sm * sms and split * 2 <= k // (2 * CHUNK):
