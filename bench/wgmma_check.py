@@ -3,11 +3,12 @@ dense F.linear, side by side in one run.
 
     python bench/wgmma_check.py --out DIR [--quick] [--ms 16 64 ...] [--shapes 4096x4096 ...]
 
-1. Builds the extension (JIT, sm_90a) and checks every (tokens, warpgroups) tile against F.linear on the dense
-   masked weight (bf16 relative error < 1e-2, fp16 < 5e-3) at odd M, with and without bias, split 1 and 3. A
+1. Builds the extension (JIT, sm_90a) and checks every (tokens, warpgroups, cluster) tile against F.linear on the
+   dense masked weight (bf16 relative error < 1e-2, fp16 < 5e-3) at odd M, with and without bias, split 1 and 3. A
    failure records where the error sits (rows mod 64, tokens mod the tile), which is what a layout mistake shows.
-2. Times, per Llama shape and M, the tiles near M's size with a few splits of K, and dense F.linear, as CUDA-graph
-   replays (median of do_bench); keeps every time and the best tile per (shape, M).
+2. Times, per Llama shape and M, the tiles near M's size with a few splits of K, dense F.linear and (with
+   --cusparselt) the cuSPARSELt extension, as CUDA-graph replays (median of do_bench); keeps every time and the best
+   tile per (shape, M).
 Writes ``wgmma_check.json``.
 """
 
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import llama_shapes, random_packed, rel_err, write_result  # noqa: E402
 
+from sparse_llm.backends import cusparselt  # noqa: E402
 from sparse_llm.backends.sparse_mma import WGMMA_TILES  # noqa: E402
 from sparse_llm.benchmark import time_graph_us  # noqa: E402
 
@@ -43,12 +45,12 @@ def where_wrong(y: torch.Tensor, ref: torch.Tensor, tokens: int) -> dict:
 
 def check(ext, quick: bool) -> list[dict]:
     out = []
-    cases = [(192, 384), (1024, 4096)] if quick else [(192, 384), (1024, 4096), (512, 11008)]
+    cases = [(192, 384), (1024, 4096)] if quick else [(192, 384), (1024, 4096), (1536, 11008)]
     for dtype in (torch.bfloat16, torch.float16):
         for n, k in cases:
             dense, values, meta = random_packed(n, k, dtype)
-            for tokens, wgs in TILES:
-                if n % (64 * wgs):
+            for tokens, wgs, cl in TILES:
+                if n % (64 * wgs * cl):
                     continue
                 for m in (1, 7, 33, 100, 300):
                     for split in (1, 3):
@@ -59,7 +61,7 @@ def check(ext, quick: bool) -> list[dict]:
                             bias = torch.randn(n, device="cuda", dtype=dtype) if with_bias else None
                             ref = F.linear(x, dense, bias)
                             try:
-                                y = ext.spmm24_wgmma(x, values, meta, bias, tokens, wgs, split)
+                                y = ext.spmm24_wgmma(x, values, meta, bias, tokens, wgs, cl, split)
                                 torch.cuda.synchronize()
                                 err = rel_err(y, ref)
                                 row = {"error": err, "ok": err < TOL[dtype]}
@@ -67,8 +69,8 @@ def check(ext, quick: bool) -> list[dict]:
                                     row.update(where_wrong(y, ref, tokens))
                             except RuntimeError as e:
                                 row = {"ok": False, "exception": str(e)[:300]}
-                            row.update(dtype=str(dtype), n=n, k=k, m=m, tokens=tokens, warpgroups=wgs, split=split,
-                                       bias=with_bias)
+                            row.update(dtype=str(dtype), n=n, k=k, m=m, tokens=tokens, warpgroups=wgs, cluster=cl,
+                                       split=split, bias=with_bias)
                             out.append(row)
                             if not row["ok"]:
                                 print("FAIL", row, flush=True)
@@ -85,29 +87,38 @@ def splits_for(m: int, n: int, k: int, tokens: int, wgs: int, sms: int) -> list[
     return out
 
 
-def sweep(ext, shapes, ms) -> list[dict]:
+def sweep(ext, shapes, ms, with_cusparselt: bool, save) -> list[dict]:
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     rows = []
     for n, k in shapes:
         dense, values, meta = random_packed(n, k, torch.bfloat16)
+        compressed = cusparselt.compress_values(values, meta)[0] if with_cusparselt else None
         for m in ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             dense_us = time_graph_us(lambda x=x, d=dense: F.linear(x, d))
             times = []
-            for tokens, wgs in TILES:
-                if tokens > 2 * max(8, m) or (tokens < m // 4 and tokens < 128) or n % (64 * wgs):
+            for tokens, wgs, cl in TILES:
+                if tokens > 2 * max(8, m) or (tokens < m // 4 and tokens < 128) or n % (64 * wgs * cl):
                     continue
                 for split in splits_for(m, n, k, tokens, wgs, sms):
-                    args = (x, values, meta, None, tokens, wgs, split)
+                    args = (x, values, meta, None, tokens, wgs, cl, split)
                     us = time_graph_us(lambda args=args: ext.spmm24_wgmma(*args))
-                    times.append({"tokens": tokens, "warpgroups": wgs, "split": split, "us": us})
+                    times.append({"tokens": tokens, "warpgroups": wgs, "cluster": cl, "split": split, "us": us})
             best = min(times, key=lambda r: r["us"])
-            y = ext.spmm24_wgmma(x, values, meta, None, best["tokens"], best["warpgroups"], best["split"])
+            y = ext.spmm24_wgmma(x, values, meta, None, best["tokens"], best["warpgroups"], best["cluster"],
+                                 best["split"])  # fmt: skip
             row = {"n": n, "k": k, "m": m, "dense_us": dense_us, "best": best, "speedup": dense_us / best["us"],
-                   "error": rel_err(y, F.linear(x, dense)), "times": times}
+                   "error": rel_err(y, F.linear(x, dense)), "times": times}  # fmt: skip
+            line = (f"{n}x{k} M={m}: dense {dense_us:.1f} us, wgmma {best['us']:.1f} us ({row['speedup']:.2f}x) "
+                    f"tile {best['tokens']}x{64 * best['warpgroups']}x{best['cluster']} split {best['split']}")
+            if compressed is not None:
+                run = lambda x=x, c=compressed, n=n, k=k: cusparselt.cusparselt_linear(x, c, n, k)  # noqa: E731
+                row["cusparselt_us"] = time_graph_us(run)
+                row["cusparselt_speedup"] = dense_us / row["cusparselt_us"]
+                line += f"; cuSPARSELt {row['cusparselt_us']:.1f} us ({row['cusparselt_speedup']:.2f}x)"
             rows.append(row)
-            print(f"{n}x{k} M={m}: dense {dense_us:.1f} us, wgmma {best['us']:.1f} us ({row['speedup']:.2f}x) "
-                  f"tile {best['tokens']}x{64 * best['warpgroups']} split {best['split']}", flush=True)
+            print(line, flush=True)
+        save(rows)  # what is measured so far survives a run cut short
     return rows
 
 
@@ -117,6 +128,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer correctness cases and three shapes")
     ap.add_argument("--ms", type=int, nargs="*", default=list(MS))
     ap.add_argument("--shapes", nargs="*", default=None, help="NxK, default: the Llama shapes")
+    ap.add_argument("--cusparselt", action="store_true", help="time the cuSPARSELt extension beside each case")
+    ap.add_argument("--no-check", action="store_true", help="skip the correctness cases (a rerun of timings only)")
     args = ap.parse_args()
     from sparse_llm.backends._build import load_wgmma_extension
 
@@ -124,23 +137,31 @@ def main() -> None:
     ext = load_wgmma_extension()
     build_s = time.time() - t0
     print(f"built in {build_s:.0f} s; stages per tile:",
-          {f"{t}x{64 * w}": ext.stages(t, w) for t, w in TILES}, flush=True)  # fmt: skip
-    checks = check(ext, args.quick)
+          {f"{t}x{64 * w}": ext.stages(t, w) for t, w, _ in TILES}, flush=True)  # fmt: skip
+    checks = [] if args.no_check else check(ext, args.quick)
     ok = sum(r["ok"] for r in checks)
     print(f"correctness: {ok}/{len(checks)} ok", flush=True)
     if args.shapes:
         shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
     else:
         shapes = [(28672, 8192), (4096, 4096), (1024, 4096)] if args.quick else llama_shapes()
-    rows = sweep(ext, shapes, args.ms) if ok == len(checks) else []
-    summary = {}
-    for m in args.ms:
-        vals = [r["speedup"] for r in rows if r["m"] == m]
-        if vals:
-            summary[str(m)] = {"median_speedup": statistics.median(vals), "min": min(vals), "max": max(vals)}
+
+    def save(rows: list[dict]) -> dict:
+        summary = {}
+        for m in args.ms:
+            vals = [r["speedup"] for r in rows if r["m"] == m]
+            if vals:
+                summary[str(m)] = {"median_speedup": statistics.median(vals), "min": min(vals), "max": max(vals)}
+                cus = [r["cusparselt_speedup"] for r in rows if r["m"] == m and "cusparselt_speedup" in r]
+                if cus:
+                    summary[str(m)]["median_cusparselt_speedup"] = statistics.median(cus)
+        write_result(args.out, "wgmma_check", {"build_s": build_s, "checks_ok": ok, "checks": checks,
+                                               "sweep": rows, "summary": summary})  # fmt: skip
+        return summary
+
+    rows = sweep(ext, shapes, args.ms, args.cusparselt, save) if ok == len(checks) else []
+    summary = save(rows)
     print("median speedup over dense per M:", {m: round(v["median_speedup"], 2) for m, v in summary.items()})
-    write_result(args.out, "wgmma_check", {"build_s": build_s, "checks_ok": ok, "checks": checks,
-                                           "sweep": rows, "summary": summary})  # fmt: skip
 
 
 if __name__ == "__main__":

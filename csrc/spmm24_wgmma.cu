@@ -17,6 +17,10 @@
 // the mma.sp kernels), issues 4 wgmma.sp (one per 32 columns) as one group, and releases the stage once the group
 // has completed (with SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT=2 only after the next chunk's group is issued).
 //
+// Clusters (CL = 2): two blocks of neighbouring row tiles and the same tokens form a thread-block cluster; each
+// loads one of a stage's two x boxes into both (tensor-map multicast), halving x's traffic from L2, and a stage is
+// refilled only once the consumers of both blocks have released it.
+//
 // Split-K (grid.z > 1): each block writes its fp32 partial tile to a workspace and counts itself in on the tile's
 // counter; the last block of a tile adds the partials in split order (the same bits on every run), adds the bias and
 // writes y.
@@ -99,12 +103,40 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
       "r"(parity)
       : "memory");
 }
+// The block's rank in its thread-block cluster.
+__device__ __forceinline__ uint32_t cluster_rank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+// Every thread of the cluster meets here (release / acquire across the cluster's blocks).
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+}
+// Arrive on the mbarrier at shared-memory offset `bar` of block `cta` of the cluster (this block's own included).
+__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t cta) {
+  asm volatile(
+      "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
+      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
+      "r"(cta)
+      : "memory");
+}
 // One 2-D box of a tensor map into shared memory, completion counted on `bar` (bytes).
 __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1) {
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n" ::
           "r"(dst),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1)
+      : "memory");
+}
+// The same box into the same shared-memory offset of every block of `mask` in the cluster, completion counted on
+// each one's mbarrier at offset `bar`.
+__device__ __forceinline__ void tma_load_multicast(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1,
+                                                   uint16_t mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+      " [%0], [%1, {%3, %4}], [%2], %5;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "h"(mask)
       : "memory");
 }
 // Shared-memory matrix descriptor of a K-major operand in 128-byte swizzled rows: 8-row groups 1024 bytes apart
@@ -115,7 +147,7 @@ __device__ __forceinline__ uint64_t desc_sw128(uint32_t addr) {
 }
 #endif
 
-template <typename T, int TOKENS, int CWG>
+template <typename T, int TOKENS, int CWG, int CL>
 __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     const __grid_constant__ CUtensorMap map_values, const __grid_constant__ CUtensorMap map_meta,
     const __grid_constant__ CUtensorMap map_x, const T* __restrict__ bias, T* __restrict__ y,
@@ -124,6 +156,7 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
 #ifdef SPARSE_LLM_WGMMA
   using L = WgLayout<TOKENS, CWG>;
   constexpr int S = L::kStages;
+  static_assert(CL == 1 || CL == 2, "a cluster shares x between 1 or 2 blocks (one 64-column box each)");
   extern __shared__ uint8_t smem_raw[];
   const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023u) & ~1023u;
   const uint32_t full = base + S * L::kStage;  // full[s] at full + 8 s, empty[s] at full + 8 (S + s)
@@ -138,19 +171,27 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   const int c_begin = blockIdx.z * chunks_per_split;
   const int c_end = min(c_begin + chunks_per_split, num_chunks);
   const int wg = threadIdx.x / 128;
+  // CL = 2: the two blocks of a cluster own neighbouring row tiles of the same tokens; each loads one of the two
+  // x boxes of a stage into both (multicast), so x crosses L2 once per 2 row tiles. A stage is then free only once
+  // the consumers of both blocks have released it: each consumer warpgroup arrives on both blocks' empty barrier.
+  const uint32_t rank = CL > 1 ? cluster_rank() : 0;
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < S; ++s) {
       mbar_init(full + 8 * s, 1);
-      mbar_init(empty + 8 * s, CWG);
+      mbar_init(empty + 8 * s, CWG * CL);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
   }
-  __syncthreads();
+  if constexpr (CL > 1) {
+    cluster_sync();  // the peer's barriers exist before anything is copied into it
+  } else {
+    __syncthreads();
+  }
 
   if (wg == 0) {  // producer
-    if constexpr (CWG >= 2) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    if constexpr (CWG == 2) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
     if (threadIdx.x == 0) {
       for (int c = c_begin; c < c_end; ++c) {
         const int k = c - c_begin, s = k % S;
@@ -158,15 +199,23 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
         const uint32_t stage = base + s * L::kStage, bar = full + 8 * s;
         mbar_expect_tx(bar, L::kValues + L::kMeta + 2 * x_rows * kRowBytes);
         tma_load(stage, &map_values, bar, c * (kChunk / 2), row0);
-        tma_load(stage + L::kValues, &map_x, bar, c * kChunk, load0);
-        tma_load(stage + L::kValues + L::kXBox, &map_x, bar, c * kChunk + kXBoxColumns, load0);
+        if constexpr (CL == 1) {
+          tma_load(stage + L::kValues, &map_x, bar, c * kChunk, load0);
+          tma_load(stage + L::kValues + L::kXBox, &map_x, bar, c * kChunk + kXBoxColumns, load0);
+        } else {  // box `rank` of x into both blocks of the cluster
+          tma_load_multicast(stage + L::kValues + rank * L::kXBox, &map_x, bar, c * kChunk + rank * kXBoxColumns,
+                             load0, 0x3);
+        }
         tma_load(stage + L::kValues + L::kX, &map_meta, bar, c * (kChunk / 16), row0);
       }
     }
+    if constexpr (CL > 1) cluster_sync();  // see the consumers' end of the main loop
     return;
   }
 
-  if constexpr (CWG >= 2) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+  // Registers: 2 consumer warpgroups take what the producer gives back (their 256-token tile needs 128 accumulators
+  // per thread); 4 consumer warpgroups (640 threads) have 96 per thread, enough for 128 tokens.
+  if constexpr (CWG == 2) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
   const int ctid = threadIdx.x - 128;  // consumer thread 0 .. 128 CWG - 1
   const int cw = wg - 1;               // consumer warpgroup
   const int warp = (ctid >> 5) & 3, lane = ctid & 31, g = lane >> 2, t = lane & 3;
@@ -208,7 +257,14 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   auto retire = [&](int s, uint32_t(&e)[4]) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(e[j])::"memory");
-    if ((ctid & 127) == 0) mbar_arrive(empty + 8 * s);
+    if ((ctid & 127) == 0) {
+      if constexpr (CL == 1) {
+        mbar_arrive(empty + 8 * s);
+      } else {
+#pragma unroll
+        for (uint32_t r = 0; r < CL; ++r) mbar_arrive_cluster(empty + 8 * s, r);
+      }
+    }
   };
   const int n = c_end - c_begin;
   if constexpr (kGroupsInFlight == 1) {
@@ -242,6 +298,8 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   }
 #pragma unroll
   for (int i = 0; i < TOKENS / 2; ++i) asm volatile("" : "+f"(acc[i])::"memory");  // complete before the epilogue
+  // No block of a cluster leaves while its peer may still arrive on its barriers or copy into its shared memory.
+  if constexpr (CL > 1) cluster_sync();
 
   // Accumulator i = 4 j + 2 h + q: row 16 warp + g + 8 h of the warpgroup's 64, token load0 + 8 j + 2 t + q.
   // (the producer warpgroup has left: the consumers meet on named barrier 1)
@@ -292,7 +350,7 @@ CUtensorMap tensor_map(const torch::Tensor& t, CUtensorMapDataType type, int ele
   return map;
 }
 
-template <typename T, int TOKENS, int CWG>
+template <typename T, int TOKENS, int CWG, int CL>
 void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
             const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int split,
             cudaStream_t stream) {
@@ -301,7 +359,7 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   const int num_chunks = K / kChunk;
   const int per_split = (num_chunks + split - 1) / split;
   const dim3 grid((M + TOKENS - 1) / TOKENS, N / L::kRows, split);
-  const auto kernel = spmm24_wgmma_kernel<T, TOKENS, CWG>;
+  const auto kernel = spmm24_wgmma_kernel<T, TOKENS, CWG, CL>;
   const int device = x.get_device();
   static std::atomic<uint64_t> configured{0};  // once per device and instantiation
   const uint64_t bit = uint64_t{1} << (device & 63);
@@ -320,26 +378,44 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   int* counters = nullptr;
   if (split > 1) std::tie(partial, counters) = workspace.get(split, grid.x * grid.y, L::kConsumerThreads * TOKENS / 2);
   const T* bias_ptr = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
-  kernel<<<grid, L::kThreads, L::kSmem, stream>>>(map_values, map_meta, map_x, bias_ptr,
-                                                  reinterpret_cast<T*>(y.data_ptr()), partial, counters, M, N,
-                                                  num_chunks, per_split, x_rows);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  T* y_ptr = reinterpret_cast<T*>(y.data_ptr());
+  if constexpr (CL == 1) {
+    kernel<<<grid, L::kThreads, L::kSmem, stream>>>(map_values, map_meta, map_x, bias_ptr, y_ptr, partial, counters,
+                                                    M, N, num_chunks, per_split, x_rows);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else {  // clusters of CL neighbouring row tiles
+    cudaLaunchConfig_t config{};
+    config.gridDim = grid;
+    config.blockDim = dim3(L::kThreads);
+    config.dynamicSmemBytes = L::kSmem;
+    config.stream = stream;
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeClusterDimension;
+    attribute[0].val.clusterDim.x = 1;
+    attribute[0].val.clusterDim.y = CL;
+    attribute[0].val.clusterDim.z = 1;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, map_values, map_meta, map_x, bias_ptr, y_ptr, partial,
+                                      counters, M, N, num_chunks, per_split, x_rows));
+  }
 }
 
-// The instantiated tiles: (tokens per block, consumer warpgroups of 64 rows each).
-#define SPARSE_LLM_WGMMA_TILES(X) \
-  X(8, 1) X(8, 2) X(16, 1) X(16, 2) X(32, 1) X(32, 2) X(64, 1) X(64, 2) X(128, 1) X(128, 2) X(256, 1)
+// The instantiated tiles: (tokens per block, consumer warpgroups of 64 rows each, blocks per cluster sharing x).
+#define SPARSE_LLM_WGMMA_TILES(X)                                                                          \
+  X(8, 1, 1) X(8, 2, 1) X(16, 1, 1) X(16, 2, 1) X(32, 1, 1) X(32, 2, 1) X(64, 1, 1) X(64, 2, 1) X(64, 4, 1) \
+  X(128, 1, 1) X(128, 2, 1) X(128, 4, 1) X(256, 1, 1) X(256, 2, 1) X(128, 2, 2) X(128, 4, 2) X(256, 2, 2)
 
-bool tile_supported(int tokens, int warpgroups) {
-#define SPARSE_LLM_WGMMA_MATCH(T_, W_) \
-  if (tokens == T_ && warpgroups == W_) return true;
+bool tile_supported(int tokens, int warpgroups, int cluster) {
+#define SPARSE_LLM_WGMMA_MATCH(T_, W_, C_) \
+  if (tokens == T_ && warpgroups == W_ && cluster == C_) return true;
   SPARSE_LLM_WGMMA_TILES(SPARSE_LLM_WGMMA_MATCH)
 #undef SPARSE_LLM_WGMMA_MATCH
   return false;
 }
 
 int stages_of(int tokens, int warpgroups) {
-#define SPARSE_LLM_WGMMA_STAGES(T_, W_) \
+#define SPARSE_LLM_WGMMA_STAGES(T_, W_, C_) \
   if (tokens == T_ && warpgroups == W_) return WgLayout<T_, W_>::kStages;
   SPARSE_LLM_WGMMA_TILES(SPARSE_LLM_WGMMA_STAGES)
 #undef SPARSE_LLM_WGMMA_STAGES
@@ -349,11 +425,11 @@ int stages_of(int tokens, int warpgroups) {
 template <typename T>
 void dispatch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
               const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int tokens,
-              int warpgroups, int split, cudaStream_t stream) {
-#define SPARSE_LLM_WGMMA_CASE(T_, W_)                                                \
-  if (tokens == T_ && warpgroups == W_) {                                            \
-    launch<T, T_, W_>(x, values, meta, bias, y, workspace, split, stream);           \
-    return;                                                                          \
+              int warpgroups, int cluster, int split, cudaStream_t stream) {
+#define SPARSE_LLM_WGMMA_CASE(T_, W_, C_)                                     \
+  if (tokens == T_ && warpgroups == W_ && cluster == C_) {                    \
+    launch<T, T_, W_, C_>(x, values, meta, bias, y, workspace, split, stream); \
+    return;                                                                   \
   }
   SPARSE_LLM_WGMMA_TILES(SPARSE_LLM_WGMMA_CASE)
 #undef SPARSE_LLM_WGMMA_CASE
@@ -365,17 +441,18 @@ bool aligned16(const torch::Tensor& t) {
 
 }  // namespace
 
-// y (M, N) = x (M, K) @ W.T + bias with tiles of `tokens` tokens x 64 * `warpgroups` rows of W; split > 1 splits K.
+// y (M, N) = x (M, K) @ W.T + bias with tiles of `tokens` tokens x 64 * `warpgroups` rows of W, `cluster` (1 or 2)
+// neighbouring row tiles sharing their loads of x; split > 1 splits K.
 torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
                            const c10::optional<torch::Tensor>& bias, int64_t tokens, int64_t warpgroups,
-                           int64_t split) {
+                           int64_t cluster, int64_t split) {
   check_operands("spmm24_wgmma", x, values, meta, bias);
   const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
   TORCH_CHECK(K % kChunk == 0, "spmm24_wgmma: K must be a multiple of ", kChunk, ", got ", K);
-  TORCH_CHECK(tile_supported(static_cast<int>(tokens), static_cast<int>(warpgroups)),
-              "spmm24_wgmma: no kernel for tokens=", tokens, " warpgroups=", warpgroups);
-  TORCH_CHECK(N % (64 * warpgroups) == 0, "spmm24_wgmma: the weight's ", N, " rows are not a multiple of the tile's ",
-              64 * warpgroups);
+  TORCH_CHECK(tile_supported(static_cast<int>(tokens), static_cast<int>(warpgroups), static_cast<int>(cluster)),
+              "spmm24_wgmma: no kernel for tokens=", tokens, " warpgroups=", warpgroups, " cluster=", cluster);
+  TORCH_CHECK(N % (64 * warpgroups * cluster) == 0, "spmm24_wgmma: the weight's ", N,
+              " rows are not a multiple of the cluster's ", 64 * warpgroups * cluster);
   TORCH_CHECK(aligned16(x) && aligned16(values) && aligned16(meta),
               "spmm24_wgmma: the tensor maps need 16-byte aligned storage and row strides for x, values and meta");
   TORCH_CHECK(split >= 1 && split <= K / kChunk, "spmm24_wgmma: split must be in [1, K/", kChunk, "], got ", split);
@@ -389,10 +466,10 @@ torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, 
   SplitWorkspace workspace{x, stream};
   if (x.scalar_type() == at::kBFloat16) {
     dispatch<__nv_bfloat16>(x, values, meta, bias, y, workspace, static_cast<int>(tokens),
-                            static_cast<int>(warpgroups), static_cast<int>(split), stream);
+                            static_cast<int>(warpgroups), static_cast<int>(cluster), static_cast<int>(split), stream);
   } else {
     dispatch<__half>(x, values, meta, bias, y, workspace, static_cast<int>(tokens), static_cast<int>(warpgroups),
-                     static_cast<int>(split), stream);
+                     static_cast<int>(cluster), static_cast<int>(split), stream);
   }
   return y;
 }
@@ -405,6 +482,6 @@ int64_t wgmma_stages(int64_t tokens, int64_t warpgroups) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm24_wgmma", &spmm24_wgmma, "y = x @ W.T (+ bias) for a canonical 2:4 W on Hopper's wgmma.sp",
         py::arg("x"), py::arg("values"), py::arg("meta"), py::arg("bias"), py::arg("tokens"), py::arg("warpgroups"),
-        py::arg("split"));
+        py::arg("cluster"), py::arg("split"));
   m.def("stages", &wgmma_stages, "shared-memory stages of a tile", py::arg("tokens"), py::arg("warpgroups"));
 }

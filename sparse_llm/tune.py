@@ -155,19 +155,20 @@ def mma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
 
 
 def wgmma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
-    """The warpgroup kernel's tiles of M's token count (a power of two, 8-256), half and double it, with 64 and 128
-    rows per block, each with no split, its automatic split (``wgmma_split``), half and double that; none where the
-    kernel does not run (not an H100/H200, or no toolkit to build it)."""
+    """The warpgroup kernel's tiles of M's token count (a power of two, 8-256), half and double it, with 64, 128 and
+    256 rows per block and x shared by clusters of two blocks (``wgmma_tiles_near``), each with no split, its
+    automatic split (``wgmma_split``), half and double that; none where the kernel does not run (not an H100/H200, or
+    no toolkit to build it)."""
     from sparse_llm.backends.sparse_mma import WGMMA_CHUNK, wgmma_config, wgmma_split, wgmma_tiles_near, wgmma_usable
 
     if not wgmma_usable(device) or k % WGMMA_CHUNK:
         return []
     out = []
-    for tokens, warpgroups in wgmma_tiles_near(m, n):
+    for tokens, warpgroups, cluster in wgmma_tiles_near(m, n):
         split = wgmma_split(m, n, k, tokens, warpgroups, device)
         for s in sorted({1, max(1, split // 2), split, 2 * split}):
             if s == 1 or k // (WGMMA_CHUNK * s) >= 4:
-                out.append(wgmma_config(tokens, warpgroups, s))
+                out.append(wgmma_config(tokens, warpgroups, s, cluster))
     return out
 
 

@@ -13,7 +13,8 @@ W and x chunks in shared memory) and the split of K (split > 1: the last
 block of each tile adds the fp32 partial sums in a fixed order inside the same kernel, so results are the same
 on every run). ``MmaConfig.wgmma`` selects the warpgroup kernel: 64 rows of W per consumer warpgroup (``warps`` =
 4 per warpgroup, ``rows`` = 16 per warp), ``tokens`` per block, W and x through a shared-memory ring filled by
-tensor-map copies as deep as fits (``stages`` is 0: not a choice).
+tensor-map copies as deep as fits (``stages`` is 0: not a choice); with ``cluster`` two blocks of neighbouring row
+tiles form a thread-block cluster and share their copies of x (each loads half of a stage's x into both).
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ TILES = frozenset(
                        (2, 8, 3, 8), (1, 16, 3, 8), (2, 16, 3, 8))
 )  # fmt: skip
 
-# (tokens per block, consumer warpgroups of 64 rows) instantiated in csrc/spmm24_wgmma.cu (SPARSE_LLM_WGMMA_TILES)
-WGMMA_TILES = frozenset(((8, 1), (8, 2), (16, 1), (16, 2), (32, 1), (32, 2), (64, 1), (64, 2), (128, 1), (128, 2),
-                         (256, 1)))  # fmt: skip
+# (tokens per block, consumer warpgroups of 64 rows, blocks per cluster sharing x) instantiated in
+# csrc/spmm24_wgmma.cu (SPARSE_LLM_WGMMA_TILES)
+WGMMA_TILES = frozenset(((8, 1, 1), (8, 2, 1), (16, 1, 1), (16, 2, 1), (32, 1, 1), (32, 2, 1), (64, 1, 1), (64, 2, 1),
+                         (64, 4, 1), (128, 1, 1), (128, 2, 1), (128, 4, 1), (256, 1, 1), (256, 2, 1), (128, 2, 2),
+                         (128, 4, 2), (256, 2, 2)))  # fmt: skip
 WGMMA_CHUNK = 128  # K columns per stage of the wgmma kernel
 
 
@@ -54,10 +57,11 @@ class MmaConfig:
     stages: int = 1
     split: int = 1  # pieces of K (blocks along grid.z)
     warps: int = 4  # warps per block (4 or 8): they share the block's staged tokens of x
-    # split 2-8 on an sm_90 GPU: the pieces of a tile run as one thread-block cluster and add their partial tiles
-    # through distributed shared memory instead of a global workspace (same bits; faster or slower by shape)
+    # mma.sp kernels, split 2-8 on an sm_90 GPU: the pieces of a tile run as one thread-block cluster and add their
+    # partial tiles through distributed shared memory instead of a global workspace (same bits; faster or slower by
+    # shape). Warpgroup kernel: two neighbouring row tiles run as one cluster and share their copies of x.
     cluster: bool = False
-    # the warpgroup kernel (wgmma.mma_async.sp, sm_90a): rows 16, warps 4 per warpgroup, stages 0, cluster False
+    # the warpgroup kernel (wgmma.mma_async.sp, sm_90a): rows 16, warps 4 per warpgroup, stages 0
     wgmma: bool = False
 
     def as_dict(self) -> dict:
@@ -67,10 +71,19 @@ class MmaConfig:
     def warpgroups(self) -> int:
         return self.warps // 4
 
+    @property
+    def wgmma_tile(self) -> tuple[int, int, int]:
+        """(tokens, warpgroups, blocks per cluster) of the warpgroup kernel: its key in :data:`WGMMA_TILES`."""
+        return self.tokens, self.warpgroups, 2 if self.cluster else 1
 
-def wgmma_config(tokens: int, warpgroups: int, split: int = 1) -> MmaConfig:
-    """The configuration of the warpgroup kernel with that tile (tokens per block, consumer warpgroups) and split."""
-    return MmaConfig(rows=16, tokens=tokens, stages=0, split=split, warps=4 * warpgroups, wgmma=True)
+
+def wgmma_config(tokens: int, warpgroups: int, split: int = 1, cluster: int = 1) -> MmaConfig:
+    """The configuration of the warpgroup kernel with that tile (tokens per block, consumer warpgroups, blocks per
+    cluster sharing x: 1 or 2) and split."""
+    if cluster not in (1, 2):
+        raise ValueError(f"a warpgroup cluster is 1 or 2 blocks, got {cluster}")
+    return MmaConfig(rows=16, tokens=tokens, stages=0, split=split, warps=4 * warpgroups, cluster=cluster == 2,
+                     wgmma=True)  # fmt: skip
 
 
 def _index(device: torch.device) -> int:
@@ -121,11 +134,12 @@ def wgmma_split(m: int, n: int, k: int, tokens: int, warpgroups: int, device: to
     return split
 
 
-def wgmma_tiles_near(m: int, n: int) -> list[tuple[int, int]]:
-    """The warpgroup tiles (tokens, warpgroups) with M's token count (a power of two, 8-256), half and double it,
-    whose rows divide the weight's ``n``: the neighbourhood the tuner (and bench/wgmma_variants.py) times."""
+def wgmma_tiles_near(m: int, n: int) -> list[tuple[int, int, int]]:
+    """The warpgroup tiles (tokens, warpgroups, cluster) with M's token count (a power of two, 8-256), half and
+    double it, whose rows (per cluster) divide the weight's ``n``: the neighbourhood the tuner (and
+    bench/wgmma_variants.py) times."""
     t0 = min(max(8, triton.next_power_of_2(m)), 256)
-    return [(t, w) for t, w in sorted(WGMMA_TILES) if t in (t0 // 2, t0, 2 * t0) and n % (64 * w) == 0]
+    return [(t, w, c) for t, w, c in sorted(WGMMA_TILES) if t in (t0 // 2, t0, 2 * t0) and n % (64 * w * c) == 0]
 
 
 def wgmma_default_config(m: int, n: int, k: int, device: torch.device) -> MmaConfig:
@@ -138,8 +152,14 @@ def wgmma_default_config(m: int, n: int, k: int, device: torch.device) -> MmaCon
 
 
 def wgmma_fits(n: int, k: int, config: MmaConfig) -> bool:
-    """The warpgroup kernel's shape rules: whole 128-column chunks of K and whole row tiles of W."""
-    return k % WGMMA_CHUNK == 0 and n % (64 * config.warpgroups) == 0
+    """The warpgroup kernel's shape rules: whole 128-column chunks of K and whole clusters of row tiles of W."""
+    return k % WGMMA_CHUNK == 0 and n % _wgmma_rows(config) == 0
+
+
+def _wgmma_rows(config: MmaConfig) -> int:
+    """Rows of W per cluster of the warpgroup kernel (one block unless ``cluster``)."""
+    _, warpgroups, blocks = config.wgmma_tile
+    return 64 * warpgroups * blocks
 
 
 def auto_split(
@@ -213,8 +233,8 @@ def _launch(x, values, meta, bias, config: MmaConfig) -> torch.Tensor:
     if x.stride(-1) != 1 or x.stride(0) % (align // 2) or x.data_ptr() % align:
         x = torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
     if config.wgmma:
-        return load_wgmma_extension().spmm24_wgmma(x, values, meta, bias, config.tokens, config.warpgroups,
-                                                   config.split)  # fmt: skip
+        tokens, warpgroups, blocks = config.wgmma_tile
+        return load_wgmma_extension().spmm24_wgmma(x, values, meta, bias, tokens, warpgroups, blocks, config.split)
     return load_mma_extension().spmm24_mma(x, values, meta, bias, config.rows, config.tokens, config.split,
                                            config.stages, config.warps, config.cluster)  # fmt: skip
 
@@ -265,11 +285,12 @@ def spmm24_mma(
     m, n = x2.shape[0], values.shape[0]
     config = config or default_config(m, n, x2.shape[1], x.device)
     if config.wgmma:
-        if (config.tokens, config.warpgroups) not in WGMMA_TILES or config.warps % 4 or config.stages or config.cluster:
-            raise ValueError(f"no warpgroup kernel for {config}; tiles (tokens, warpgroups): {sorted(WGMMA_TILES)}")
+        if config.wgmma_tile not in WGMMA_TILES or config.warps % 4 or config.stages:
+            raise ValueError(f"no warpgroup kernel for {config}; tiles (tokens, warpgroups, cluster): "
+                             f"{sorted(WGMMA_TILES)}")  # fmt: skip
         if not wgmma_fits(n, x2.shape[1], config):
             raise ValueError(f"the warpgroup kernel needs in_features divisible by {WGMMA_CHUNK} and out_features "
-                             f"by {64 * config.warpgroups}, got {x2.shape[1]} and {n}")  # fmt: skip
+                             f"by {_wgmma_rows(config)}, got {x2.shape[1]} and {n}")  # fmt: skip
         if check and not wgmma_usable(x.device):
             raise ValueError("the warpgroup kernel needs an H100/H200 (compute capability 9.0) and its extension")
     elif (config.rows, config.tokens, config.stages, config.warps) not in TILES:

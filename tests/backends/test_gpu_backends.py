@@ -285,17 +285,17 @@ def _wgmma_or_skip():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_wgmma_every_tile_and_split(dtype):
-    """Every tile of the warpgroup kernel at odd M (tokens past M arrive as zeros), split 1 and 3 of 8 chunks (the
-    last piece shorter), with and without bias; runs again give the same bits."""
+    """Every tile of the warpgroup kernel (clusters sharing x included) at odd M (tokens past M arrive as zeros),
+    split 1 and 3 of 8 chunks (the last piece shorter), with and without bias; runs again give the same bits."""
     sparse_mma = _wgmma_or_skip()
-    layer, dense, bias = _layer(256, 1024, dtype, True)
+    layer, dense, bias = _layer(512, 1024, dtype, True)
     for m in (1, 9, 40, 100, 300):
         x = torch.randn(m, 1024, device="cuda", dtype=dtype)
         for b in (None, layer.bias):
             ref = _ref(x, dense, None if b is None else bias)
-            for tokens, warpgroups in sorted(sparse_mma.WGMMA_TILES):
+            for tokens, warpgroups, cluster in sorted(sparse_mma.WGMMA_TILES):
                 for split in (1, 3):
-                    cfg = sparse_mma.wgmma_config(tokens, warpgroups, split)
+                    cfg = sparse_mma.wgmma_config(tokens, warpgroups, split, cluster)
                     out = sparse_mma.spmm24_mma(x, layer.values, layer.meta, b, cfg)
                     assert _rel_err(out, ref) < TOL[dtype], (m, cfg, b is None)
                     assert torch.equal(out, sparse_mma.spmm24_mma(x, layer.values, layer.meta, b, cfg)), cfg

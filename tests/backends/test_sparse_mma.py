@@ -63,7 +63,7 @@ def test_wgmma_header_is_what_the_generator_writes():
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     assert gen.HEADER.read_text() == gen.render(), "run python csrc/gen_wgmma_sp.py"
-    assert {t for t, _ in sparse_mma.WGMMA_TILES} <= set(gen.TOKENS)
+    assert {t for t, _, _ in sparse_mma.WGMMA_TILES} <= set(gen.TOKENS)
 
 
 def test_wgmma_tiles_are_the_instantiated_ones():
@@ -72,7 +72,7 @@ def test_wgmma_tiles_are_the_instantiated_ones():
 
     source = (Path(__file__).resolve().parents[2] / "csrc" / "spmm24_wgmma.cu").read_text()
     macro = source[source.index("#define SPARSE_LLM_WGMMA_TILES") :].split("\n\n")[0]
-    listed = {(int(t), int(w)) for t, w in re.findall(r"X\((\d+), (\d+)\)", macro)}
+    listed = {(int(t), int(w), int(c)) for t, w, c in re.findall(r"X\((\d+), (\d+), (\d+)\)", macro)}
     assert listed == set(sparse_mma.WGMMA_TILES)
 
 
@@ -92,7 +92,7 @@ def test_wgmma_default_and_candidates(monkeypatch, m, n, k):
     monkeypatch.setattr(sparse_mma, "wgmma_usable", lambda device: True)
     dev = torch.device("cuda", 0)
     cfg = sparse_mma.default_config(m, n, k, dev)
-    assert cfg.wgmma and (cfg.tokens, cfg.warpgroups) in sparse_mma.WGMMA_TILES and sparse_mma.wgmma_fits(n, k, cfg)
+    assert cfg.wgmma and cfg.wgmma_tile in sparse_mma.WGMMA_TILES and sparse_mma.wgmma_fits(n, k, cfg)
     assert cfg.tokens >= min(m, 128) and cfg.stages == 0 and not cfg.cluster
     assert 1 <= cfg.split and k // (sparse_mma.WGMMA_CHUNK * cfg.split) >= 4
     # H100 sweep (wgmma_check_v2_h100.json): 4 pieces for 1024x4096 at M <= 16, none for 4096+ rows
@@ -101,9 +101,9 @@ def test_wgmma_default_and_candidates(monkeypatch, m, n, k):
     if (n, k) == (1024, 4096) and m <= 8:
         assert cfg.split == 4
     candidates = tune.wgmma_candidates(m, n, k, dev)
-    assert cfg in candidates and len(candidates) == len(set(candidates)) <= 24
+    assert cfg in candidates and len(candidates) == len(set(candidates)) <= 40
     for c in candidates:
-        assert c.wgmma and (c.tokens, c.warpgroups) in sparse_mma.WGMMA_TILES and sparse_mma.wgmma_fits(n, k, c)
+        assert c.wgmma and c.wgmma_tile in sparse_mma.WGMMA_TILES and sparse_mma.wgmma_fits(n, k, c)
         assert sparse_mma.MmaConfig(**c.as_dict()) == c
 
 
@@ -115,6 +115,12 @@ def test_wgmma_config_checks_before_any_launch():
         sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.wgmma_config(24, 1), check=False)
     with pytest.raises(ValueError, match="out_features by 128"):
         sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.wgmma_config(64, 2), check=False)
+    with pytest.raises(ValueError, match="out_features by 256"):  # two blocks of 128 rows share x
+        sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.wgmma_config(128, 2, 1, 2), check=False)
+    with pytest.raises(ValueError, match="no warpgroup kernel"):  # no cluster of the 8-token tile
+        sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.wgmma_config(8, 1, 1, 2), check=False)
+    with pytest.raises(ValueError, match="cluster is 1 or 2 blocks"):
+        sparse_mma.wgmma_config(128, 2, 1, 4)
     with pytest.raises(ValueError, match="split must be 1 to 4"):
         sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.wgmma_config(64, 1, 5), check=False)
     with pytest.raises(ValueError, match="split must be 1 to 2"):
