@@ -1,7 +1,8 @@
 """Runs one configuration of the sparse tensor-core kernel a few times: a target for profilers.
 
     ncu --set full -k regex:spmm24 --launch-skip 2 --launch-count 1 python bench/mma_one.py 28672 8192 128 32 64 3 8 4
-(N K M rows tokens stages warps split)
+(N K M rows tokens stages warps split); the warpgroup kernel: N K M 16 tokens 0 warps split wgmma [cluster], with
+4 warps per consumer warpgroup and cluster 1 or 2 (blocks sharing x).
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import random_packed  # noqa: E402
 
-from sparse_llm.backends.sparse_mma import MmaConfig, spmm24_mma  # noqa: E402
+from sparse_llm.backends.sparse_mma import MmaConfig, spmm24_mma, wgmma_config  # noqa: E402
 
 
 def main() -> None:
     n, k, m, rows, tokens, stages, warps, split = (int(a) for a in sys.argv[1:9])
     _, values, meta = random_packed(n, k, torch.bfloat16)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    cfg = MmaConfig(rows, tokens, stages, split, warps)
+    if len(sys.argv) > 9 and sys.argv[9] == "wgmma":
+        cfg = wgmma_config(tokens, warps // 4, split, int(sys.argv[10]) if len(sys.argv) > 10 else 1)
+    else:
+        cfg = MmaConfig(rows, tokens, stages, split, warps)
     for _ in range(4):
         spmm24_mma(x, values, meta, None, cfg)
     torch.cuda.synchronize()
