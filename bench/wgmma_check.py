@@ -49,8 +49,8 @@ def check(ext, quick: bool) -> list[dict]:
     for dtype in (torch.bfloat16, torch.float16):
         for n, k in cases:
             dense, values, meta = random_packed(n, k, dtype)
-            for tokens, wgs, cl in TILES:
-                if n % (64 * wgs * cl):
+            for tokens, wgs, ct, cr in TILES:
+                if n % (64 * wgs * cr):
                     continue
                 for m in (1, 7, 33, 100, 300):
                     for split in (1, 3):
@@ -61,7 +61,7 @@ def check(ext, quick: bool) -> list[dict]:
                             bias = torch.randn(n, device="cuda", dtype=dtype) if with_bias else None
                             ref = F.linear(x, dense, bias)
                             try:
-                                y = ext.spmm24_wgmma(x, values, meta, bias, tokens, wgs, cl, split)
+                                y = ext.spmm24_wgmma(x, values, meta, bias, tokens, wgs, ct, cr, split)
                                 torch.cuda.synchronize()
                                 err = rel_err(y, ref)
                                 row = {"error": err, "ok": err < TOL[dtype]}
@@ -69,8 +69,8 @@ def check(ext, quick: bool) -> list[dict]:
                                     row.update(where_wrong(y, ref, tokens))
                             except RuntimeError as e:
                                 row = {"ok": False, "exception": str(e)[:300]}
-                            row.update(dtype=str(dtype), n=n, k=k, m=m, tokens=tokens, warpgroups=wgs, cluster=cl,
-                                       split=split, bias=with_bias)
+                            row.update(dtype=str(dtype), n=n, k=k, m=m, tokens=tokens, warpgroups=wgs,
+                                       cluster=[ct, cr], split=split, bias=with_bias)
                             out.append(row)
                             if not row["ok"]:
                                 print("FAIL", row, flush=True)
@@ -97,20 +97,22 @@ def sweep(ext, shapes, ms, with_cusparselt: bool, save) -> list[dict]:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             dense_us = time_graph_us(lambda x=x, d=dense: F.linear(x, d))
             times = []
-            for tokens, wgs, cl in TILES:
-                if tokens > 2 * max(8, m) or (tokens < m // 4 and tokens < 128) or n % (64 * wgs * cl):
+            for tokens, wgs, ct, cr in TILES:
+                if tokens > 2 * max(8, m) or (tokens < m // 4 and tokens < 128) or n % (64 * wgs * cr):
+                    continue
+                if ct > 1 and m <= tokens:
                     continue
                 for split in splits_for(m, n, k, tokens, wgs, sms):
-                    args = (x, values, meta, None, tokens, wgs, cl, split)
+                    args = (x, values, meta, None, tokens, wgs, ct, cr, split)
                     us = time_graph_us(lambda args=args: ext.spmm24_wgmma(*args))
-                    times.append({"tokens": tokens, "warpgroups": wgs, "cluster": cl, "split": split, "us": us})
+                    times.append({"tokens": tokens, "warpgroups": wgs, "cluster": [ct, cr], "split": split, "us": us})
             best = min(times, key=lambda r: r["us"])
-            y = ext.spmm24_wgmma(x, values, meta, None, best["tokens"], best["warpgroups"], best["cluster"],
+            y = ext.spmm24_wgmma(x, values, meta, None, best["tokens"], best["warpgroups"], *best["cluster"],
                                  best["split"])  # fmt: skip
             row = {"n": n, "k": k, "m": m, "dense_us": dense_us, "best": best, "speedup": dense_us / best["us"],
                    "error": rel_err(y, F.linear(x, dense)), "times": times}  # fmt: skip
             line = (f"{n}x{k} M={m}: dense {dense_us:.1f} us, wgmma {best['us']:.1f} us ({row['speedup']:.2f}x) "
-                    f"tile {best['tokens']}x{64 * best['warpgroups']}x{best['cluster']} split {best['split']}")
+                    f"tile {best['tokens']}x{64 * best['warpgroups']} cluster {best['cluster']} split {best['split']}")
             if compressed is not None:
                 run = lambda x=x, c=compressed, n=n, k=k: cusparselt.cusparselt_linear(x, c, n, k)  # noqa: E731
                 row["cusparselt_us"] = time_graph_us(run)
@@ -137,7 +139,7 @@ def main() -> None:
     ext = load_wgmma_extension()
     build_s = time.time() - t0
     print(f"built in {build_s:.0f} s; stages per tile:",
-          {f"{t}x{64 * w}": ext.stages(t, w) for t, w, _ in TILES}, flush=True)  # fmt: skip
+          {f"{t}x{64 * w}": ext.stages(t, w) for t, w, _, _ in TILES}, flush=True)  # fmt: skip
     checks = [] if args.no_check else check(ext, args.quick)
     ok = sum(r["ok"] for r in checks)
     print(f"correctness: {ok}/{len(checks)} ok", flush=True)

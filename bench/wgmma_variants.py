@@ -56,13 +56,13 @@ def build_only(name: str) -> None:
     build(name)
 
 
-def candidates(m: int, n: int, k: int) -> list[tuple[int, int, int, int]]:
+def candidates(m: int, n: int, k: int) -> list[tuple[int, int, tuple[int, int], int]]:
     splits = [s for s in (1, 2, 4) if s == 1 or k // (WGMMA_CHUNK * s) >= 4]
-    return [(tokens, wgs, cl, s) for tokens, wgs, cl in wgmma_tiles_near(m, n) for s in splits]
+    return [(tokens, wgs, (ct, cr), s) for tokens, wgs, ct, cr in wgmma_tiles_near(m, n) for s in splits]
 
 
-def time_tile(ext, x, values, meta, tokens: int, wgs: int, cl: int, split: int) -> float:
-    return time_graph_us(lambda: ext.spmm24_wgmma(x, values, meta, None, tokens, wgs, cl, split))
+def time_tile(ext, x, values, meta, tokens: int, wgs: int, cluster: tuple[int, int], split: int) -> float:
+    return time_graph_us(lambda: ext.spmm24_wgmma(x, values, meta, None, tokens, wgs, *cluster, split))
 
 
 def sweep(exts: dict, shapes, ms, save) -> list[dict]:
@@ -80,11 +80,11 @@ def sweep(exts: dict, shapes, ms, save) -> list[dict]:
                 "variants": {},
             }
             for name, ext in exts.items():
-                times = [{"tokens": t, "warpgroups": w, "cluster": c, "split": s,
+                times = [{"tokens": t, "warpgroups": w, "cluster": list(c), "split": s,
                           "us": time_tile(ext, x, values, meta, t, w, c, s)}
                          for t, w, c, s in candidates(m, n, k)]  # fmt: skip
                 best = min(times, key=lambda r: r["us"])
-                y = ext.spmm24_wgmma(x, values, meta, None, best["tokens"], best["warpgroups"], best["cluster"],
+                y = ext.spmm24_wgmma(x, values, meta, None, best["tokens"], best["warpgroups"], *best["cluster"],
                                      best["split"])  # fmt: skip
                 row["variants"][name] = {"best": best, "speedup": row["dense_us"] / best["us"],
                                          "error": rel_err(y, ref), "times": times}  # fmt: skip
@@ -117,7 +117,7 @@ def main() -> None:
                         "failures": [r for r in rows if not r["ok"]][:20]}  # fmt: skip
         print(
             f"{name}: stages",
-            {f"{t}x{64 * w}": ext.stages(t, w) for t, w, _ in sorted(WGMMA_TILES)},
+            {f"{t}x{64 * w}": ext.stages(t, w) for t, w, _, _ in sorted(WGMMA_TILES)},
             f"correctness {checks[name]['ok']}/{checks[name]['total']}",
             flush=True,
         )

@@ -17,9 +17,12 @@
 // the mma.sp kernels), issues 4 wgmma.sp (one per 32 columns) as one group, and releases the stage once the group
 // has completed (with SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT=2 only after the next chunk's group is issued).
 //
-// Clusters (CL = 2): two blocks of neighbouring row tiles and the same tokens form a thread-block cluster; each
-// loads one of a stage's two x boxes into both (tensor-map multicast), halving x's traffic from L2, and a stage is
-// refilled only once the consumers of both blocks have released it.
+// Clusters (CT x CR blocks, each 1 or 2): the blocks of CT neighbouring token tiles and CR neighbouring row tiles
+// form a thread-block cluster and share their copies (tensor-map multicast): with CT = 2 each of the two blocks of a
+// row tile loads half of its W rows (values and metadata) into both, with CR = 2 each of the two blocks of a token
+// tile loads one of the two x boxes into both. That halves W's or x's traffic from L2, which bounds the kernel at
+// large M (28672x8192, M = 4096: L2 at 92% of its peak, DRAM at 55%; ncu, bench/NOTES.md). A stage is refilled
+// only once the consumers of every block that copies into it have released it.
 //
 // Split-K (grid.z > 1): each block writes its fp32 partial tile to a workspace and counts itself in on the tile's
 // counter; the last block of a tile adds the partials in split order (the same bits on every run), adds the bias and
@@ -103,10 +106,15 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
       "r"(parity)
       : "memory");
 }
-// The block's rank in its thread-block cluster.
-__device__ __forceinline__ uint32_t cluster_rank() {
+// The block's position in its thread-block cluster.
+__device__ __forceinline__ uint32_t cluster_x() {
   uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  asm volatile("mov.u32 %0, %%cluster_ctaid.x;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ uint32_t cluster_y() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctaid.y;\n" : "=r"(r));
   return r;
 }
 // Every thread of the cluster meets here (release / acquire across the cluster's blocks).
@@ -150,7 +158,7 @@ __device__ __forceinline__ uint64_t desc_sw128(uint32_t addr) {
 }
 #endif
 
-template <typename T, int TOKENS, int CWG, int CL>
+template <typename T, int TOKENS, int CWG, int CT, int CR>
 __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     const __grid_constant__ CUtensorMap map_values, const __grid_constant__ CUtensorMap map_meta,
     const __grid_constant__ CUtensorMap map_x, const T* __restrict__ bias, T* __restrict__ y,
@@ -159,7 +167,9 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
 #ifdef SPARSE_LLM_WGMMA
   using L = WgLayout<TOKENS, CWG>;
   constexpr int S = L::kStages;
-  static_assert(CL == 1 || CL == 2, "a cluster shares x between 1 or 2 blocks (one 64-column box each)");
+  static_assert(CT == 1 || CT == 2, "W is shared by 1 or 2 blocks (half of the rows each)");
+  static_assert(CR == 1 || CR == 2, "x is shared by 1 or 2 blocks (one 64-column box each)");
+  constexpr bool kCluster = CT * CR > 1;
   extern __shared__ uint8_t smem_raw[];
   const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023u) & ~1023u;
   const uint32_t full = base + S * L::kStage;  // full[s] at full + 8 s, empty[s] at full + 8 (S + s)
@@ -174,21 +184,21 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   const int c_begin = blockIdx.z * chunks_per_split;
   const int c_end = min(c_begin + chunks_per_split, num_chunks);
   const int wg = threadIdx.x / 128;
-  // CL = 2: the two blocks of a cluster own neighbouring row tiles of the same tokens; each loads one of the two
-  // x boxes of a stage into both (multicast), so x crosses L2 once per 2 row tiles. A stage is then free only once
-  // the consumers of both blocks have released it: each consumer warpgroup arrives on both blocks' empty barrier.
-  const uint32_t rank = CL > 1 ? cluster_rank() : 0;
+  // Cluster position (cx, cy): rank cx + CT cy. This block's stage receives W from the blocks (0 .. CT-1, cy) and x
+  // from (cx, 0 .. CR-1), which are also the blocks this block's producer copies into: a consumer warpgroup frees a
+  // stage by arriving on the empty barrier of each of those CT + CR - 1 blocks (itself included).
+  const uint32_t cx = CT > 1 ? cluster_x() : 0, cy = CR > 1 ? cluster_y() : 0;
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < S; ++s) {
       mbar_init(full + 8 * s, 1);
-      mbar_init(empty + 8 * s, CWG * CL);
+      mbar_init(empty + 8 * s, CWG * (CT + CR - 1));
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
   }
-  if constexpr (CL > 1) {
-    cluster_sync();  // the peer's barriers exist before anything is copied into it
+  if constexpr (kCluster) {
+    cluster_sync();  // the peers' barriers exist before anything is copied into them
   } else {
     __syncthreads();
   }
@@ -201,18 +211,28 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
         if (k >= S) mbar_wait(empty + 8 * s, ((k / S) - 1) & 1);
         const uint32_t stage = base + s * L::kStage, bar = full + 8 * s;
         mbar_expect_tx(bar, L::kValues + L::kMeta + 2 * x_rows * kRowBytes);
-        tma_load(stage, &map_values, bar, c * (kChunk / 2), row0);
-        if constexpr (CL == 1) {
+        if constexpr (CT == 1) {
+          tma_load(stage, &map_values, bar, c * (kChunk / 2), row0);
+          tma_load(stage + L::kValues + L::kX, &map_meta, bar, c * (kChunk / 16), row0);
+        } else {  // rows cx * kRows / 2 .. of W into both token blocks (0, cy) and (1, cy)
+          constexpr int kHalf = L::kRows / 2;
+          const uint16_t mask = static_cast<uint16_t>(0x3u << (CT * cy));
+          tma_load_multicast(stage + cx * kHalf * kRowBytes, &map_values, bar, c * (kChunk / 2), row0 + cx * kHalf,
+                             mask);
+          tma_load_multicast(stage + L::kValues + L::kX + cx * kHalf * kMetaRowBytes, &map_meta, bar,
+                             c * (kChunk / 16), row0 + cx * kHalf, mask);
+        }
+        if constexpr (CR == 1) {
           tma_load(stage + L::kValues, &map_x, bar, c * kChunk, load0);
           tma_load(stage + L::kValues + L::kXBox, &map_x, bar, c * kChunk + kXBoxColumns, load0);
-        } else {  // box `rank` of x into both blocks of the cluster
-          tma_load_multicast(stage + L::kValues + rank * L::kXBox, &map_x, bar, c * kChunk + rank * kXBoxColumns,
-                             load0, 0x3);
+        } else {  // box cy of x into both row blocks (cx, 0) and (cx, 1)
+          const uint16_t mask = static_cast<uint16_t>((1u | (1u << CT)) << cx);
+          tma_load_multicast(stage + L::kValues + cy * L::kXBox, &map_x, bar, c * kChunk + cy * kXBoxColumns, load0,
+                             mask);
         }
-        tma_load(stage + L::kValues + L::kX, &map_meta, bar, c * (kChunk / 16), row0);
       }
     }
-    if constexpr (CL > 1) cluster_sync();  // see the consumers' end of the main loop
+    if constexpr (kCluster) cluster_sync();  // see the consumers' end of the main loop
     return;
   }
 
@@ -262,7 +282,8 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(e[j])::"memory");
     if ((ctid & 127) == 0) {
       mbar_arrive(empty + 8 * s);
-      if constexpr (CL == 2) mbar_arrive_remote(empty + 8 * s, rank ^ 1);
+      if constexpr (CT == 2) mbar_arrive_remote(empty + 8 * s, (cx ^ 1) + CT * cy);
+      if constexpr (CR == 2) mbar_arrive_remote(empty + 8 * s, cx + CT * (cy ^ 1));
     }
   };
   const int n = c_end - c_begin;
@@ -298,7 +319,7 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
 #pragma unroll
   for (int i = 0; i < TOKENS / 2; ++i) asm volatile("" : "+f"(acc[i])::"memory");  // complete before the epilogue
   // No block of a cluster leaves while its peer may still arrive on its barriers or copy into its shared memory.
-  if constexpr (CL > 1) cluster_sync();
+  if constexpr (kCluster) cluster_sync();
 
   // Accumulator i = 4 j + 2 h + q: row 16 warp + g + 8 h of the warpgroup's 64, token load0 + 8 j + 2 t + q.
   // (the producer warpgroup has left: the consumers meet on named barrier 1)
@@ -349,7 +370,7 @@ CUtensorMap tensor_map(const torch::Tensor& t, CUtensorMapDataType type, int ele
   return map;
 }
 
-template <typename T, int TOKENS, int CWG, int CL>
+template <typename T, int TOKENS, int CWG, int CT, int CR>
 void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
             const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int split,
             cudaStream_t stream) {
@@ -357,8 +378,11 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   const int M = x.size(0), K = x.size(1), N = values.size(0);
   const int num_chunks = K / kChunk;
   const int per_split = (num_chunks + split - 1) / split;
-  const dim3 grid((M + TOKENS - 1) / TOKENS, N / L::kRows, split);
-  const auto kernel = spmm24_wgmma_kernel<T, TOKENS, CWG, CL>;
+  // Token tiles rounded up to whole clusters: a last block past M computes the last tile again (its load0) for the
+  // W it shares and writes nothing.
+  const int token_tiles = ((M + TOKENS - 1) / TOKENS + CT - 1) / CT * CT;
+  const dim3 grid(token_tiles, N / L::kRows, split);
+  const auto kernel = spmm24_wgmma_kernel<T, TOKENS, CWG, CT, CR>;
   const int device = x.get_device();
   static std::atomic<uint64_t> configured{0};  // once per device and instantiation
   const uint64_t bit = uint64_t{1} << (device & 63);
@@ -368,9 +392,11 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   }
   const CUtensorMapDataType type =
       std::is_same_v<T, __nv_bfloat16> ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  const CUtensorMap map_values = tensor_map(values, type, 2, kRowBytes / 2, L::kRows, CU_TENSOR_MAP_SWIZZLE_128B);
-  const CUtensorMap map_meta =
-      tensor_map(meta, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, kMetaRowBytes / 2, L::kRows, CU_TENSOR_MAP_SWIZZLE_NONE);
+  // (with CT = 2 each block copies half of the tile's rows of W)
+  const CUtensorMap map_values =
+      tensor_map(values, type, 2, kRowBytes / 2, L::kRows / CT, CU_TENSOR_MAP_SWIZZLE_128B);
+  const CUtensorMap map_meta = tensor_map(meta, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, kMetaRowBytes / 2,
+                                          L::kRows / CT, CU_TENSOR_MAP_SWIZZLE_NONE);
   const int x_rows = std::min(M, TOKENS);  // boxes of x never reach past its last row (see the kernel)
   const CUtensorMap map_x = tensor_map(x, type, 2, kXBoxColumns, x_rows, CU_TENSOR_MAP_SWIZZLE_128B);
   float* partial = nullptr;
@@ -378,11 +404,11 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   if (split > 1) std::tie(partial, counters) = workspace.get(split, grid.x * grid.y, L::kConsumerThreads * TOKENS / 2);
   const T* bias_ptr = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
   T* y_ptr = reinterpret_cast<T*>(y.data_ptr());
-  if constexpr (CL == 1) {
+  if constexpr (CT * CR == 1) {
     kernel<<<grid, L::kThreads, L::kSmem, stream>>>(map_values, map_meta, map_x, bias_ptr, y_ptr, partial, counters,
                                                     M, N, num_chunks, per_split, x_rows);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-  } else {  // clusters of CL neighbouring row tiles
+  } else {  // clusters of CT token tiles x CR row tiles
     cudaLaunchConfig_t config{};
     config.gridDim = grid;
     config.blockDim = dim3(L::kThreads);
@@ -390,8 +416,8 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
     config.stream = stream;
     cudaLaunchAttribute attribute[1];
     attribute[0].id = cudaLaunchAttributeClusterDimension;
-    attribute[0].val.clusterDim.x = 1;
-    attribute[0].val.clusterDim.y = CL;
+    attribute[0].val.clusterDim.x = CT;
+    attribute[0].val.clusterDim.y = CR;
     attribute[0].val.clusterDim.z = 1;
     config.attrs = attribute;
     config.numAttrs = 1;
@@ -400,21 +426,24 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   }
 }
 
-// The instantiated tiles: (tokens per block, consumer warpgroups of 64 rows each, blocks per cluster sharing x).
-#define SPARSE_LLM_WGMMA_TILES(X)                                                                          \
-  X(8, 1, 1) X(8, 2, 1) X(16, 1, 1) X(16, 2, 1) X(32, 1, 1) X(32, 2, 1) X(64, 1, 1) X(64, 2, 1) X(64, 4, 1) \
-  X(128, 1, 1) X(128, 2, 1) X(128, 4, 1) X(256, 1, 1) X(256, 2, 1) X(128, 2, 2) X(128, 4, 2) X(256, 2, 2)
+// The instantiated tiles: (tokens per block, consumer warpgroups of 64 rows each, cluster blocks along tokens sharing
+// W, cluster blocks along rows sharing x).
+#define SPARSE_LLM_WGMMA_TILES(X)                                                                     \
+  X(8, 1, 1, 1) X(8, 2, 1, 1) X(16, 1, 1, 1) X(16, 2, 1, 1) X(32, 1, 1, 1) X(32, 2, 1, 1) X(64, 1, 1, 1) \
+  X(64, 2, 1, 1) X(64, 4, 1, 1) X(128, 1, 1, 1) X(128, 2, 1, 1) X(128, 4, 1, 1) X(256, 1, 1, 1)         \
+  X(256, 2, 1, 1) X(128, 2, 1, 2) X(128, 2, 2, 2) X(128, 4, 1, 2) X(128, 4, 2, 1) X(128, 4, 2, 2)        \
+  X(256, 2, 1, 2) X(256, 2, 2, 2)
 
-bool tile_supported(int tokens, int warpgroups, int cluster) {
-#define SPARSE_LLM_WGMMA_MATCH(T_, W_, C_) \
-  if (tokens == T_ && warpgroups == W_ && cluster == C_) return true;
+bool tile_supported(int tokens, int warpgroups, int cluster_tokens, int cluster_rows) {
+#define SPARSE_LLM_WGMMA_MATCH(T_, W_, CT_, CR_) \
+  if (tokens == T_ && warpgroups == W_ && cluster_tokens == CT_ && cluster_rows == CR_) return true;
   SPARSE_LLM_WGMMA_TILES(SPARSE_LLM_WGMMA_MATCH)
 #undef SPARSE_LLM_WGMMA_MATCH
   return false;
 }
 
 int stages_of(int tokens, int warpgroups) {
-#define SPARSE_LLM_WGMMA_STAGES(T_, W_, C_) \
+#define SPARSE_LLM_WGMMA_STAGES(T_, W_, CT_, CR_) \
   if (tokens == T_ && warpgroups == W_) return WgLayout<T_, W_>::kStages;
   SPARSE_LLM_WGMMA_TILES(SPARSE_LLM_WGMMA_STAGES)
 #undef SPARSE_LLM_WGMMA_STAGES
@@ -424,11 +453,11 @@ int stages_of(int tokens, int warpgroups) {
 template <typename T>
 void dispatch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
               const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int tokens,
-              int warpgroups, int cluster, int split, cudaStream_t stream) {
-#define SPARSE_LLM_WGMMA_CASE(T_, W_, C_)                                     \
-  if (tokens == T_ && warpgroups == W_ && cluster == C_) {                    \
-    launch<T, T_, W_, C_>(x, values, meta, bias, y, workspace, split, stream); \
-    return;                                                                   \
+              int warpgroups, int cluster_tokens, int cluster_rows, int split, cudaStream_t stream) {
+#define SPARSE_LLM_WGMMA_CASE(T_, W_, CT_, CR_)                                         \
+  if (tokens == T_ && warpgroups == W_ && cluster_tokens == CT_ && cluster_rows == CR_) { \
+    launch<T, T_, W_, CT_, CR_>(x, values, meta, bias, y, workspace, split, stream);     \
+    return;                                                                             \
   }
   SPARSE_LLM_WGMMA_TILES(SPARSE_LLM_WGMMA_CASE)
 #undef SPARSE_LLM_WGMMA_CASE
@@ -440,18 +469,21 @@ bool aligned16(const torch::Tensor& t) {
 
 }  // namespace
 
-// y (M, N) = x (M, K) @ W.T + bias with tiles of `tokens` tokens x 64 * `warpgroups` rows of W, `cluster` (1 or 2)
-// neighbouring row tiles sharing their loads of x; split > 1 splits K.
+// y (M, N) = x (M, K) @ W.T + bias with tiles of `tokens` tokens x 64 * `warpgroups` rows of W, clusters of
+// `cluster_tokens` token tiles (sharing their copies of W) x `cluster_rows` row tiles (sharing x), each 1 or 2; split
+// > 1 splits K.
 torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
                            const c10::optional<torch::Tensor>& bias, int64_t tokens, int64_t warpgroups,
-                           int64_t cluster, int64_t split) {
+                           int64_t cluster_tokens, int64_t cluster_rows, int64_t split) {
   check_operands("spmm24_wgmma", x, values, meta, bias);
   const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
   TORCH_CHECK(K % kChunk == 0, "spmm24_wgmma: K must be a multiple of ", kChunk, ", got ", K);
-  TORCH_CHECK(tile_supported(static_cast<int>(tokens), static_cast<int>(warpgroups), static_cast<int>(cluster)),
-              "spmm24_wgmma: no kernel for tokens=", tokens, " warpgroups=", warpgroups, " cluster=", cluster);
-  TORCH_CHECK(N % (64 * warpgroups * cluster) == 0, "spmm24_wgmma: the weight's ", N,
-              " rows are not a multiple of the cluster's ", 64 * warpgroups * cluster);
+  TORCH_CHECK(tile_supported(static_cast<int>(tokens), static_cast<int>(warpgroups), static_cast<int>(cluster_tokens),
+                             static_cast<int>(cluster_rows)),
+              "spmm24_wgmma: no kernel for tokens=", tokens, " warpgroups=", warpgroups, " cluster=", cluster_tokens,
+              "x", cluster_rows);
+  TORCH_CHECK(N % (64 * warpgroups * cluster_rows) == 0, "spmm24_wgmma: the weight's ", N,
+              " rows are not a multiple of the cluster's ", 64 * warpgroups * cluster_rows);
   TORCH_CHECK(aligned16(x) && aligned16(values) && aligned16(meta),
               "spmm24_wgmma: the tensor maps need 16-byte aligned storage and row strides for x, values and meta");
   TORCH_CHECK(split >= 1 && split <= K / kChunk, "spmm24_wgmma: split must be in [1, K/", kChunk, "], got ", split);
@@ -465,10 +497,12 @@ torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, 
   SplitWorkspace workspace{x, stream};
   if (x.scalar_type() == at::kBFloat16) {
     dispatch<__nv_bfloat16>(x, values, meta, bias, y, workspace, static_cast<int>(tokens),
-                            static_cast<int>(warpgroups), static_cast<int>(cluster), static_cast<int>(split), stream);
+                            static_cast<int>(warpgroups), static_cast<int>(cluster_tokens),
+                            static_cast<int>(cluster_rows), static_cast<int>(split), stream);
   } else {
     dispatch<__half>(x, values, meta, bias, y, workspace, static_cast<int>(tokens), static_cast<int>(warpgroups),
-                     static_cast<int>(cluster), static_cast<int>(split), stream);
+                     static_cast<int>(cluster_tokens), static_cast<int>(cluster_rows), static_cast<int>(split),
+                     stream);
   }
   return y;
 }
@@ -481,6 +515,6 @@ int64_t wgmma_stages(int64_t tokens, int64_t warpgroups) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm24_wgmma", &spmm24_wgmma, "y = x @ W.T (+ bias) for a canonical 2:4 W on Hopper's wgmma.sp",
         py::arg("x"), py::arg("values"), py::arg("meta"), py::arg("bias"), py::arg("tokens"), py::arg("warpgroups"),
-        py::arg("cluster"), py::arg("split"));
+        py::arg("cluster_tokens"), py::arg("cluster_rows"), py::arg("split"));
   m.def("stages", &wgmma_stages, "shared-memory stages of a tile", py::arg("tokens"), py::arg("warpgroups"));
 }

@@ -156,7 +156,7 @@ def mma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
 
 def wgmma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
     """The warpgroup kernel's tiles of M's token count (a power of two, 8-256), half and double it, with 64, 128 and
-    256 rows per block and x shared by clusters of two blocks (``wgmma_tiles_near``), each with no split, its
+    256 rows per block and W or x shared in clusters (``wgmma_tiles_near``), each with no split, its
     automatic split (``wgmma_split``), half and double that; none where the kernel does not run (not an H100/H200, or
     no toolkit to build it)."""
     from sparse_llm.backends.sparse_mma import WGMMA_CHUNK, wgmma_config, wgmma_split, wgmma_tiles_near, wgmma_usable
@@ -164,11 +164,11 @@ def wgmma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
     if not wgmma_usable(device) or k % WGMMA_CHUNK:
         return []
     out = []
-    for tokens, warpgroups, cluster in wgmma_tiles_near(m, n):
+    for tokens, warpgroups, cluster_tokens, cluster_rows in wgmma_tiles_near(m, n):
         split = wgmma_split(m, n, k, tokens, warpgroups, device)
         for s in sorted({1, max(1, split // 2), split, 2 * split}):
             if s == 1 or k // (WGMMA_CHUNK * s) >= 4:
-                out.append(wgmma_config(tokens, warpgroups, s, cluster))
+                out.append(wgmma_config(tokens, warpgroups, s, (cluster_tokens, cluster_rows)))
     return out
 
 

@@ -13,8 +13,9 @@ W and x chunks in shared memory) and the split of K (split > 1: the last
 block of each tile adds the fp32 partial sums in a fixed order inside the same kernel, so results are the same
 on every run). ``MmaConfig.wgmma`` selects the warpgroup kernel: 64 rows of W per consumer warpgroup (``warps`` =
 4 per warpgroup, ``rows`` = 16 per warp), ``tokens`` per block, W and x through a shared-memory ring filled by
-tensor-map copies as deep as fits (``stages`` is 0: not a choice); with ``cluster`` two blocks of neighbouring row
-tiles form a thread-block cluster and share their copies of x (each loads half of a stage's x into both).
+tensor-map copies as deep as fits (``stages`` is 0: not a choice); ``wgmma_cluster`` (token tiles, row tiles), each
+1 or 2, makes neighbouring blocks a thread-block cluster that shares its copies of W (two token tiles) and of x (two
+row tiles): each block loads its part of a stage into all of them (tensor-map multicast).
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ TILES = frozenset(
                        (2, 8, 3, 8), (1, 16, 3, 8), (2, 16, 3, 8))
 )  # fmt: skip
 
-# (tokens per block, consumer warpgroups of 64 rows, blocks per cluster sharing x) instantiated in
-# csrc/spmm24_wgmma.cu (SPARSE_LLM_WGMMA_TILES)
-WGMMA_TILES = frozenset(((8, 1, 1), (8, 2, 1), (16, 1, 1), (16, 2, 1), (32, 1, 1), (32, 2, 1), (64, 1, 1), (64, 2, 1),
-                         (64, 4, 1), (128, 1, 1), (128, 2, 1), (128, 4, 1), (256, 1, 1), (256, 2, 1), (128, 2, 2),
-                         (128, 4, 2), (256, 2, 2)))  # fmt: skip
+# (tokens per block, consumer warpgroups of 64 rows, cluster token tiles sharing W, cluster row tiles sharing x)
+# instantiated in csrc/spmm24_wgmma.cu (SPARSE_LLM_WGMMA_TILES)
+WGMMA_TILES = frozenset(
+    (t, w, 1, 1) for t, w in ((8, 1), (8, 2), (16, 1), (16, 2), (32, 1), (32, 2), (64, 1), (64, 2), (64, 4), (128, 1),
+                              (128, 2), (128, 4), (256, 1), (256, 2))
+) | frozenset(((128, 2, 1, 2), (128, 2, 2, 2), (128, 4, 1, 2), (128, 4, 2, 1), (128, 4, 2, 2), (256, 2, 1, 2),
+               (256, 2, 2, 2)))  # fmt: skip
 WGMMA_CHUNK = 128  # K columns per stage of the wgmma kernel
 
 
@@ -57,12 +60,16 @@ class MmaConfig:
     stages: int = 1
     split: int = 1  # pieces of K (blocks along grid.z)
     warps: int = 4  # warps per block (4 or 8): they share the block's staged tokens of x
-    # mma.sp kernels, split 2-8 on an sm_90 GPU: the pieces of a tile run as one thread-block cluster and add their
-    # partial tiles through distributed shared memory instead of a global workspace (same bits; faster or slower by
-    # shape). Warpgroup kernel: two neighbouring row tiles run as one cluster and share their copies of x.
+    # split 2-8 on an sm_90 GPU: the pieces of a tile run as one thread-block cluster and add their partial tiles
+    # through distributed shared memory instead of a global workspace (same bits; faster or slower by shape)
     cluster: bool = False
-    # the warpgroup kernel (wgmma.mma_async.sp, sm_90a): rows 16, warps 4 per warpgroup, stages 0
+    # the warpgroup kernel (wgmma.mma_async.sp, sm_90a): rows 16, warps 4 per warpgroup, stages 0, cluster False
     wgmma: bool = False
+    # warpgroup kernel: blocks of a thread-block cluster along tokens (sharing W) and along rows (sharing x)
+    wgmma_cluster: tuple[int, int] = (1, 1)
+
+    def __post_init__(self) -> None:  # a tuned table stores the pair as a JSON list
+        object.__setattr__(self, "wgmma_cluster", tuple(self.wgmma_cluster))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -72,18 +79,19 @@ class MmaConfig:
         return self.warps // 4
 
     @property
-    def wgmma_tile(self) -> tuple[int, int, int]:
-        """(tokens, warpgroups, blocks per cluster) of the warpgroup kernel: its key in :data:`WGMMA_TILES`."""
-        return self.tokens, self.warpgroups, 2 if self.cluster else 1
+    def wgmma_tile(self) -> tuple[int, int, int, int]:
+        """(tokens, warpgroups, cluster token tiles, cluster row tiles) of the warpgroup kernel: its key in
+        :data:`WGMMA_TILES`."""
+        return (self.tokens, self.warpgroups, *self.wgmma_cluster)
 
 
-def wgmma_config(tokens: int, warpgroups: int, split: int = 1, cluster: int = 1) -> MmaConfig:
-    """The configuration of the warpgroup kernel with that tile (tokens per block, consumer warpgroups, blocks per
-    cluster sharing x: 1 or 2) and split."""
-    if cluster not in (1, 2):
-        raise ValueError(f"a warpgroup cluster is 1 or 2 blocks, got {cluster}")
-    return MmaConfig(rows=16, tokens=tokens, stages=0, split=split, warps=4 * warpgroups, cluster=cluster == 2,
-                     wgmma=True)  # fmt: skip
+def wgmma_config(tokens: int, warpgroups: int, split: int = 1, cluster: tuple[int, int] = (1, 1)) -> MmaConfig:
+    """The configuration of the warpgroup kernel with that tile (tokens per block, consumer warpgroups), cluster
+    (token tiles sharing W, row tiles sharing x: each 1 or 2) and split."""
+    if len(cluster) != 2 or any(c not in (1, 2) for c in cluster):
+        raise ValueError(f"a warpgroup cluster is (token tiles, row tiles), each 1 or 2, got {cluster}")
+    return MmaConfig(rows=16, tokens=tokens, stages=0, split=split, warps=4 * warpgroups, wgmma=True,
+                     wgmma_cluster=tuple(cluster))  # fmt: skip
 
 
 def _index(device: torch.device) -> int:
@@ -134,12 +142,13 @@ def wgmma_split(m: int, n: int, k: int, tokens: int, warpgroups: int, device: to
     return split
 
 
-def wgmma_tiles_near(m: int, n: int) -> list[tuple[int, int, int]]:
-    """The warpgroup tiles (tokens, warpgroups, cluster) with M's token count (a power of two, 8-256), half and
-    double it, whose rows (per cluster) divide the weight's ``n``: the neighbourhood the tuner (and
-    bench/wgmma_variants.py) times."""
+def wgmma_tiles_near(m: int, n: int) -> list[tuple[int, int, int, int]]:
+    """The warpgroup tiles (tokens, warpgroups, cluster token tiles, cluster row tiles) with M's token count (a power
+    of two, 8-256), half and double it, whose row clusters divide the weight's ``n``, clusters only where M fills two
+    token tiles or two row tiles share x: the neighbourhood the tuner (and bench/wgmma_variants.py) times."""
     t0 = min(max(8, triton.next_power_of_2(m)), 256)
-    return [(t, w, c) for t, w, c in sorted(WGMMA_TILES) if t in (t0 // 2, t0, 2 * t0) and n % (64 * w * c) == 0]
+    return [(t, w, ct, cr) for t, w, ct, cr in sorted(WGMMA_TILES)
+            if t in (t0 // 2, t0, 2 * t0) and n % (64 * w * cr) == 0 and (ct == 1 or m > t)]  # fmt: skip
 
 
 def wgmma_default_config(m: int, n: int, k: int, device: torch.device) -> MmaConfig:
@@ -158,8 +167,8 @@ def wgmma_fits(n: int, k: int, config: MmaConfig) -> bool:
 
 def _wgmma_rows(config: MmaConfig) -> int:
     """Rows of W per cluster of the warpgroup kernel (one block unless ``cluster``)."""
-    _, warpgroups, blocks = config.wgmma_tile
-    return 64 * warpgroups * blocks
+    _, warpgroups, _, cluster_rows = config.wgmma_tile
+    return 64 * warpgroups * cluster_rows
 
 
 def auto_split(
@@ -233,8 +242,7 @@ def _launch(x, values, meta, bias, config: MmaConfig) -> torch.Tensor:
     if x.stride(-1) != 1 or x.stride(0) % (align // 2) or x.data_ptr() % align:
         x = torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
     if config.wgmma:
-        tokens, warpgroups, blocks = config.wgmma_tile
-        return load_wgmma_extension().spmm24_wgmma(x, values, meta, bias, tokens, warpgroups, blocks, config.split)
+        return load_wgmma_extension().spmm24_wgmma(x, values, meta, bias, *config.wgmma_tile, config.split)
     return load_mma_extension().spmm24_mma(x, values, meta, bias, config.rows, config.tokens, config.split,
                                            config.stages, config.warps, config.cluster)  # fmt: skip
 
@@ -252,12 +260,15 @@ def _spmm24_mma_op(
     warps: int,
     cluster: bool,
     wgmma: bool,
+    cluster_tokens: int,
+    cluster_rows: int,
 ) -> torch.Tensor:
-    return _launch(x, values, meta, bias, MmaConfig(rows, tokens, stages, split, warps, cluster, wgmma))
+    config = MmaConfig(rows, tokens, stages, split, warps, cluster, wgmma, (cluster_tokens, cluster_rows))
+    return _launch(x, values, meta, bias, config)
 
 
 @_spmm24_mma_op.register_fake
-def _(x, values, meta, bias, rows, tokens, stages, split, warps, cluster, wgmma):
+def _(x, values, meta, bias, rows, tokens, stages, split, warps, cluster, wgmma, cluster_tokens, cluster_rows):
     return x.new_empty(x.shape[0], values.shape[0])
 
 
@@ -285,15 +296,15 @@ def spmm24_mma(
     m, n = x2.shape[0], values.shape[0]
     config = config or default_config(m, n, x2.shape[1], x.device)
     if config.wgmma:
-        if config.wgmma_tile not in WGMMA_TILES or config.warps % 4 or config.stages:
-            raise ValueError(f"no warpgroup kernel for {config}; tiles (tokens, warpgroups, cluster): "
-                             f"{sorted(WGMMA_TILES)}")  # fmt: skip
+        if config.wgmma_tile not in WGMMA_TILES or config.warps % 4 or config.stages or config.cluster:
+            raise ValueError(f"no warpgroup kernel for {config}; tiles (tokens, warpgroups, cluster token tiles, "
+                             f"cluster row tiles): {sorted(WGMMA_TILES)}")  # fmt: skip
         if not wgmma_fits(n, x2.shape[1], config):
             raise ValueError(f"the warpgroup kernel needs in_features divisible by {WGMMA_CHUNK} and out_features "
                              f"by {_wgmma_rows(config)}, got {x2.shape[1]} and {n}")  # fmt: skip
         if check and not wgmma_usable(x.device):
             raise ValueError("the warpgroup kernel needs an H100/H200 (compute capability 9.0) and its extension")
-    elif (config.rows, config.tokens, config.stages, config.warps) not in TILES:
+    elif (config.rows, config.tokens, config.stages, config.warps) not in TILES or config.wgmma_cluster != (1, 1):
         raise ValueError(f"no sparse tensor-core kernel for {config}; tiles: {sorted(TILES)}")
     chunk = WGMMA_CHUNK if config.wgmma else PIPE_CHUNK if config.stages >= 3 else CHUNK
     if not 1 <= config.split <= x2.shape[1] // chunk:
@@ -303,7 +314,7 @@ def spmm24_mma(
         return x.new_empty(*lead, n)
     if torch.compiler.is_compiling():
         out = _spmm24_mma_op(x2, values, meta, bias, config.rows, config.tokens, config.stages, config.split,
-                             config.warps, config.cluster, config.wgmma)  # fmt: skip
+                             config.warps, config.cluster, config.wgmma, *config.wgmma_cluster)  # fmt: skip
     else:  # eager: skip the custom-op dispatcher (microseconds that matter at decode sizes)
         out = _launch(x2, values, meta, bias, config)
     return out.reshape(*lead, n)

@@ -293,9 +293,9 @@ def test_wgmma_every_tile_and_split(dtype):
         x = torch.randn(m, 1024, device="cuda", dtype=dtype)
         for b in (None, layer.bias):
             ref = _ref(x, dense, None if b is None else bias)
-            for tokens, warpgroups, cluster in sorted(sparse_mma.WGMMA_TILES):
+            for tokens, warpgroups, cluster_tokens, cluster_rows in sorted(sparse_mma.WGMMA_TILES):
                 for split in (1, 3):
-                    cfg = sparse_mma.wgmma_config(tokens, warpgroups, split, cluster)
+                    cfg = sparse_mma.wgmma_config(tokens, warpgroups, split, (cluster_tokens, cluster_rows))
                     out = sparse_mma.spmm24_mma(x, layer.values, layer.meta, b, cfg)
                     assert _rel_err(out, ref) < TOL[dtype], (m, cfg, b is None)
                     assert torch.equal(out, sparse_mma.spmm24_mma(x, layer.values, layer.meta, b, cfg)), cfg

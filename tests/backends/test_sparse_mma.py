@@ -1,5 +1,7 @@
 """The sparse tensor-core backend's host-side logic (the kernel itself is checked in test_gpu_backends.py)."""
 
+import json
+
 import pytest
 import torch
 
@@ -63,7 +65,7 @@ def test_wgmma_header_is_what_the_generator_writes():
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     assert gen.HEADER.read_text() == gen.render(), "run python csrc/gen_wgmma_sp.py"
-    assert {t for t, _, _ in sparse_mma.WGMMA_TILES} <= set(gen.TOKENS)
+    assert {tile[0] for tile in sparse_mma.WGMMA_TILES} <= set(gen.TOKENS)
 
 
 def test_wgmma_tiles_are_the_instantiated_ones():
@@ -72,7 +74,7 @@ def test_wgmma_tiles_are_the_instantiated_ones():
 
     source = (Path(__file__).resolve().parents[2] / "csrc" / "spmm24_wgmma.cu").read_text()
     macro = source[source.index("#define SPARSE_LLM_WGMMA_TILES") :].split("\n\n")[0]
-    listed = {(int(t), int(w), int(c)) for t, w, c in re.findall(r"X\((\d+), (\d+), (\d+)\)", macro)}
+    listed = {tuple(int(v) for v in tile) for tile in re.findall(r"X\((\d+), (\d+), (\d+), (\d+)\)", macro)}
     assert listed == set(sparse_mma.WGMMA_TILES)
 
 
@@ -116,12 +118,20 @@ def test_wgmma_config_checks_before_any_launch():
     with pytest.raises(ValueError, match="out_features by 128"):
         sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.wgmma_config(64, 2), check=False)
     with pytest.raises(ValueError, match="out_features by 256"):  # two blocks of 128 rows share x
-        sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.wgmma_config(128, 2, 1, 2), check=False)
+        sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.wgmma_config(128, 2, 1, (1, 2)), check=False)
     with pytest.raises(ValueError, match="no warpgroup kernel"):  # no cluster of the 8-token tile
-        sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.wgmma_config(8, 1, 1, 2), check=False)
-    with pytest.raises(ValueError, match="cluster is 1 or 2 blocks"):
-        sparse_mma.wgmma_config(128, 2, 1, 4)
+        sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.wgmma_config(8, 1, 1, (2, 1)), check=False)
+    with pytest.raises(ValueError, match="no sparse tensor-core kernel"):  # clusters sharing W or x: wgmma only
+        sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.MmaConfig(32, 8, wgmma_cluster=(2, 1)), check=False)
+    with pytest.raises(ValueError, match="each 1 or 2"):
+        sparse_mma.wgmma_config(128, 2, 1, (1, 4))
     with pytest.raises(ValueError, match="split must be 1 to 4"):
         sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.wgmma_config(64, 1, 5), check=False)
     with pytest.raises(ValueError, match="split must be 1 to 2"):
         sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.MmaConfig(32, 8, 1, 3, 4), check=False)
+
+
+def test_wgmma_cluster_round_trips_through_the_tuned_table():
+    cfg = sparse_mma.wgmma_config(128, 4, 1, (2, 2))
+    back = sparse_mma.MmaConfig(**json.loads(json.dumps(cfg.as_dict())))
+    assert back == cfg and hash(back) == hash(cfg) and back.wgmma_tile == (128, 4, 2, 2)
