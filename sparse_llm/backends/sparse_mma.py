@@ -45,9 +45,8 @@ TILES = frozenset(
 # instantiated in csrc/spmm24_wgmma.cu (SPARSE_LLM_WGMMA_TILES)
 WGMMA_TILES = frozenset(
     (t, w, 1, 1) for t, w in ((8, 1), (8, 2), (16, 1), (16, 2), (32, 1), (32, 2), (64, 1), (64, 2), (64, 4), (128, 1),
-                              (128, 2), (128, 4), (256, 1), (256, 2))
-) | frozenset(((128, 2, 1, 2), (128, 2, 2, 2), (128, 4, 1, 2), (128, 4, 2, 1), (128, 4, 2, 2), (256, 2, 1, 2),
-               (256, 2, 2, 2)))  # fmt: skip
+                              (128, 2), (128, 4), (256, 1))
+) | frozenset(((128, 2, 1, 2), (128, 4, 1, 2), (128, 4, 2, 1)))  # fmt: skip
 WGMMA_CHUNK = 128  # K columns per stage of the wgmma kernel
 
 
@@ -144,11 +143,14 @@ def wgmma_split(m: int, n: int, k: int, tokens: int, warpgroups: int, device: to
 
 def wgmma_tiles_near(m: int, n: int) -> list[tuple[int, int, int, int]]:
     """The warpgroup tiles (tokens, warpgroups, cluster token tiles, cluster row tiles) with M's token count (a power
-    of two, 8-256), half and double it, whose row clusters divide the weight's ``n``, clusters only where M fills two
-    token tiles or two row tiles share x: the neighbourhood the tuner (and bench/wgmma_variants.py) times."""
+    of two, 8-256), half and double it (and a quarter from 129 tokens on: 64-token tiles were the fastest on the
+    1024-row layers at M = 256, wgmma_check_cluster_v3_h100.json), whose row clusters divide the weight's ``n``,
+    clusters along tokens only where M fills two token tiles: the neighbourhood the tuner (and
+    bench/wgmma_variants.py) times."""
     t0 = min(max(8, triton.next_power_of_2(m)), 256)
+    sizes = (t0 // 4, t0 // 2, t0, 2 * t0) if t0 == 256 else (t0 // 2, t0, 2 * t0)
     return [(t, w, ct, cr) for t, w, ct, cr in sorted(WGMMA_TILES)
-            if t in (t0 // 2, t0, 2 * t0) and n % (64 * w * cr) == 0 and (ct == 1 or m > t)]  # fmt: skip
+            if t in sizes and n % (64 * w * cr) == 0 and (ct == 1 or m > t)]  # fmt: skip
 
 
 def wgmma_default_config(m: int, n: int, k: int, device: torch.device) -> MmaConfig:
