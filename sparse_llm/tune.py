@@ -158,8 +158,8 @@ def mma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
 def wgmma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
     """The warpgroup kernel's tiles of M's token count (a power of two, 8-256), half and double it, with 64, 128 and
     256 rows per block and W or x shared in clusters (``wgmma_tiles_near``), each with no split, its
-    automatic split (``wgmma_split``), half and double that; none where the kernel does not run (not an H100/H200, or
-    no toolkit to build it)."""
+    automatic split (``wgmma_split``), half and double that (clusters: no split and the automatic one); none where the
+    kernel does not run (not an H100/H200, or no toolkit to build it)."""
     from sparse_llm.backends.sparse_mma import WGMMA_CHUNK, wgmma_config, wgmma_split, wgmma_tiles_near, wgmma_usable
 
     if not wgmma_usable(device) or k % WGMMA_CHUNK:
@@ -167,7 +167,9 @@ def wgmma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
     out = []
     for tokens, warpgroups, cluster_tokens, cluster_rows in wgmma_tiles_near(m, n):
         split = wgmma_split(m, n, k, tokens, warpgroups, device)
-        for s in sorted({1, max(1, split // 2), split, 2 * split}):
+        # (clusters: no split and the automatic one only, to keep the tuning short)
+        splits = {1, split} if cluster_tokens * cluster_rows > 1 else {1, max(1, split // 2), split, 2 * split}
+        for s in sorted(splits):
             if s == 1 or k // (WGMMA_CHUNK * s) >= 4:
                 out.append(wgmma_config(tokens, warpgroups, s, (cluster_tokens, cluster_rows)))
     return out
