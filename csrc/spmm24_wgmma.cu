@@ -429,14 +429,12 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
 // The instantiated tiles: (tokens per block, consumer warpgroups of 64 rows each, cluster blocks along tokens sharing
 // W, cluster blocks along rows sharing x). The H100 sweep of M = 128-4096 (wgmma_check_cluster_v3_h100.json) also
 // timed 128 rows x 256 tokens with and without clusters, and 2 x 2 clusters: none was the fastest tile of a case
-// that cuSPARSELt did not win by more, so they are not built. The 32- and 64-token tiles sharing x are for the
-// mid-size layers at M = 32-256, where every row tile re-reading x from L2 costs more than W itself (4096x4096,
-// M = 128, 64 tokens x 64 rows: 512 KB of x and 295 KB of W per block).
+// that cuSPARSELt did not win by more, so they are not built; neither are 32- and 64-token tiles sharing x (5-30%
+// slower than without a cluster on the layers of 4096-14336 rows at M = 32-256: wgmma_check_cluster_v4_h100.json).
 #define SPARSE_LLM_WGMMA_TILES(X)                                                                     \
   X(8, 1, 1, 1) X(8, 2, 1, 1) X(16, 1, 1, 1) X(16, 2, 1, 1) X(32, 1, 1, 1) X(32, 2, 1, 1) X(64, 1, 1, 1) \
   X(64, 2, 1, 1) X(64, 4, 1, 1) X(128, 1, 1, 1) X(128, 2, 1, 1) X(128, 4, 1, 1) X(256, 1, 1, 1)         \
-  X(32, 1, 1, 2) X(32, 2, 1, 2) X(64, 1, 1, 2) X(64, 2, 1, 2) X(128, 2, 1, 2) X(128, 4, 1, 2)            \
-  X(128, 4, 2, 1)
+  X(128, 2, 1, 2) X(128, 4, 1, 2) X(128, 4, 2, 1)
 
 bool tile_supported(int tokens, int warpgroups, int cluster_tokens, int cluster_rows) {
 #define SPARSE_LLM_WGMMA_MATCH(T_, W_, CT_, CR_) \
