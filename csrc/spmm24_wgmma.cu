@@ -20,9 +20,9 @@
 // Clusters (CT x CR blocks, each 1 or 2): the blocks of CT neighbouring token tiles and CR neighbouring row tiles
 // form a thread-block cluster and share their copies (tensor-map multicast): with CT = 2 each of the two blocks of a
 // row tile loads half of its W rows (values and metadata) into both, with CR = 2 each of the two blocks of a token
-// tile loads one of the two x boxes into both. That halves W's or x's traffic from L2, which bounds the kernel at
-// large M (28672x8192, M = 4096: L2 at 92% of its peak, DRAM at 55%; ncu, bench/NOTES.md). A stage is refilled
-// only once the consumers of every block that copies into it have released it.
+// tile loads one of the two x boxes into both. That halves W's or x's traffic from L2 (28672x8192, M = 4096: L2 at
+// 92% of its peak; sharing took 0-16% off the time, so L2 is not all that bounds it: bench/NOTES.md, ninth round).
+// A stage is refilled only once the consumers of every block that copies into it have released it.
 //
 // Split-K (grid.z > 1): each block writes its fp32 partial tile to a workspace and counts itself in on the tile's
 // counter; the last block of a tile adds the partials in split order (the same bits on every run), adds the bias and
