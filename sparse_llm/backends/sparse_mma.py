@@ -168,7 +168,7 @@ def wgmma_fits(n: int, k: int, config: MmaConfig) -> bool:
 
 
 def _wgmma_rows(config: MmaConfig) -> int:
-    """Rows of W per cluster of the warpgroup kernel (one block unless ``cluster``)."""
+    """Rows of W per cluster of the warpgroup kernel (two row tiles where ``wgmma_cluster`` shares x)."""
     _, warpgroups, _, cluster_rows = config.wgmma_tile
     return 64 * warpgroups * cluster_rows
 

@@ -285,8 +285,9 @@ def _wgmma_or_skip():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_wgmma_every_tile_and_split(dtype):
-    """Every tile of the warpgroup kernel (clusters sharing x included) at odd M (tokens past M arrive as zeros),
-    split 1 and 3 of 8 chunks (the last piece shorter), with and without bias; runs again give the same bits."""
+    """Every tile of the warpgroup kernel (clusters sharing W or x included; with W shared, a token tile count that
+    is odd gets a block past M) at odd M (tokens past M arrive as zeros), split 1 and 3 of 8 chunks (the last piece
+    shorter), with and without bias; runs again give the same bits."""
     sparse_mma = _wgmma_or_skip()
     layer, dense, bias = _layer(512, 1024, dtype, True)
     for m in (1, 9, 40, 100, 300):
