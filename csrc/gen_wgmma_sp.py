@@ -2,7 +2,7 @@
 
 The accumulator count of the instruction (tokens / 2 fp32 registers per thread) is part of its operand list, and an
 asm statement needs a literal string, so the wrappers are written out here. ``python csrc/gen_wgmma_sp.py`` rewrites
-the header; tests/backends/test_sparse_wgmma.py checks that the committed header is what this script writes.
+the header; tests/backends/test_sparse_mma.py checks that the committed header is what this script writes.
 """
 
 from __future__ import annotations

@@ -66,22 +66,6 @@ bool cluster_capable(int device) {
   return capable.load() & bit;
 }
 
-cudaLaunchConfig_t cluster_config(dim3 grid, dim3 block, int smem, cudaStream_t stream, int split,
-                                  cudaLaunchAttribute* attribute) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  attribute->id = cudaLaunchAttributeClusterDimension;
-  attribute->val.clusterDim.x = 1;
-  attribute->val.clusterDim.y = 1;
-  attribute->val.clusterDim.z = split;
-  config.attrs = attribute;
-  config.numAttrs = 1;
-  return config;
-}
-
 template <typename T, int R, int NT, int STAGES, int WARPS>
 void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
             const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int split,
@@ -118,7 +102,7 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   cudaLaunchConfig_t config{};
   bool cluster = allow_cluster && split > 1 && split <= SPARSE_LLM_CLUSTER_SPLIT_MAX && cluster_capable(device);
   if (cluster) {  // only when every cluster (one per output tile) is resident at once: measured per instantiation
-    config = cluster_config(grid, block, kSmem, stream, split, &attribute);
+    config = cluster_launch_config(grid, block, kSmem, stream, dim3(1, 1, split), &attribute);
     static std::mutex mutex;
     static std::map<std::pair<int, int>, int> resident;  // (device, split) -> most clusters at once
     const std::lock_guard<std::mutex> lock(mutex);

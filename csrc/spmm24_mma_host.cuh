@@ -59,6 +59,24 @@ int* tile_counters(const torch::Tensor& like, cudaStream_t stream, int64_t tiles
   return buf.data_ptr<int>();
 }
 
+// The launch configuration of a kernel run as thread-block clusters of `cluster` blocks (`attribute`: storage for
+// the cluster dimension the configuration points to).
+cudaLaunchConfig_t cluster_launch_config(dim3 grid, dim3 block, int smem, cudaStream_t stream, dim3 cluster,
+                                         cudaLaunchAttribute* attribute) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  attribute->id = cudaLaunchAttributeClusterDimension;
+  attribute->val.clusterDim.x = cluster.x;
+  attribute->val.clusterDim.y = cluster.y;
+  attribute->val.clusterDim.z = cluster.z;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  return config;
+}
+
 // The global split-K workspace of one call (fp32 partial tiles and tile counters), made only when a launch takes
 // the global path.
 struct SplitWorkspace {

@@ -409,18 +409,9 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
                                                     M, N, num_chunks, per_split, x_rows);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {  // clusters of CT token tiles x CR row tiles
-    cudaLaunchConfig_t config{};
-    config.gridDim = grid;
-    config.blockDim = dim3(L::kThreads);
-    config.dynamicSmemBytes = L::kSmem;
-    config.stream = stream;
-    cudaLaunchAttribute attribute[1];
-    attribute[0].id = cudaLaunchAttributeClusterDimension;
-    attribute[0].val.clusterDim.x = CT;
-    attribute[0].val.clusterDim.y = CR;
-    attribute[0].val.clusterDim.z = 1;
-    config.attrs = attribute;
-    config.numAttrs = 1;
+    cudaLaunchAttribute attribute{};
+    const cudaLaunchConfig_t config =
+        cluster_launch_config(grid, dim3(L::kThreads), L::kSmem, stream, dim3(CT, CR, 1), &attribute);
     C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, map_values, map_meta, map_x, bias_ptr, y_ptr, partial,
                                       counters, M, N, num_chunks, per_split, x_rows));
   }

@@ -328,7 +328,8 @@ def _tune_args(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         type=int,
         metavar="M",
-        help="token counts to measure (default: 1-1024 in powers of two); other M of a tuned shape stay as they are",
+        help="token counts to measure (default: sparse_llm.tune.TUNE_MS, 1-2048 in powers of two); other M of a tuned "
+        "shape stay as they are",
     )
 
 

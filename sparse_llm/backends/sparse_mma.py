@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 import triton
 
-from sparse_llm.backends._build import ExtensionUnavailable, load_mma_extension, load_wgmma_extension
+from sparse_llm.backends._build import load_mma_extension, load_wgmma_extension, wgmma_status
 
 DTYPES = (torch.float16, torch.bfloat16)
 CHUNK = 256  # K columns per step of the kernel: K must be a multiple
@@ -112,21 +112,11 @@ def clusters_available(device: torch.device) -> bool:
     return _capability(_index(device))[0] >= 9
 
 
-@functools.lru_cache(maxsize=8)
-def _wgmma_loads(index: int) -> bool:
-    try:
-        load_wgmma_extension()
-        return True
-    except ExtensionUnavailable:
-        return False
-
-
 def wgmma_usable(device: torch.device) -> bool:
     """Whether the warpgroup kernel runs here: an H100/H200 (compute capability 9.0) and its extension builds."""
     if device.type != "cuda" or not torch.cuda.is_available():
         return False
-    index = _index(device)
-    return _capability(index) == (9, 0) and _wgmma_loads(index)
+    return _capability(_index(device)) == (9, 0) and wgmma_status()["available"]
 
 
 def wgmma_split(m: int, n: int, k: int, tokens: int, warpgroups: int, device: torch.device) -> int:
@@ -169,8 +159,7 @@ def wgmma_fits(n: int, k: int, config: MmaConfig) -> bool:
 
 def _wgmma_rows(config: MmaConfig) -> int:
     """Rows of W per cluster of the warpgroup kernel (two row tiles where ``wgmma_cluster`` shares x)."""
-    _, warpgroups, _, cluster_rows = config.wgmma_tile
-    return 64 * warpgroups * cluster_rows
+    return 64 * config.warpgroups * config.wgmma_cluster[1]
 
 
 def auto_split(
