@@ -9,6 +9,10 @@ replay with the L2 cache cleared (a 256 MB memset) before each run. This script 
 
     python bench/harness_floor.py --out DIR
 
+The same calls are also timed with the L2 cleared by *reading* 256 MB before each replay (the ``*_clean_us``
+fields): the memset leaves up to an L2 of dirty lines that the next kernel's reads must write back first, a read
+leaves clean ones. SparseLinear (auto) at M = 1 is timed both ways beside dense ``F.linear``.
+
 Writes ``harness_floor.json``.
 """
 
@@ -26,12 +30,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import llama_shapes, write_result  # noqa: E402
 
-from sparse_llm.benchmark import time_graph_us  # noqa: E402
+from sparse_llm import Sparse24Weight, SparseLinear  # noqa: E402
+from sparse_llm.benchmark import _random_24, time_graph_us  # noqa: E402
+
+_SCRATCH: list[torch.Tensor] = []
 
 
-def stream_us(nbytes: int) -> float:
+def clean_graph_us(fn, reps: int = 20) -> float:
+    """Median microseconds of a CUDA-graph replay of ``fn`` after a 256 MB read (L2 full of clean lines)."""
+    if not _SCRATCH:
+        _SCRATCH.append(torch.ones(1 << 27, device="cuda", dtype=torch.bfloat16))  # 256 MB
+        _SCRATCH.append(torch.zeros((), device="cuda", dtype=torch.float32))
+    scratch, acc = _SCRATCH
+    fn()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    times = []
+    for _ in range(reps + 3):
+        torch.sum(scratch, dtype=torch.float32, out=acc)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    return statistics.median(times[3:])
+
+
+def stream_us(nbytes: int, clean: bool = False) -> float:
     buf = torch.randn(nbytes // 2, device="cuda", dtype=torch.bfloat16)
-    return time_graph_us(lambda: torch.sum(buf, dtype=torch.float32))
+    return (clean_graph_us if clean else time_graph_us)(lambda: torch.sum(buf, dtype=torch.float32))
 
 
 def main() -> None:
@@ -40,28 +69,42 @@ def main() -> None:
     args = ap.parse_args()
     one = torch.zeros(1, device="cuda")
     empty_us = time_graph_us(lambda: one.add_(1))
-    print(f"one-element kernel: {empty_us:.1f} us", flush=True)
+    empty_clean_us = clean_graph_us(lambda: one.add_(1))
+    print(f"one-element kernel: {empty_us:.1f} us (after a read instead of the memset: {empty_clean_us:.1f} us)")
     rows = []
     for n, k in llama_shapes():
         dense_bytes = 2 * n * k
         sparse_bytes = n * k + n * k // 8  # values (N, K/2) bf16 + metadata (N, K/16) int16
-        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+        w = _random_24(n, k, torch.bfloat16)
+        layer = SparseLinear.from_weight(Sparse24Weight.from_dense(w))
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-        row = {"n": n, "k": k, "dense_bytes": dense_bytes, "sparse_bytes": sparse_bytes,
-               "stream_dense_us": stream_us(dense_bytes), "stream_sparse_us": stream_us(sparse_bytes),
-               "dense_linear_m1_us": time_graph_us(lambda w=w, x=x: F.linear(x, w))}  # fmt: skip
+        row = {"n": n, "k": k, "dense_bytes": dense_bytes, "sparse_bytes": sparse_bytes}
+        for clean, tail in ((False, "us"), (True, "clean_us")):
+            timer = clean_graph_us if clean else time_graph_us
+            row[f"stream_dense_{tail}"] = stream_us(dense_bytes, clean)
+            row[f"stream_sparse_{tail}"] = stream_us(sparse_bytes, clean)
+            row[f"dense_linear_m1_{tail}"] = timer(lambda w=w, x=x: F.linear(x, w))
+            row[f"ours_m1_{tail}"] = timer(lambda layer=layer, x=x: layer(x))
         row["stream_ratio"] = row["stream_dense_us"] / row["stream_sparse_us"]
+        row["stream_ratio_clean"] = row["stream_dense_clean_us"] / row["stream_sparse_clean_us"]
+        row["ours_m1_ratio"] = row["dense_linear_m1_us"] / row["ours_m1_us"]
+        row["ours_m1_ratio_clean"] = row["dense_linear_m1_clean_us"] / row["ours_m1_clean_us"]
         row["stream_sparse_tb_s"] = sparse_bytes / row["stream_sparse_us"] / 1e6
         rows.append(row)
-        del w
+        del w, layer
         print(
             f"{n}x{k}: stream dense {row['stream_dense_us']:.1f} us, stream 2:4 {row['stream_sparse_us']:.1f} us "
-            f"(ratio {row['stream_ratio']:.2f}), dense F.linear M=1 {row['dense_linear_m1_us']:.1f} us",
+            f"(ratio {row['stream_ratio']:.2f}; after a read {row['stream_ratio_clean']:.2f}), M=1 dense "
+            f"{row['dense_linear_m1_us']:.1f} us, ours {row['ours_m1_us']:.1f} us (after a read: "
+            f"{row['dense_linear_m1_clean_us']:.1f} / {row['ours_m1_clean_us']:.1f} us)",
             flush=True,
         )
-    median_ratio = statistics.median(r["stream_ratio"] for r in rows)
-    print(f"median stream ratio over the shapes: {median_ratio:.3f}")
-    write_result(args.out, "harness_floor", {"empty_us": empty_us, "rows": rows, "median_stream_ratio": median_ratio})
+    summary = {key: statistics.median(r[key] for r in rows)
+               for key in ("stream_ratio", "stream_ratio_clean", "ours_m1_ratio", "ours_m1_ratio_clean")}  # fmt: skip
+    print(f"medians over the shapes: {summary}")
+    payload = {"empty_us": empty_us, "empty_clean_us": empty_clean_us, "rows": rows,
+               "median_stream_ratio": summary["stream_ratio"], "medians": summary}  # fmt: skip
+    write_result(args.out, "harness_floor", payload)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 shapes and 7 M values")
     parser.add_argument("--tune", action="store_true", help="measure the Triton/cuSPARSELt crossover first")
     parser.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph replay column")
+    parser.add_argument("--no-streams", action="store_true", help="skip the stream column (layer copies back to back)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -42,7 +43,8 @@ def main() -> None:
         result["crossover_table"] = tune.load_table()
         (args.out / name).write_text(json.dumps(result, indent=1))
 
-    result = benchmark.run(shapes, quick=args.quick, dtype=dtype, graphs=not args.no_graphs, checkpoint=save)
+    result = benchmark.run(shapes, quick=args.quick, dtype=dtype, graphs=not args.no_graphs, checkpoint=save,
+                             streams=not args.no_streams)
     save(result)
     print(json.dumps(result["summary"], indent=1))
     print(f"wrote {args.out / name}")

@@ -1,6 +1,7 @@
 """Plot speedup over dense cuBLAS against M, one panel per layer shape, from a ``bench/layers.py`` JSON.
 
 python bench/plot_layers.py bench/results/layers.json --out bench/results/layers.png
+python bench/plot_layers.py bench/results/layers.json --stream    # -> layers_stream.png
 """
 
 from __future__ import annotations
@@ -60,11 +61,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("json", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="PNG path (default: beside the JSON)")
-    parser.add_argument("--graph", action="store_true", help="plot the CUDA-graph replay speedup")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--graph", action="store_true", help="plot the CUDA-graph replay speedup")
+    which.add_argument("--stream", action="store_true", help="plot the stream speedup (layer copies back to back)")
     args = parser.parse_args()
     result = json.loads(args.json.read_text())
-    column = "graph_speedup" if args.graph else "speedup"
-    out = args.out or args.json.with_name(args.json.stem + ("_graph" if args.graph else "") + ".png")
+    suffix = "_graph" if args.graph else "_stream" if args.stream else ""
+    column = suffix.removeprefix("_") + "_speedup" if suffix else "speedup"
+    out = args.out or args.json.with_name(args.json.stem + suffix + ".png")
     plot(result, out, column)
     print(f"wrote {out}")
 

@@ -4,18 +4,22 @@
 For Llama linear shapes and a range of token counts M, it times side by side in one process: dense ``F.linear``
 (cuBLAS), PyTorch's ``to_sparse_semi_structured`` (cuSPARSELt path), and SparseLinear (auto dispatch, and each GPU
 backend forced). Each time is the median of ``triton.testing.do_bench`` (which clears the L2 cache before every
-run), plus the median replay of the same call captured in a CUDA graph. Achieved TB/s (bytes a perfect kernel
-must move: weight, x and y once) and dense-equivalent TFLOP/s are reported with the ceilings measured in the
-same run (a device-to-device copy and an 8192^3 bf16 cuBLAS matmul).
+run), plus the median replay of the same call captured in a CUDA graph, plus (dense and SparseLinear auto) the time
+per call of a stream: distinct copies of the layer, several L2 caches of weight in all, run back to back in one
+CUDA graph as a model runs its layers, with no cache clear and no per-call timing cost. Achieved TB/s (bytes a
+perfect kernel must move: weight, x and y once) and dense-equivalent TFLOP/s are reported with the ceilings
+measured in the same run (a device-to-device copy and an 8192^3 bf16 cuBLAS matmul).
 """
 
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import platform
 import statistics
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -107,6 +111,62 @@ def time_graph_us(fn: Callable[[], object]) -> float:
     return time_us(graph.replay)
 
 
+# A stream's weights span at least this many L2 caches, so each call of the stream reads its own weight cold.
+STREAM_L2_MULTIPLE = 4
+
+
+def stream_length(weight_bytes: int, l2_bytes: int) -> int:
+    """How many distinct copies of a layer run back to back in a stream: enough that their weights are
+    ``STREAM_L2_MULTIPLE`` L2 caches or more, and at least 2."""
+    if weight_bytes <= 0 or l2_bytes <= 0:
+        raise ValueError(f"weight_bytes ({weight_bytes}) and l2_bytes ({l2_bytes}) must be positive")
+    return max(2, math.ceil(STREAM_L2_MULTIPLE * l2_bytes / weight_bytes))
+
+
+def time_stream_us(fns: list[Callable[[], object]], reps: int = 20, warmup: int = 3) -> float:
+    """Median microseconds per call of ``fns`` run back to back in one CUDA graph, the way a model runs its layers:
+    each ``fn`` has its own weight, the weights together span several L2 caches (``stream_length``), so nothing is
+    cleared between replays and no call finds its weight in L2; x and the outputs stay where the previous call left
+    them. Unlike ``time_graph_us`` there is no 256 MB memset before each timed call: its dirty lines and the fixed
+    cost of one timed launch fall on every call there (``bench/harness_floor.py``), here on none."""
+    if len(fns) < 2:
+        raise ValueError(f"a stream needs at least 2 calls, got {len(fns)}")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for fn in fns:  # first calls (plans, searches, compilation) happen outside the capture
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for fn in fns:
+            fn()
+    for _ in range(warmup):
+        graph.replay()
+    start = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    end = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for a, b in zip(start, end, strict=True):
+        a.record()
+        graph.replay()
+        b.record()
+    torch.cuda.synchronize()
+    per_replay = statistics.median(a.elapsed_time(b) for a, b in zip(start, end, strict=True))
+    del graph
+    return per_replay * 1e3 / len(fns)
+
+
+def host_window(fn: Callable[[], object], calls: int = 50) -> dict:
+    """What the host did while an eager time stayed far above the graph time: microseconds per call to enqueue
+    ``fn`` (no synchronization between the calls) and the 1-minute load average of the machine."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    enqueue = (time.perf_counter() - t0) / calls * 1e6
+    torch.cuda.synchronize()
+    return {"enqueue_us_per_call": enqueue, "loadavg_1min": os.getloadavg()[0]}
+
+
 def measure_ceilings(dtype: torch.dtype = torch.bfloat16) -> dict:
     """Copy bandwidth (bytes read + written) and the dense matmul rate, measured here and now."""
     src = torch.empty(1 << 29, dtype=torch.uint8, device="cuda")  # 512 MiB: far beyond L2
@@ -150,16 +210,42 @@ def _providers(dense: torch.Tensor, layer: SparseLinear, semi, x: torch.Tensor, 
     return out
 
 
+def _l2_bytes() -> int:
+    """The GPU's L2 cache size in bytes (50 MB, the H100's, where torch does not report it)."""
+    return getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 50 << 20)
+
+
+def _stream_times(denses: list[torch.Tensor], layers: list[SparseLinear], x: torch.Tensor) -> dict[str, float]:
+    """Per-call stream times (``time_stream_us``) of dense ``F.linear`` and of SparseLinear (auto) over the copies."""
+    return {
+        "dense": time_stream_us([lambda w=w: F.linear(x, w) for w in denses]),
+        "ours_auto": time_stream_us([lambda layer=layer: layer(x) for layer in layers]),
+    }
+
+
 def bench_shape(
-    n: int, k: int, ms: tuple[int, ...], dtype: torch.dtype, ceilings: dict, graphs: bool = True, log=print
+    n: int,
+    k: int,
+    ms: tuple[int, ...],
+    dtype: torch.dtype,
+    ceilings: dict,
+    graphs: bool = True,
+    log=print,
+    streams: bool = True,
 ) -> list[dict]:
-    """Rows (one per M and provider) for one (N, K) shape."""
+    """Rows (one per M and provider) for one (N, K) shape. ``streams``: also time dense and SparseLinear (auto)
+    as a stream of distinct copies of the layer (``time_stream_us``; the ``stream_us`` column)."""
     dense = _random_24(n, k, dtype)
     layer = SparseLinear.from_weight(Sparse24Weight.from_dense(dense))
     try:
         semi = _torch_semi(dense)
     except Exception as err:  # PyTorch refuses (shape, dtype, arch): say so in every row
         semi = f"refused: {type(err).__name__}: {err}"[:300]
+    denses, layers = [dense], [layer]
+    if streams:
+        for _ in range(stream_length(int(1.125 * n * k), _l2_bytes()) - 1):
+            denses.append(_random_24(n, k, dtype))
+            layers.append(SparseLinear.from_weight(Sparse24Weight.from_dense(denses[-1])))
     rows = []
     for m in ms:
         x = torch.randn(m, k, device="cuda", dtype=dtype)
@@ -184,6 +270,8 @@ def bench_shape(
                         row["note"] = f"graph capture failed: {type(err).__name__}: {err}"[:300]
                     else:  # an eager window far above the graph time is measured again, as the tuning does
                         row["us"] = tune.eager_us(fn, row["graph_us"], first=row["us"])
+                        if row["us"] > tune.EAGER_WINDOW * row["graph_us"] + tune.EAGER_WINDOW_US:
+                            row["host_window"] = host_window(fn)
             moved = dense_bytes if name == "dense" else sparse_bytes
             if row["us"]:
                 row["tb_s"] = moved / row["us"] / 1e6
@@ -192,14 +280,24 @@ def bench_shape(
                 row["pct_dense_peak"] = 100 * row["tflops"] / ceilings["dense_tflops"]
             results[name] = row
             rows.append(row)
+        if streams:
+            try:
+                for name, us in _stream_times(denses, layers, x).items():
+                    results[name]["stream_us"] = us
+            except Exception as err:
+                results["ours_auto"]["note"] = f"stream failed: {type(err).__name__}: {err}"[:300]
         for row in results.values():
             d = results["dense"]
             row["speedup"] = d["us"] / row["us"] if row["us"] and d["us"] else None
             row["graph_speedup"] = d["graph_us"] / row["graph_us"] if row["graph_us"] and d["graph_us"] else None
+            if row.get("stream_us") and d.get("stream_us"):
+                row["stream_speedup"] = d["stream_us"] / row["stream_us"]
         times = " ".join(
             f"{r['provider']}={r['us']:.1f}us" if r["us"] else f"{r['provider']}=-" for r in rows[-len(results) :]
         )
-        log(f"{n}x{k} M={m}: {times} auto={chosen} x{results['ours_auto'].get('speedup') or 0:.2f}")
+        stream = results["ours_auto"].get("stream_speedup")
+        stream = f" stream x{stream:.2f} ({len(layers)} copies)" if stream else ""
+        log(f"{n}x{k} M={m}: {times} auto={chosen} x{results['ours_auto'].get('speedup') or 0:.2f}{stream}")
         del x
     return rows
 
@@ -223,6 +321,7 @@ def run(
     graphs: bool = True,
     log=print,
     checkpoint: Callable[[dict], None] | None = None,
+    streams: bool = True,
 ) -> dict:
     """Benchmark every distinct (N, K) of ``shapes`` at every M; returns ``{"env", "ceilings", "shapes", "rows",
     "summary"}`` ready to dump as JSON. ``checkpoint`` gets the partial result after each shape."""
@@ -240,7 +339,7 @@ def run(
     env = environment()
     result: dict = {}
     for (n, k), names in users.items():
-        for row in bench_shape(n, k, tuple(ms), dtype, ceilings, graphs, log):
+        for row in bench_shape(n, k, tuple(ms), dtype, ceilings, graphs, log, streams):
             row["layers"] = names
             rows.append(row)
         torch.cuda.empty_cache()
@@ -252,6 +351,7 @@ def run(
             "summary": {
                 "eager": summarize(rows, "ours_auto", "speedup"),
                 "graph": summarize(rows, "ours_auto", "graph_speedup"),
+                "stream": summarize(rows, "ours_auto", "stream_speedup"),
                 "torch_semi_eager": summarize(rows, "torch_semi", "speedup"),
                 "torch_semi_graph": summarize(rows, "torch_semi", "graph_speedup"),
             },

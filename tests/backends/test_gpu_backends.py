@@ -122,6 +122,25 @@ def test_3d_and_non_contiguous_inputs(backend):
     assert _rel_err(layer(x_nc), _ref(x_nc, dense, bias)) < 1e-2
 
 
+@pytest.mark.parametrize("backend", GPU_BACKENDS + ["sparse_mma", None])
+@pytest.mark.parametrize("m", [1, 33, 300, 4096])
+def test_a_call_never_waits_for_the_gpu(backend, m):
+    """After the first call at an M (plans, algorithm search, compilation), a call makes no synchronizing CUDA call
+    that torch can see (``set_sync_debug_mode("error")`` raises on one): dispatch is host time only."""
+    layer, dense, bias = _layer(512, 1024, torch.bfloat16, True)
+    layer.backend = backend
+    x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
+    first = layer(x)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        again = layer(x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(again, first)
+    assert _rel_err(again, _ref(x, dense, bias)) < 1e-2
+
+
 def test_compressed_head_is_the_values_for_full_groups():
     """Every group with exactly 2 non-zeros: cuSPARSELt's first half must equal our values bit for bit."""
     from sparse_llm.backends.cusparselt import compress_values

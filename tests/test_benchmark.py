@@ -1,0 +1,47 @@
+"""The layer benchmark's pieces that need no GPU: how long a stream is, and the per-regime summary."""
+
+import pytest
+
+from sparse_llm import benchmark
+
+
+@pytest.mark.parametrize(
+    ("weight_bytes", "l2_bytes", "expected"),
+    [
+        (4_718_592, 50 << 20, 45),  # 1024x4096 2:4 on an H100: 45 copies of 4.7 MB span 4 L2s
+        (264_241_152, 50 << 20, 2),  # 28672x8192: one copy is 5 L2s, but a stream has 2 calls at least
+        (4 * (50 << 20), 50 << 20, 2),
+        (4 * (50 << 20) - 1, 50 << 20, 2),
+        (50 << 20, 50 << 20, 4),
+        ((50 << 20) - 1, 50 << 20, 5),
+    ],
+)
+def test_stream_length_spans_four_l2_caches(weight_bytes, l2_bytes, expected):
+    n = benchmark.stream_length(weight_bytes, l2_bytes)
+    assert n == expected
+    assert n * weight_bytes >= benchmark.STREAM_L2_MULTIPLE * l2_bytes
+
+
+@pytest.mark.parametrize(("weight_bytes", "l2_bytes"), [(0, 1 << 20), (1 << 20, 0), (-5, 1 << 20)])
+def test_stream_length_refuses_empty_sizes(weight_bytes, l2_bytes):
+    with pytest.raises(ValueError, match="must be positive"):
+        benchmark.stream_length(weight_bytes, l2_bytes)
+
+
+def test_summarize_takes_the_median_per_regime_and_the_worst_m():
+    rows = [
+        {"provider": "ours_auto", "m": 1, "stream_speedup": 1.7},
+        {"provider": "ours_auto", "m": 16, "stream_speedup": 1.5},
+        {"provider": "ours_auto", "m": 8, "stream_speedup": 1.6},
+        {"provider": "ours_auto", "m": 64, "stream_speedup": 1.4},
+        {"provider": "ours_auto", "m": 512, "stream_speedup": 0.9},  # in no regime, but counts for the worst M
+        {"provider": "ours_auto", "m": 2048, "stream_speedup": None},  # not measured: ignored
+        {"provider": "dense", "m": 1, "stream_speedup": 1.0},
+    ]
+    out = benchmark.summarize(rows, "ours_auto", "stream_speedup")
+    assert out == {"M<=16": 1.6, "M 32-256": 1.4, "M>=1024": None, "min_any_m": 0.9}
+
+
+def test_stream_timing_refuses_a_single_call():
+    with pytest.raises(ValueError, match="at least 2 calls"):
+        benchmark.time_stream_us([lambda: None])
