@@ -9,6 +9,7 @@ works without the extension, and :func:`status` says why the fast path is off.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
@@ -80,13 +81,36 @@ def _jit(name: str, source: Path, build_subdir: str, **load_kwargs) -> ModuleTyp
         raise ExtensionUnavailable(f"extension source {source} is missing (non-editable install without a build)")
     build_dir = cache_dir() / "torch_extensions" / f"{build_subdir}torch{torch.__version__}-cuda{torch.version.cuda}"
     build_dir.mkdir(parents=True, exist_ok=True)
-    return cpp_extension.load(
-        name=name,
-        sources=[str(source)],
-        build_directory=str(build_dir),
-        verbose=os.environ.get("SPARSE_LLM_BUILD_VERBOSE") == "1",
-        **load_kwargs,
-    )
+    with _build_lock(build_dir):
+        return cpp_extension.load(
+            name=name,
+            sources=[str(source)],
+            build_directory=str(build_dir),
+            verbose=os.environ.get("SPARSE_LLM_BUILD_VERBOSE") == "1",
+            **load_kwargs,
+        )
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path):
+    """One build at a time in ``build_dir``, under an OS file lock that dies with its process. torch's own lock
+    (a ``lock`` file that its builder deletes when done) stays behind when a build is killed, and every later
+    build then waits on it forever (seen on the H100 machine after a ``timeout``): holding our lock, no other
+    process of this package is building here, so a ``lock`` file found now is such a leftover and is removed."""
+    try:
+        import fcntl
+    except ImportError:  # no POSIX file locks (Windows): torch's lock alone
+        yield
+        return
+    with open(build_dir / "sparse_llm_build.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            leftover = build_dir / "lock"
+            if leftover.exists():
+                leftover.unlink()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _jit_build() -> ModuleType:
