@@ -1,0 +1,105 @@
+"""Host time of one eager call: what a model that runs its layers without CUDA graphs pays per linear on the CPU.
+
+For each M, dense ``F.linear`` and SparseLinear (auto, and each GPU backend forced) are called back to back without
+synchronizing, and the wall time per call is the time the host needs to enqueue it (the GPU queue never fills: a
+few hundred calls). Median of 7 batches of 200 calls. With ``--profile``, cProfile's top functions of the auto path
+at each M are written beside the JSON (``host_profile_M<m>.txt``).
+
+    python bench/host_overhead.py --out DIR [--profile]
+
+Writes ``host_overhead.json``. The eager columns of the layer grid (``bench/layers.py``) turn into host-bound
+"windows" when this time exceeds what the GPU spends per timed call (the 256 MB cache clear and the kernel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import write_result  # noqa: E402
+
+from sparse_llm import Sparse24Weight, SparseLinear, backends  # noqa: E402
+from sparse_llm.benchmark import _random_24  # noqa: E402
+
+MS = (1, 16, 256, 4096)
+
+
+def enqueue_us(fn, calls: int = 200, batches: int = 7) -> float:
+    """Median over batches of the host microseconds per call of ``fn`` called ``calls`` times without a sync."""
+    fn()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        out.append((time.perf_counter() - t0) / calls * 1e6)
+        torch.cuda.synchronize()
+    return statistics.median(out)
+
+
+def profile(fn, calls: int = 2000, top: int = 25) -> str:
+    fn()
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    torch.cuda.synchronize()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(top)
+    return text.getvalue()
+
+
+def measure(layer: SparseLinear, dense: torch.Tensor, bias: torch.Tensor, m: int) -> dict:
+    """Host microseconds per call at ``m`` tokens: dense, ours (auto), and each GPU backend forced."""
+    x = torch.randn(m, dense.shape[1], device="cuda", dtype=dense.dtype)
+    row = {"m": m, "auto_backend": backends.select(layer, x).name}
+    row["dense_us"] = enqueue_us(lambda: F.linear(x, dense, bias))
+    row["ours_auto_us"] = enqueue_us(lambda: layer(x))
+    for name in ("sparse_mma", "triton_small", "cusparselt"):
+        try:
+            row[f"ours_{name}_us"] = enqueue_us(lambda name=name: backends.linear(layer, x, backend=name))
+        except RuntimeError as err:  # forced where it cannot run: say why
+            row[f"ours_{name}_us"] = None
+            row[f"ours_{name}_note"] = str(err)[:200]
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--n", type=int, default=4096)
+    ap.add_argument("--k", type=int, default=4096)
+    ap.add_argument("--profile", action="store_true", help="also write cProfile's top functions of the auto path")
+    args = ap.parse_args()
+    dense = _random_24(args.n, args.k, torch.bfloat16)
+    bias = torch.randn(args.n, device="cuda", dtype=torch.bfloat16)
+    layer = SparseLinear.from_weight(Sparse24Weight.from_dense(dense), bias)
+    rows = []
+    for m in MS:
+        row = measure(layer, dense, bias, m)
+        rows.append(row)
+        times = " ".join(f"{key[:-3]}={val:.1f}" for key, val in row.items() if key.endswith("_us") and val)
+        print(f"{args.n}x{args.k} M={m} (auto: {row['auto_backend']}), host us per call: {times}", flush=True)
+        if args.profile:
+            x = torch.randn(m, args.k, device="cuda", dtype=torch.bfloat16)
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"host_profile_M{m}.txt").write_text(profile(lambda x=x: layer(x)))
+    write_result(args.out, "host_overhead", {"n": args.n, "k": args.k, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
