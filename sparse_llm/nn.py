@@ -94,10 +94,11 @@ class SparseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input's last dim {x.shape[-1]} != in_features {self.in_features}")
-        if x.dtype != self.values.dtype:
-            raise TypeError(f"input dtype {x.dtype} != SparseLinear weight dtype {self.values.dtype}")
-        if x.device != self.values.device:
-            raise RuntimeError(f"input on {x.device} but SparseLinear weight on {self.values.device}")
+        values = self.values  # one attribute lookup (nn.Module's buffer lookup is host time on every call)
+        if x.dtype != values.dtype:
+            raise TypeError(f"input dtype {x.dtype} != SparseLinear weight dtype {values.dtype}")
+        if x.device != values.device:
+            raise RuntimeError(f"input on {x.device} but SparseLinear weight on {values.device}")
         return backends.linear(self, x)
 
     def extra_repr(self) -> str:

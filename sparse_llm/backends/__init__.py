@@ -90,19 +90,21 @@ def _module_cache(module: torch.nn.Module, attr: str) -> dict:
 
 def _gpu_choice(module: torch.nn.Module, x: torch.Tensor) -> str | None:
     """The GPU backend that the measured crossover (``sparse_llm.tune``) picks for this call, or None."""
-    if not _triton_small_supports(module, x):
-        return None
-    # Cached per module and (M, dtype, device): dispatch is host time on every call.
+    # Cached per module and (M, dtype, device): dispatch is host time on every call. Only GPU choices are cached,
+    # so a call the GPU backends cannot take (CPU input, weight of another dtype) is checked again each time.
     key = (x.shape[0], x.dtype, x.device)
     choices = _module_cache(module, "_sparse_llm_choice")
-    if key not in choices:
+    choice = choices.get(key)
+    if choice is None:
+        if not _triton_small_supports(module, x):
+            return None
         from sparse_llm import tune
 
         n, k = module.values.shape[0], 2 * module.values.shape[1]
-        choices[key] = tune.choose_backend(
+        choice = choices[key] = tune.choose_backend(
             n, k, x.shape[0], x.dtype, x.device, _cusparselt_supports(module, x), _mma_supports(module, x)
         )
-    return choices[key]
+    return choice
 
 
 def _prepared_config(module: torch.nn.Module, x: torch.Tensor, attr: str, tuned: Callable):
@@ -111,14 +113,16 @@ def _prepared_config(module: torch.nn.Module, x: torch.Tensor, attr: str, tuned:
     is host time on every call)."""
     from sparse_llm.backends import cusparselt
 
-    if cusparselt.supports(module, x):
-        cusparselt.ensure_prepared(module)
     key = (x.shape[0], x.dtype, x.device)
     configs = _module_cache(module, attr)
-    if key not in configs:
+    entry = configs.get(key)
+    if entry is None:  # the configuration, and whether cuSPARSELt holds the weight for calls like this one
         n, k = module.values.shape[0], 2 * module.values.shape[1]
-        configs[key] = tuned(n, k, x.shape[0], x.dtype, x.device)
-    return configs[key]
+        entry = configs[key] = (tuned(n, k, x.shape[0], x.dtype, x.device), cusparselt.supports(module, x))
+    config, shared = entry
+    if shared:
+        cusparselt.ensure_prepared(module)  # cheap when current; compresses again after the weight changed
+    return config
 
 
 def _triton_small_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -133,14 +137,23 @@ def _triton_small_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return triton_small.spmm24_small(x, module.values, module.meta, bias, config, check=False)
 
 
-def _mma_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _checked_mma_config(n: int, k: int, m: int, dtype: torch.dtype, device: torch.device):
+    """The tuned sparse tensor-core configuration for this call, checked once for the shape when it is cached."""
     from sparse_llm import tune
     from sparse_llm.backends import sparse_mma
 
-    config = _prepared_config(module, x, "_sparse_llm_mma_config", tune.mma_config)
-    bias = None if module.bias is None else module.bias.detach()
-    # device, dtype and shape were checked by ``supports`` (``sparse_mma.why_not``)
-    return sparse_mma.spmm24_mma(x, module.values, module.meta, bias, config, check=False)
+    config = tune.mma_config(n, k, m, dtype, device)
+    sparse_mma.check_config(m, n, k, config, device)
+    return config
+
+
+def _mma_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from sparse_llm.backends import sparse_mma
+
+    config = _prepared_config(module, x, "_sparse_llm_mma_config", _checked_mma_config)
+    bias = module.bias
+    # device, dtype and shape were checked by ``supports`` (``sparse_mma.why_not``), the configuration when cached
+    return sparse_mma.run_checked(x, module.values, module.meta, None if bias is None else bias.detach(), config)
 
 
 def _cusparselt_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -212,6 +225,9 @@ def select(module: torch.nn.Module, x: torch.Tensor, backend: str | None = None)
                 f"(input {tuple(x.shape)} {x.dtype} on {x.device}){why}"
             )
         return chosen
+    choice = _gpu_choice(module, x)  # once per call: each GPU entry applies when the choice names it
+    if choice is not None:
+        return get(choice)
     for candidate in BACKENDS:
         if candidate.applies(module, x):
             return candidate
@@ -220,6 +236,8 @@ def select(module: torch.nn.Module, x: torch.Tensor, backend: str | None = None)
 
 def linear(module: torch.nn.Module, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
     """``F.linear(x, W, b)`` for a SparseLinear: flattens leading dims, dispatches, restores the shape."""
+    if x.dim() == 2:  # no reshapes: microseconds per call at decode
+        return select(module, x, backend).run(module, x)
     x2d = x.reshape(-1, x.shape[-1])
     out = select(module, x2d, backend).run(module, x2d)
     return out.reshape(*x.shape[:-1], out.shape[-1])

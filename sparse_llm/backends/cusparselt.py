@@ -174,8 +174,7 @@ def cusparselt_linear(
     """``x @ W.T + bias`` with W compressed by :func:`compress_values`; x (..., K) fp16/bf16 on CUDA."""
     if x.shape[-1] != k:
         raise ValueError(f"input has {x.shape[-1]} features (shape {tuple(x.shape)}), the weight expects {k}")
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, k)
+    x2 = x if x.dim() == 2 else x.reshape(-1, k)  # no reshapes for 2-D x: microseconds per call at decode
     # cuSPARSELt reads x as a column-major (K, M) matrix: rows must be dense and 16-byte aligned.
     if not x2.is_contiguous():
         x2 = x2.contiguous()
@@ -185,7 +184,7 @@ def cusparselt_linear(
         out = _cusparselt_linear_op(x2, compressed, bias, n, k)
     else:  # eager: skip the custom-op dispatcher
         out = load_extension().linear(x2, compressed, bias, n, k)
-    return out.reshape(*lead, n)
+    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
 
 
 def ensure_prepared(module: torch.nn.Module) -> CusparseLtState:

@@ -282,30 +282,41 @@ def spmm24_mma(
     if bias is not None and (bias.shape != (values.shape[0],) or bias.dtype != x.dtype or bias.device != x.device):
         raise ValueError(f"bias must be ({values.shape[0]},) {x.dtype} on {x.device}, got {tuple(bias.shape)} "
                          f"{bias.dtype} on {bias.device}")  # fmt: skip
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
+    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
     m, n = x2.shape[0], values.shape[0]
     config = config or default_config(m, n, x2.shape[1], x.device)
+    check_config(m, n, x2.shape[1], config, x.device, check_device=check)
+    out = run_checked(x2, values, meta, bias, config)
+    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
+
+
+def check_config(m: int, n: int, k: int, config: MmaConfig, device: torch.device, check_device: bool = True) -> None:
+    """Raise ValueError unless ``config`` has a kernel that runs an (M, K) x (N, K) product (``check_device``: and the
+    warpgroup kernel runs on ``device``)."""
     if config.wgmma:
         if config.wgmma_tile not in WGMMA_TILES or config.warps % 4 or config.stages or config.cluster:
             raise ValueError(f"no warpgroup kernel for {config}; tiles (tokens, warpgroups, cluster token tiles, "
                              f"cluster row tiles): {sorted(WGMMA_TILES)}")  # fmt: skip
-        if not wgmma_fits(n, x2.shape[1], config):
+        if not wgmma_fits(n, k, config):
             raise ValueError(f"the warpgroup kernel needs in_features divisible by {WGMMA_CHUNK} and out_features "
-                             f"by {_wgmma_rows(config)}, got {x2.shape[1]} and {n}")  # fmt: skip
-        if check and not wgmma_usable(x.device):
+                             f"by {_wgmma_rows(config)}, got {k} and {n}")  # fmt: skip
+        if check_device and not wgmma_usable(device):
             raise ValueError("the warpgroup kernel needs an H100/H200 (compute capability 9.0) and its extension")
     elif (config.rows, config.tokens, config.stages, config.warps) not in TILES or config.wgmma_cluster != (1, 1):
         raise ValueError(f"no sparse tensor-core kernel for {config}; tiles: {sorted(TILES)}")
     chunk = WGMMA_CHUNK if config.wgmma else PIPE_CHUNK if config.stages >= 3 else CHUNK
-    if not 1 <= config.split <= x2.shape[1] // chunk:
-        raise ValueError(f"split must be 1 to {x2.shape[1] // chunk} (chunks of {chunk} of the {x2.shape[1]} input "
-                         f"features) for {config}")  # fmt: skip
-    if m == 0:
-        return x.new_empty(*lead, n)
+    if not 1 <= config.split <= k // chunk:
+        raise ValueError(f"split must be 1 to {k // chunk} (chunks of {chunk} of the {k} input features) for {config}")
+
+
+def run_checked(
+    x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None, config: MmaConfig
+) -> torch.Tensor:
+    """The product for a 2-D ``x`` and a ``config`` that :func:`check_config` accepted for this shape: no Python
+    checks (the extension still checks the tensors, bias included), what SparseLinear runs at every call."""
+    if x.shape[0] == 0:
+        return x.new_empty(0, values.shape[0])
     if torch.compiler.is_compiling():
-        out = _spmm24_mma_op(x2, values, meta, bias, config.rows, config.tokens, config.stages, config.split,
-                             config.warps, config.cluster, config.wgmma, *config.wgmma_cluster)  # fmt: skip
-    else:  # eager: skip the custom-op dispatcher (microseconds that matter at decode sizes)
-        out = _launch(x2, values, meta, bias, config)
-    return out.reshape(*lead, n)
+        return _spmm24_mma_op(x, values, meta, bias, config.rows, config.tokens, config.stages, config.split,
+                              config.warps, config.cluster, config.wgmma, *config.wgmma_cluster)  # fmt: skip
+    return _launch(x, values, meta, bias, config)  # eager: skip the custom-op dispatcher (microseconds at decode)

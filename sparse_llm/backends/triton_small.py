@@ -189,8 +189,7 @@ def spmm24_small(
     """
     if check:
         _check_inputs(x, values, meta, bias)
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
+    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) < x2.shape[1]):
         x2 = x2.contiguous()
     m, k = x2.shape
@@ -206,4 +205,4 @@ def spmm24_small(
         )  # fmt: skip
     else:  # eager: skip the custom-op dispatcher (microseconds that matter at M = 1)
         out = _launch(x2, values, meta, bias, config)
-    return out.reshape(*lead, n)
+    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
