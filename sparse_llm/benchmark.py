@@ -246,6 +246,9 @@ def bench_shape(
         for _ in range(stream_length(int(1.125 * n * k), _l2_bytes()) - 1):
             denses.append(_random_24(n, k, dtype))
             layers.append(SparseLinear.from_weight(Sparse24Weight.from_dense(denses[-1])))
+        # One stream of the fresh copies, not recorded: the first stream of freshly made copies ran ~15% slower than
+        # the same copies measured again (bench/stream_m1.py, bench/NOTES.md, tenth round).
+        _stream_times(denses, layers, torch.randn(1, k, device="cuda", dtype=dtype))
     rows = []
     for m in ms:
         x = torch.randn(m, k, device="cuda", dtype=dtype)
