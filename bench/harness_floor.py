@@ -1,5 +1,6 @@
-"""What the timing harness allows at decode: every time in bench/results is the median of ``do_bench`` on a CUDA-graph
-replay with the L2 cache cleared (a 256 MB memset) before each run. This script times, the same way, in one run:
+"""What the timing harness allows at decode: the graph-replay times in bench/results are the median of ``do_bench``
+on a CUDA-graph replay with the L2 cache cleared (a 256 MB memset) before each run. This script times, the same way,
+in one run:
 
 - a one-element kernel: the fixed cost of a timed call;
 - per Llama shape, one pass over the dense weight's bytes and one over the 2:4 layer's bytes (values + metadata),

@@ -42,7 +42,6 @@ def _build_dir(tmp_path: Path) -> Path:
 
 def test_a_killed_builds_lock_is_removed_before_building(fake_build, tmp_path):
     source, seen = fake_build
-    build = tmp_path / "cache" / "torch_extensions"
     _build._jit("ext", source, "x-", extra_cuda_cflags=["-O3"])  # creates the build directory
     (_build_dir(tmp_path) / "lock").write_text("")  # what torch leaves when its build is killed
     assert _build._jit("ext", source, "x-", extra_cuda_cflags=["-O3"]) == "module"
@@ -50,7 +49,6 @@ def test_a_killed_builds_lock_is_removed_before_building(fake_build, tmp_path):
     assert seen["lock_free"] is False  # our lock is held for the whole build
     assert seen["name"] == "ext" and seen["sources"] == [str(source)]
     assert seen["kwargs"]["extra_cuda_cflags"] == ["-O3"]
-    assert build.exists()
 
 
 def test_the_lock_is_released_after_a_failed_build(fake_build, tmp_path, monkeypatch):
