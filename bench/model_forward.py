@@ -144,8 +144,8 @@ def main() -> None:
         print(f"{args.model} x{args.blocks} blocks, tokens {shape}: dense {row['dense_us']:.0f} us, ours "
               f"{row['ours_us']:.0f} us ({row['speedup']:.2f}x; graph {graph}), rel err {row['rel_err']:.1e}",
               flush=True)  # fmt: skip
-    write_result(args.out, f"model_forward_{args.model}",
-                 {"model": args.model, "blocks": args.blocks, "swapped_linears": len(swapped), "rows": rows})  # fmt: skip
+    payload = {"model": args.model, "blocks": args.blocks, "swapped_linears": len(swapped), "rows": rows}
+    write_result(args.out, f"model_forward_{args.model}", payload)
 
 
 if __name__ == "__main__":
