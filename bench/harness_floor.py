@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import llama_shapes, write_result  # noqa: E402
 
 from sparse_llm import Sparse24Weight, SparseLinear  # noqa: E402
-from sparse_llm.benchmark import _random_24, time_graph_us  # noqa: E402
+from sparse_llm.benchmark import _random_24, capture_graph, events_us, time_graph_us  # noqa: E402
 
 _SCRATCH: list[torch.Tensor] = []
 
@@ -43,20 +43,8 @@ def clean_graph_us(fn, reps: int = 20) -> float:
         _SCRATCH.append(torch.ones(1 << 27, device="cuda", dtype=torch.bfloat16))  # 256 MB
         _SCRATCH.append(torch.zeros((), device="cuda", dtype=torch.float32))
     scratch, acc = _SCRATCH
-    fn()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    times = []
-    for _ in range(reps + 3):
-        torch.sum(scratch, dim=0, dtype=torch.float32, out=acc)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    return statistics.median(times[3:])
+    graph, _ = capture_graph(fn)
+    return events_us(graph.replay, reps, before=lambda: torch.sum(scratch, dim=0, dtype=torch.float32, out=acc))
 
 
 def stream_us(nbytes: int, clean: bool = False) -> float:

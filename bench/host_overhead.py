@@ -17,9 +17,7 @@ import argparse
 import cProfile
 import io
 import pstats
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,23 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import write_result  # noqa: E402
 
 from sparse_llm import Sparse24Weight, SparseLinear, backends  # noqa: E402
-from sparse_llm.benchmark import _random_24  # noqa: E402
+from sparse_llm.benchmark import _random_24, enqueue_us  # noqa: E402
 
 MS = (1, 16, 256, 4096)
 
 
-def enqueue_us(fn, calls: int = 200, batches: int = 7) -> float:
-    """Median over batches of the host microseconds per call of ``fn`` called ``calls`` times without a sync."""
+def host_us(fn, calls: int = 200, batches: int = 7) -> float:
+    """Median over batches of the host microseconds per call of ``fn`` called ``calls`` times without a sync (after
+    one call that is not counted)."""
     fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(batches):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        out.append((time.perf_counter() - t0) / calls * 1e6)
-        torch.cuda.synchronize()
-    return statistics.median(out)
+    return enqueue_us(fn, calls, batches)
 
 
 def profile(fn, calls: int = 2000, top: int = 25) -> str:
@@ -67,11 +58,11 @@ def measure(layer: SparseLinear, dense: torch.Tensor, bias: torch.Tensor, m: int
     """Host microseconds per call at ``m`` tokens: dense, ours (auto), and each GPU backend forced."""
     x = torch.randn(m, dense.shape[1], device="cuda", dtype=dense.dtype)
     row = {"m": m, "auto_backend": backends.select(layer, x).name}
-    row["dense_us"] = enqueue_us(lambda: F.linear(x, dense, bias))
-    row["ours_auto_us"] = enqueue_us(lambda: layer(x))
+    row["dense_us"] = host_us(lambda: F.linear(x, dense, bias))
+    row["ours_auto_us"] = host_us(lambda: layer(x))
     for name in ("sparse_mma", "triton_small", "cusparselt"):
         try:
-            row[f"ours_{name}_us"] = enqueue_us(lambda name=name: backends.linear(layer, x, backend=name))
+            row[f"ours_{name}_us"] = host_us(lambda name=name: backends.linear(layer, x, backend=name))
         except RuntimeError as err:  # forced where it cannot run: say why
             row[f"ours_{name}_us"] = None
             row[f"ours_{name}_note"] = str(err)[:200]

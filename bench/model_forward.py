@@ -9,9 +9,9 @@ timed on token batches of shape (B, S), first dense, then after ``sparsify`` on 
   sees no history: the step's time without the attention over the cache;
 - (1, 512) and (1, 2048): prefill.
 
-Each time is the median of CUDA events over 20 runs, eager and as a CUDA-graph replay (no cache clear: the blocks'
-weights are far larger than the L2). The outputs of the two models are compared (relative error of the last
-hidden state).
+Each time is the median of CUDA events over 20 runs (``benchmark.events_us``), eager and as a CUDA-graph replay
+(no cache clear: the blocks' weights are far larger than the L2). The outputs of the two models are compared
+(relative error of the last hidden state).
 
     python bench/model_forward.py --out DIR [--model llama-3-8b|llama-2-7b] [--blocks 32]
 
@@ -21,7 +21,6 @@ Writes ``model_forward_<model>.json``.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import rel_err, write_result  # noqa: E402
 
 from sparse_llm import sparsify  # noqa: E402
+from sparse_llm.benchmark import capture_graph, events_us  # noqa: E402
 
 MODELS = {  # hidden, MLP, heads, KV heads, vocab
     "llama-2-7b": (4096, 11008, 32, 32, 32000),
@@ -69,45 +69,16 @@ def build(model: str, blocks: int, device: str, seed: int = 0) -> LlamaForCausal
     return net.eval()
 
 
-def time_us(fn, reps: int = 20, warmup: int = 3) -> float:
-    """Median microseconds of ``fn`` between CUDA events (a synchronize after each run)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    return statistics.median(times)
-
-
-def graph_of(fn):
-    """A CUDA graph of ``fn`` (warmed up on a side stream first) and its static output."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    return graph, out
-
-
 def measure(body, ids: torch.Tensor) -> dict:
     """Eager and graph-replay times of the decoder body on ``ids``, and its output (eager)."""
     def fn():
         return body(input_ids=ids, use_cache=False).last_hidden_state
 
     with torch.no_grad():
-        row = {"eager_us": time_us(fn), "out": fn()}
+        row = {"eager_us": events_us(fn), "out": fn()}
         try:
-            graph, _ = graph_of(fn)
-            row["graph_us"] = time_us(graph.replay)
-            del graph
+            graph, _ = capture_graph(fn)
+            row["graph_us"] = events_us(graph.replay)
         except Exception as err:  # capture refused: say why
             row["graph_us"] = None
             row["graph_note"] = f"{type(err).__name__}: {err}"[:300]

@@ -98,8 +98,9 @@ def time_us(fn: Callable[[], object]) -> float:
     return triton.testing.do_bench(fn, warmup=5, rep=20, return_mode="median") * 1e3
 
 
-def time_graph_us(fn: Callable[[], object]) -> float:
-    """Median microseconds of a CUDA-graph replay of ``fn`` (warmed up first; raises if capture fails)."""
+def capture_graph(fn: Callable[[], object]) -> tuple[torch.cuda.CUDAGraph, object]:
+    """A CUDA graph of ``fn`` and the output of the captured call. ``fn`` runs once first on a side stream (plans,
+    searches, compilation happen outside the capture); raises if capture fails."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -107,8 +108,49 @@ def time_graph_us(fn: Callable[[], object]) -> float:
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        fn()
+        out = fn()
+    return graph, out
+
+
+def time_graph_us(fn: Callable[[], object]) -> float:
+    """Median microseconds of a CUDA-graph replay of ``fn`` (warmed up first; raises if capture fails)."""
+    graph, _ = capture_graph(fn)
     return time_us(graph.replay)
+
+
+def events_us(
+    fn: Callable[[], object], reps: int = 20, warmup: int = 3, before: Callable[[], object] | None = None
+) -> float:
+    """Median microseconds of ``fn`` between CUDA events, no cache clear (unlike ``time_us``); ``before`` (if given)
+    runs before each run, outside the events."""
+    for _ in range(warmup):
+        if before is not None:
+            before()
+        fn()
+    start = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    end = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for a, b in zip(start, end, strict=True):
+        if before is not None:
+            before()
+        a.record()
+        fn()
+        b.record()
+    torch.cuda.synchronize()
+    return statistics.median(a.elapsed_time(b) for a, b in zip(start, end, strict=True)) * 1e3
+
+
+def enqueue_us(fn: Callable[[], object], calls: int = 50, batches: int = 1) -> float:
+    """Host microseconds per call of ``fn`` called ``calls`` times without a synchronization (the median over
+    ``batches`` such runs, the GPU drained between them)."""
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        out.append((time.perf_counter() - t0) / calls * 1e6)
+        torch.cuda.synchronize()
+    return statistics.median(out)
 
 
 # A stream's weights span at least this many L2 caches, so each call of the stream reads its own weight cold.
@@ -132,40 +174,14 @@ def time_stream_us(fns: list[Callable[[], object]], reps: int = 20, warmup: int 
     (``bench/harness_floor.py``), here on none."""
     if len(fns) < 2:
         raise ValueError(f"a stream needs at least 2 calls, got {len(fns)}")
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for fn in fns:  # first calls (plans, searches, compilation) happen outside the capture
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for fn in fns:
-            fn()
-    for _ in range(warmup):
-        graph.replay()
-    start = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    end = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    for a, b in zip(start, end, strict=True):
-        a.record()
-        graph.replay()
-        b.record()
-    torch.cuda.synchronize()
-    per_replay = statistics.median(a.elapsed_time(b) for a, b in zip(start, end, strict=True))
-    del graph
-    return per_replay * 1e3 / len(fns)
+    graph, _ = capture_graph(lambda: [fn() for fn in fns])
+    return events_us(graph.replay, reps, warmup) / len(fns)
 
 
 def host_window(fn: Callable[[], object], calls: int = 50) -> dict:
     """What the host did while an eager time stayed far above the graph time: microseconds per call to enqueue
     ``fn`` (no synchronization between the calls) and the 1-minute load average of the machine."""
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    enqueue = (time.perf_counter() - t0) / calls * 1e6
-    torch.cuda.synchronize()
-    return {"enqueue_us_per_call": enqueue, "loadavg_1min": os.getloadavg()[0]}
+    return {"enqueue_us_per_call": enqueue_us(fn, calls), "loadavg_1min": os.getloadavg()[0]}
 
 
 def measure_ceilings(dtype: torch.dtype = torch.bfloat16) -> dict:

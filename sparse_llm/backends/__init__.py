@@ -225,9 +225,6 @@ def select(module: torch.nn.Module, x: torch.Tensor, backend: str | None = None)
                 f"(input {tuple(x.shape)} {x.dtype} on {x.device}){why}"
             )
         return chosen
-    choice = _gpu_choice(module, x)  # once per call: each GPU entry applies when the choice names it
-    if choice is not None:
-        return get(choice)
     for candidate in BACKENDS:
         if candidate.applies(module, x):
             return candidate
