@@ -2,18 +2,20 @@
 linear of the decoder blocks is swapped (``sparse_llm.sparsify``), attention, norms and the rest included.
 
 The model is built from a config (no hub; random bf16 weights, std 0.02, norms at 1), every linear of the decoder
-blocks is pruned to a random 2:4 mask in place, and the decoder body (``model.model``, without ``lm_head``) is
-timed on token batches of shape (B, S), first dense, then after ``sparsify`` on the same weights:
+blocks is pruned to a random 2:4 mask in place, and a copy of it gets SparseLinear layers (``sparse_llm.sparsify``).
+The decoder body (``model.model``, without ``lm_head``) of both is timed on token batches of shape (B, S):
 
 - (B, 1) for B in 1, 8, 32: a decode step's linears (one new token per sequence) without a KV cache, so attention
   sees no history: the step's time without the attention over the cache;
 - (1, 512) and (1, 2048): prefill.
 
-Each time is the median of CUDA events over 20 runs (``benchmark.events_us``), eager and as a CUDA-graph replay
-(no cache clear: the blocks' weights are far larger than the L2). The outputs of the two models are compared
-(relative error of the last hidden state).
+Dense and ours are timed in alternation, ``--rounds`` times each (the host of the GPU machine drifts between runs):
+CUDA events around an eager forward, around a CUDA-graph replay of it (no cache clear: the blocks' weights are far
+larger than the L2), and the host time to enqueue an eager forward. One profiled eager forward of each splits the
+GPU kernel time into the blocks' linears and the rest (attention, norms, rotary, activations). Both bf16 outputs
+are compared with an fp32 copy of the dense model (relative error of the last hidden state).
 
-    python bench/model_forward.py --out DIR [--model llama-3-8b|llama-2-7b] [--blocks 32]
+    python bench/model_forward.py --out DIR [--model llama-3-8b|llama-2-7b] [--blocks 32] [--host-profile]
 
 Writes ``model_forward_<model>.json``.
 """
@@ -21,6 +23,11 @@ Writes ``model_forward_<model>.json``.
 from __future__ import annotations
 
 import argparse
+import copy
+import cProfile
+import io
+import pstats
+import statistics
 import sys
 from pathlib import Path
 
@@ -31,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import rel_err, write_result  # noqa: E402
 
-from sparse_llm import sparsify  # noqa: E402
-from sparse_llm.benchmark import capture_graph, events_us  # noqa: E402
+from sparse_llm import SparseLinear, sparsify  # noqa: E402
+from sparse_llm.benchmark import capture_graph, enqueue_us, events_us  # noqa: E402
 
 MODELS = {  # hidden, MLP, heads, KV heads, vocab
     "llama-2-7b": (4096, 11008, 32, 32, 32000),
@@ -69,19 +76,101 @@ def build(model: str, blocks: int, device: str, seed: int = 0) -> LlamaForCausal
     return net.eval()
 
 
-def measure(body, ids: torch.Tensor) -> dict:
-    """Eager and graph-replay times of the decoder body on ``ids``, and its output (eager)."""
-    def fn():
-        return body(input_ids=ids, use_cache=False).last_hidden_state
+def _linear_ranges(net: torch.nn.Module) -> list:
+    """Forward hooks that put every linear of the decoder blocks (dense or SparseLinear) in a profiler range named
+    ``linear``, so its kernels' GPU time can be told from the rest's (hooks, not patched code)."""
+    handles = []
+    for name, module in net.named_modules():
+        if name.startswith("model.layers.") and isinstance(module, (torch.nn.Linear, SparseLinear)):
+            def pre(mod, args):
+                mod._range = torch.profiler.record_function("linear")
+                mod._range.__enter__()
 
+            def post(mod, args, out):
+                mod._range.__exit__(None, None, None)
+
+            handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    return handles
+
+
+def _device_us(event) -> float:
+    return getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0.0)
+
+
+def kernel_split(net: torch.nn.Module, fn) -> dict:
+    """GPU kernel time of one eager forward, in the decoder blocks' linears and in everything else (ms), and the
+    kernels that took the most time."""
+    handles = _linear_ranges(net)
+    try:
+        fn()
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA,
+                                                torch.profiler.ProfilerActivity.CPU]) as prof:  # fmt: skip
+            fn()
+            torch.cuda.synchronize()
+    finally:
+        for handle in handles:
+            handle.remove()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(e.device_time for e in kernels) / 1e3
+    linear = sum(_device_us(e) for e in prof.key_averages() if e.key == "linear") / 1e3
+    by_name: dict[str, float] = {}
+    for e in kernels:
+        by_name[e.name] = by_name.get(e.name, 0.0) + e.device_time / 1e3
+    top = sorted(by_name.items(), key=lambda kv: -kv[1])[:8]
+    return {"kernels_ms": total, "linear_ms": linear, "other_ms": total - linear,
+            "top_kernels_ms": [[name[:120], ms] for name, ms in top]}  # fmt: skip
+
+
+def host_profile(fn, calls: int = 3, top: int = 25) -> str:
+    """cProfile of ``calls`` eager forwards (host time: eager decode is bound by it), the ``top`` functions by
+    their own time."""
+    profile = cProfile.Profile()
+    torch.cuda.synchronize()
+    profile.enable()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    profile.disable()
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(top)
+    return text.getvalue()
+
+
+def forward_fn(net: torch.nn.Module, ids: torch.Tensor):
+    def fn():
+        return net.model(input_ids=ids, use_cache=False).last_hidden_state
+
+    return fn
+
+
+def compare(dense_net, sparse_net, ids: torch.Tensor, rounds: int) -> dict:
+    """Dense and ours on the same input, timed in alternation (``rounds`` times each, eager then graph replay): the
+    host of the GPU machine drifts by tens of percent between runs, so each round's ratio is taken side by side."""
+    fns = {"dense": forward_fn(dense_net, ids), "ours": forward_fn(sparse_net, ids)}
+    row: dict = {}
     with torch.no_grad():
-        row = {"eager_us": events_us(fn), "out": fn()}
-        try:
-            graph, _ = capture_graph(fn)
-            row["graph_us"] = events_us(graph.replay)
-        except Exception as err:  # capture refused: say why
-            row["graph_us"] = None
-            row["graph_note"] = f"{type(err).__name__}: {err}"[:300]
+        graphs = {}
+        for side, fn in fns.items():
+            row[f"{side}_out"] = fn()
+            try:
+                graphs[side], _ = capture_graph(fn)
+            except Exception as err:  # capture refused: say why
+                row[f"{side}_graph_note"] = f"{type(err).__name__}: {err}"[:300]
+        times: dict[str, list[float]] = {f"{side}_{kind}": [] for side in fns for kind in ("eager", "graph", "host")}
+        for _ in range(rounds):
+            for side, fn in fns.items():
+                times[f"{side}_eager"].append(events_us(fn, reps=10))
+                times[f"{side}_host"].append(enqueue_us(fn, calls=5))
+                if side in graphs:
+                    times[f"{side}_graph"].append(events_us(graphs[side].replay, reps=10))
+        for key, values in times.items():
+            row[f"{key}_us"] = statistics.median(values) if values else None
+        for kind in ("eager", "graph", "host"):
+            pairs = list(zip(times[f"dense_{kind}"], times[f"ours_{kind}"], strict=False))
+            row[f"{kind}_speedup"] = statistics.median(d / o for d, o in pairs) if pairs else None
+        row["dense_split"] = kernel_split(dense_net, fns["dense"])
+        row["ours_split"] = kernel_split(sparse_net, fns["ours"])
     return row
 
 
@@ -90,33 +179,51 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--model", default="llama-3-8b", choices=sorted(MODELS))
     ap.add_argument("--blocks", type=int, default=32, help="decoder blocks (the real model's count by default)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating dense/ours timing rounds per shape")
+    ap.add_argument("--host-profile", action="store_true", help="cProfile the eager forwards at (8, 1)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("model_forward.py times a GPU: no CUDA device here")
-    net = build(args.model, args.blocks, "cuda")
-    vocab = net.config.vocab_size
+    dense_net = build(args.model, args.blocks, "cuda")
+    vocab = dense_net.config.vocab_size
     inputs = {shape: torch.randint(0, vocab, shape, device="cuda") for shape in SHAPES}
-    dense = {shape: measure(net.model, ids) for shape, ids in inputs.items()}
-    swapped = sparsify(net, include=r"^model\.layers\.")
-    sparse = {shape: measure(net.model, ids) for shape, ids in inputs.items()}
-    rows = []
-    for shape in SHAPES:
-        d, s = dense[shape], sparse[shape]
-        row = {"batch": shape[0], "seq": shape[1], "tokens": shape[0] * shape[1],
-               "dense_us": d["eager_us"], "ours_us": s["eager_us"], "speedup": d["eager_us"] / s["eager_us"],
-               "dense_graph_us": d["graph_us"], "ours_graph_us": s["graph_us"],
-               "rel_err": rel_err(s["out"], d["out"])}  # fmt: skip
-        row["graph_speedup"] = d["graph_us"] / s["graph_us"] if d["graph_us"] and s["graph_us"] else None
-        for side, r in (("dense", d), ("ours", s)):
-            if "graph_note" in r:
-                row[f"{side}_graph_note"] = r["graph_note"]
+    reference = fp32_reference(dense_net, inputs)
+    sparse_net = copy.deepcopy(dense_net)
+    swapped = sparsify(sparse_net, include=r"^model\.layers\.")
+    rows, profiles = [], {}
+    for shape, ids in inputs.items():
+        r = compare(dense_net, sparse_net, ids, args.rounds)
+        d_out, o_out = r.pop("dense_out"), r.pop("ours_out")
+        row = {"batch": shape[0], "seq": shape[1], "tokens": shape[0] * shape[1], **r,
+               "rel_err": rel_err(o_out, d_out), "dense_err_vs_fp32": rel_err(d_out, reference[shape]),
+               "ours_err_vs_fp32": rel_err(o_out, reference[shape])}  # fmt: skip
         rows.append(row)
+        ds, os_ = row["dense_split"], row["ours_split"]
         graph = f"{row['graph_speedup']:.2f}x" if row["graph_speedup"] else "-"
-        print(f"{args.model} x{args.blocks} blocks, tokens {shape}: dense {row['dense_us']:.0f} us, ours "
-              f"{row['ours_us']:.0f} us ({row['speedup']:.2f}x; graph {graph}), rel err {row['rel_err']:.1e}",
-              flush=True)  # fmt: skip
+        print(f"{args.model} x{args.blocks}, tokens {shape}: graph {graph} (dense {row['dense_graph_us']:.0f} us), "
+              f"eager {row['eager_speedup']:.2f}x, host per forward dense {row['dense_host_us']:.0f} / ours "
+              f"{row['ours_host_us']:.0f} us; kernels dense {ds['kernels_ms']:.2f} ms (linear {ds['linear_ms']:.2f}), "
+              f"ours {os_['kernels_ms']:.2f} ms (linear {os_['linear_ms']:.2f}); err vs fp32 dense "
+              f"{row['dense_err_vs_fp32']:.1e} ours {row['ours_err_vs_fp32']:.1e}", flush=True)  # fmt: skip
+        if args.host_profile and shape == (8, 1):
+            with torch.no_grad():
+                profiles = {side: host_profile(forward_fn(net, ids))
+                            for side, net in (("dense", dense_net), ("ours", sparse_net))}  # fmt: skip
     payload = {"model": args.model, "blocks": args.blocks, "swapped_linears": len(swapped), "rows": rows}
+    if profiles:
+        payload["host_profile_8x1"] = profiles
     write_result(args.out, f"model_forward_{args.model}", payload)
+
+
+def fp32_reference(net: torch.nn.Module, inputs: dict) -> dict:
+    """The last hidden state of an fp32 copy of the dense model on each input: what both bf16 models' errors are
+    measured against (the masked weights are exact in fp32; the copy is freed afterwards)."""
+    ref_net = copy.deepcopy(net).float()
+    with torch.no_grad():
+        out = {shape: forward_fn(ref_net, ids)().float() for shape, ids in inputs.items()}
+    del ref_net
+    torch.cuda.empty_cache()
+    return out
 
 
 if __name__ == "__main__":
