@@ -82,6 +82,7 @@ def _linear_ranges(net: torch.nn.Module) -> list:
     handles = []
     for name, module in net.named_modules():
         if name.startswith("model.layers.") and isinstance(module, (torch.nn.Linear, SparseLinear)):
+
             def pre(mod, args):
                 mod._range = torch.profiler.record_function("linear")
                 mod._range.__enter__()
