@@ -94,10 +94,6 @@ def _linear_ranges(net: torch.nn.Module) -> list:
     return handles
 
 
-def _device_us(event) -> float:
-    return getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0.0)
-
-
 def kernel_split(net: torch.nn.Module, fn) -> dict:
     """GPU kernel time of one eager forward, in the decoder blocks' linears and in everything else (ms), and the
     kernels that took the most time."""
@@ -112,9 +108,11 @@ def kernel_split(net: torch.nn.Module, fn) -> dict:
     finally:
         for handle in handles:
             handle.remove()
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    # GPU-side events: the kernels, and the GPU spans of the ``linear`` ranges (user annotations, named ``linear``)
+    gpu = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    linear = sum(e.device_time for e in gpu if e.name == "linear") / 1e3
+    kernels = [e for e in gpu if e.name != "linear"]
     total = sum(e.device_time for e in kernels) / 1e3
-    linear = sum(_device_us(e) for e in prof.key_averages() if e.key == "linear") / 1e3
     by_name: dict[str, float] = {}
     for e in kernels:
         by_name[e.name] = by_name.get(e.name, 0.0) + e.device_time / 1e3

@@ -347,27 +347,19 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     const int per = (kValues + split - 1) / split;
     v_begin = min(static_cast<int>(blockIdx.z) * per, kValues);
     v_end = min(v_begin + per, kValues);
-    // The peers' partials as 32-bit shared::cluster addresses (64-bit generic pointers spilled with 640 threads).
-    uint32_t peer[kMaxClusterSplit];
-#pragma unroll
-    for (int z = 0; z < kMaxClusterSplit; ++z)
-      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
-                   : "=r"(peer[z])
-                   : "r"(base + 4u * static_cast<uint32_t>(ctid)), "r"(z < split ? z : 0));
+    // Plain loads through generic pointers into the peers' shared memory, which the compiler may issue back to back
+    // (the first version made each load a volatile inline-asm statement with a memory clobber, so each was waited
+    // for before the next: wgmma_cluster_split_v1_h100.json). The pointers are made per load (a mapa each): an
+    // array of eight 64-bit pointers spilled with 640 threads.
+    cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+    const float* mine = part + ctid;
 #pragma unroll
     for (int v = 0; v < kValues; ++v) {
       if (v < v_begin || v >= v_end) continue;
       float sum = 0.f;
 #pragma unroll
-      for (int z = 0; z < kMaxClusterSplit; ++z) {
-        if (z >= split) continue;
-        float theirs;
-        asm volatile("ld.shared::cluster.f32 %0, [%1];\n"
-                     : "=f"(theirs)
-                     : "r"(peer[z] + 4u * v * L::kConsumerThreads)
-                     : "memory");
-        sum += theirs;
-      }
+      for (int z = 0; z < kMaxClusterSplit; ++z)
+        if (z < split) sum += *cluster.map_shared_rank(mine + v * L::kConsumerThreads, z);
       acc[v] = sum;
     }
     cluster_sync();  // every peer's shared memory stays alive until all slices are read
