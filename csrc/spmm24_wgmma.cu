@@ -26,12 +26,7 @@
 //
 // Split-K (grid.z > 1): each block writes its fp32 partial tile to a workspace and counts itself in on the tile's
 // counter; the last block of a tile adds the partials in split order (the same bits on every run), adds the bias and
-// writes y. With KS (split 2-8, no W/x sharing) the split pieces of a tile run as one thread-block cluster instead:
-// each block leaves its partial tile in its own shared memory (the ring, free after the main loop), and block z adds
-// slice z of the tile from every peer's shared memory, in split order, and stores that slice of y. No round trip
-// through L2, so a tile of more rows and tokens can be split over more SMs: on the 1024-row layers at M = 256-1024
-// the kernel is bound by what L2 sends (x re-read by every row tile, W by every token tile; bench/NOTES.md, 11th
-// round), and larger tiles cut that traffic.
+// writes y.
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -163,7 +158,7 @@ __device__ __forceinline__ uint64_t desc_sw128(uint32_t addr) {
 }
 #endif
 
-template <typename T, int TOKENS, int CWG, int CT, int CR, bool KS>
+template <typename T, int TOKENS, int CWG, int CT, int CR>
 __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     const __grid_constant__ CUtensorMap map_values, const __grid_constant__ CUtensorMap map_meta,
     const __grid_constant__ CUtensorMap map_x, const T* __restrict__ bias, T* __restrict__ y,
@@ -174,9 +169,7 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   constexpr int S = L::kStages;
   static_assert(CT == 1 || CT == 2, "W is shared by 1 or 2 blocks (half of the rows each)");
   static_assert(CR == 1 || CR == 2, "x is shared by 1 or 2 blocks (one 64-column box each)");
-  static_assert(!KS || CT * CR == 1, "the split pieces form the cluster: no W or x sharing with it");
-  static_assert(!KS || S * L::kStage >= L::kConsumerThreads * (TOKENS / 2) * 4, "a partial tile fits in the ring");
-  constexpr bool kCluster = CT * CR > 1 || KS;
+  constexpr bool kCluster = CT * CR > 1;
   extern __shared__ uint8_t smem_raw[];
   const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023u) & ~1023u;
   const uint32_t full = base + S * L::kStage;  // full[s] at full + 8 s, empty[s] at full + 8 (S + s)
@@ -240,10 +233,6 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
       }
     }
     if constexpr (kCluster) cluster_sync();  // see the consumers' end of the main loop
-    if constexpr (KS) {                       // and their two barriers of the split-K reduction
-      cluster_sync();
-      cluster_sync();
-    }
     return;
   }
 
@@ -333,40 +322,8 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   if constexpr (kCluster) cluster_sync();
 
   // Accumulator i = 4 j + 2 h + q: row 16 warp + g + 8 h of the warpgroup's 64, token load0 + 8 j + 2 t + q.
-  constexpr int kValues = TOKENS / 2;
-  int v_begin = 0, v_end = kValues;  // the accumulators whose y this block stores
-  if constexpr (KS) {
-    // The ring is free: every consumer of the block is past the cluster barrier above, every copy has landed. Its
-    // bytes were last touched by the async proxy (copies, wgmma): order that before the generic stores.
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    float* part = reinterpret_cast<float*>(smem_raw + (base - static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw))));
-#pragma unroll
-    for (int v = 0; v < kValues; ++v) part[v * L::kConsumerThreads + ctid] = acc[v];  // [value][thread]
-    cluster_sync();  // every peer's partial is written
-    const int split = static_cast<int>(gridDim.z);  // = the cluster's blocks, rank blockIdx.z
-    const int per = (kValues + split - 1) / split;
-    v_begin = min(static_cast<int>(blockIdx.z) * per, kValues);
-    v_end = min(v_begin + per, kValues);
-    // Plain loads through generic pointers into the peers' shared memory, which the compiler may issue back to back
-    // (the first version made each load a volatile inline-asm statement with a memory clobber, so each was waited
-    // for before the next: wgmma_cluster_split_v1_h100.json). The pointers are made per load (a mapa each): an
-    // array of eight 64-bit pointers spilled with 640 threads.
-    cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
-    const float* mine = part + ctid;
-#pragma unroll
-    for (int v = 0; v < kValues; ++v) {
-      if (v < v_begin || v >= v_end) continue;
-      float sum = 0.f;
-#pragma unroll
-      for (int z = 0; z < kMaxClusterSplit; ++z)
-        if (z < split) sum += *cluster.map_shared_rank(mine + v * L::kConsumerThreads, z);
-      acc[v] = sum;
-    }
-    cluster_sync();  // every peer's shared memory stays alive until all slices are read
-  } else if (gridDim.z > 1) {
-    // (the producer warpgroup has left: the consumers meet on named barrier 1)
-    if (!split_sum_global<kValues, L::kConsumerThreads, 1>(acc, partial, counters, ctid)) return;
-  }
+  // (the producer warpgroup has left: the consumers meet on named barrier 1)
+  if (gridDim.z > 1 && !split_sum_global<TOKENS / 2, L::kConsumerThreads, 1>(acc, partial, counters, ctid)) return;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int row = row0 + 64 * cw + 16 * warp + g + 8 * h;
@@ -375,9 +332,8 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     for (int j = 0; j < TOKENS / 8; ++j)
 #pragma unroll
       for (int q = 0; q < 2; ++q) {
-        const int tok = load0 + 8 * j + 2 * t + q, v = 4 * j + 2 * h + q;
-        // tokens before tok0: the previous tile's (a last tile moved back)
-        if (tok >= tok0 && tok < M && v >= v_begin && v < v_end)
+        const int tok = load0 + 8 * j + 2 * t + q;
+        if (tok >= tok0 && tok < M)  // tokens before tok0: the previous tile's (a last tile moved back)
           y[static_cast<int64_t>(tok) * N + row] = from_float<T>(acc[4 * j + 2 * h + q] + b_row);
       }
   }
@@ -414,7 +370,7 @@ CUtensorMap tensor_map(const torch::Tensor& t, CUtensorMapDataType type, int ele
   return map;
 }
 
-template <typename T, int TOKENS, int CWG, int CT, int CR, bool KS>
+template <typename T, int TOKENS, int CWG, int CT, int CR>
 void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
             const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int split,
             cudaStream_t stream) {
@@ -426,7 +382,7 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   // W it shares and writes nothing.
   const int token_tiles = ((M + TOKENS - 1) / TOKENS + CT - 1) / CT * CT;
   const dim3 grid(token_tiles, N / L::kRows, split);
-  const auto kernel = spmm24_wgmma_kernel<T, TOKENS, CWG, CT, CR, KS>;
+  const auto kernel = spmm24_wgmma_kernel<T, TOKENS, CWG, CT, CR>;
   const int device = x.get_device();
   static std::atomic<uint64_t> configured{0};  // once per device and instantiation
   const uint64_t bit = uint64_t{1} << (device & 63);
@@ -445,16 +401,10 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   const CUtensorMap map_x = tensor_map(x, type, 2, kXBoxColumns, x_rows, CU_TENSOR_MAP_SWIZZLE_128B);
   float* partial = nullptr;
   int* counters = nullptr;
-  if (split > 1 && !KS) std::tie(partial, counters) = workspace.get(split, grid.x * grid.y, L::kConsumerThreads * TOKENS / 2);
+  if (split > 1) std::tie(partial, counters) = workspace.get(split, grid.x * grid.y, L::kConsumerThreads * TOKENS / 2);
   const T* bias_ptr = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
   T* y_ptr = reinterpret_cast<T*>(y.data_ptr());
-  if constexpr (KS) {  // the split pieces of a tile as one cluster: grid.z = split = cluster size
-    cudaLaunchAttribute attribute{};
-    const cudaLaunchConfig_t config =
-        cluster_launch_config(grid, dim3(L::kThreads), L::kSmem, stream, dim3(1, 1, split), &attribute);
-    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, map_values, map_meta, map_x, bias_ptr, y_ptr, partial,
-                                      counters, M, N, num_chunks, per_split, x_rows));
-  } else if constexpr (CT * CR == 1) {
+  if constexpr (CT * CR == 1) {
     kernel<<<grid, L::kThreads, L::kSmem, stream>>>(map_values, map_meta, map_x, bias_ptr, y_ptr, partial, counters,
                                                     M, N, num_chunks, per_split, x_rows);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -472,24 +422,21 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
 // timed 128 rows x 256 tokens with and without clusters, and 2 x 2 clusters: none was the fastest tile of a case
 // that cuSPARSELt did not win by more, so they are not built; neither are 32- and 64-token tiles sharing x (5-30%
 // slower than without a cluster on the layers of 4096-14336 rows at M = 32-256: wgmma_check_cluster_v4_h100.json).
-// The last field: the split-K of the tile reduced in a cluster (KS, split 2-8) instead of through the workspace.
-#define SPARSE_LLM_WGMMA_TILES(X)                                                                                  \
-  X(8, 1, 1, 1, 0) X(8, 2, 1, 1, 0) X(16, 1, 1, 1, 0) X(16, 2, 1, 1, 0) X(32, 1, 1, 1, 0) X(32, 2, 1, 1, 0)          \
-  X(64, 1, 1, 1, 0) X(64, 2, 1, 1, 0) X(64, 4, 1, 1, 0) X(128, 1, 1, 1, 0) X(128, 2, 1, 1, 0) X(128, 4, 1, 1, 0)     \
-  X(256, 1, 1, 1, 0) X(128, 2, 1, 2, 0) X(128, 4, 1, 2, 0) X(128, 4, 2, 1, 0) X(8, 1, 1, 1, 1) X(16, 1, 1, 1, 1)     \
-  X(32, 1, 1, 1, 1) X(64, 1, 1, 1, 1) X(64, 2, 1, 1, 1) X(128, 2, 1, 1, 1) X(128, 4, 1, 1, 1)
+#define SPARSE_LLM_WGMMA_TILES(X)                                                                     \
+  X(8, 1, 1, 1) X(8, 2, 1, 1) X(16, 1, 1, 1) X(16, 2, 1, 1) X(32, 1, 1, 1) X(32, 2, 1, 1) X(64, 1, 1, 1) \
+  X(64, 2, 1, 1) X(64, 4, 1, 1) X(128, 1, 1, 1) X(128, 2, 1, 1) X(128, 4, 1, 1) X(256, 1, 1, 1)         \
+  X(128, 2, 1, 2) X(128, 4, 1, 2) X(128, 4, 2, 1)
 
-bool tile_supported(int tokens, int warpgroups, int cluster_tokens, int cluster_rows, bool cluster_split) {
-#define SPARSE_LLM_WGMMA_MATCH(T_, W_, CT_, CR_, KS_)                                                  \
-  if (tokens == T_ && warpgroups == W_ && cluster_tokens == CT_ && cluster_rows == CR_ && cluster_split == (KS_ != 0)) \
-    return true;
+bool tile_supported(int tokens, int warpgroups, int cluster_tokens, int cluster_rows) {
+#define SPARSE_LLM_WGMMA_MATCH(T_, W_, CT_, CR_) \
+  if (tokens == T_ && warpgroups == W_ && cluster_tokens == CT_ && cluster_rows == CR_) return true;
   SPARSE_LLM_WGMMA_TILES(SPARSE_LLM_WGMMA_MATCH)
 #undef SPARSE_LLM_WGMMA_MATCH
   return false;
 }
 
 int stages_of(int tokens, int warpgroups) {
-#define SPARSE_LLM_WGMMA_STAGES(T_, W_, CT_, CR_, KS_) \
+#define SPARSE_LLM_WGMMA_STAGES(T_, W_, CT_, CR_) \
   if (tokens == T_ && warpgroups == W_) return WgLayout<T_, W_>::kStages;
   SPARSE_LLM_WGMMA_TILES(SPARSE_LLM_WGMMA_STAGES)
 #undef SPARSE_LLM_WGMMA_STAGES
@@ -499,13 +446,11 @@ int stages_of(int tokens, int warpgroups) {
 template <typename T>
 void dispatch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
               const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int tokens,
-              int warpgroups, int cluster_tokens, int cluster_rows, bool cluster_split, int split,
-              cudaStream_t stream) {
-#define SPARSE_LLM_WGMMA_CASE(T_, W_, CT_, CR_, KS_)                                                   \
-  if (tokens == T_ && warpgroups == W_ && cluster_tokens == CT_ && cluster_rows == CR_ &&               \
-      cluster_split == (KS_ != 0)) {                                                                    \
-    launch<T, T_, W_, CT_, CR_, (KS_ != 0)>(x, values, meta, bias, y, workspace, split, stream);        \
-    return;                                                                                             \
+              int warpgroups, int cluster_tokens, int cluster_rows, int split, cudaStream_t stream) {
+#define SPARSE_LLM_WGMMA_CASE(T_, W_, CT_, CR_)                                         \
+  if (tokens == T_ && warpgroups == W_ && cluster_tokens == CT_ && cluster_rows == CR_) { \
+    launch<T, T_, W_, CT_, CR_>(x, values, meta, bias, y, workspace, split, stream);     \
+    return;                                                                             \
   }
   SPARSE_LLM_WGMMA_TILES(SPARSE_LLM_WGMMA_CASE)
 #undef SPARSE_LLM_WGMMA_CASE
@@ -519,24 +464,22 @@ bool aligned16(const torch::Tensor& t) {
 
 // y (M, N) = x (M, K) @ W.T + bias with tiles of `tokens` tokens x 64 * `warpgroups` rows of W, clusters of
 // `cluster_tokens` token tiles (sharing their copies of W) x `cluster_rows` row tiles (sharing x), each 1 or 2; split
-// > 1 splits K, reduced through a global workspace, or (`cluster_split`, split 2-8) in a cluster of the pieces.
+// > 1 splits K.
 torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
                            const c10::optional<torch::Tensor>& bias, int64_t tokens, int64_t warpgroups,
-                           int64_t cluster_tokens, int64_t cluster_rows, int64_t split, bool cluster_split) {
+                           int64_t cluster_tokens, int64_t cluster_rows, int64_t split) {
   check_operands("spmm24_wgmma", x, values, meta, bias);
   const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
   TORCH_CHECK(K % kChunk == 0, "spmm24_wgmma: K must be a multiple of ", kChunk, ", got ", K);
   TORCH_CHECK(tile_supported(static_cast<int>(tokens), static_cast<int>(warpgroups), static_cast<int>(cluster_tokens),
-                             static_cast<int>(cluster_rows), cluster_split),
+                             static_cast<int>(cluster_rows)),
               "spmm24_wgmma: no kernel for tokens=", tokens, " warpgroups=", warpgroups, " cluster=", cluster_tokens,
-              "x", cluster_rows, " cluster_split=", cluster_split);
+              "x", cluster_rows);
   TORCH_CHECK(N % (64 * warpgroups * cluster_rows) == 0, "spmm24_wgmma: the weight's ", N,
               " rows are not a multiple of the cluster's ", 64 * warpgroups * cluster_rows);
   TORCH_CHECK(aligned16(x) && aligned16(values) && aligned16(meta),
               "spmm24_wgmma: the tensor maps need 16-byte aligned storage and row strides for x, values and meta");
   TORCH_CHECK(split >= 1 && split <= K / kChunk, "spmm24_wgmma: split must be in [1, K/", kChunk, "], got ", split);
-  TORCH_CHECK(!cluster_split || (split >= 2 && split <= kMaxClusterSplit),
-              "spmm24_wgmma: a split reduced in a cluster must be 2 to ", kMaxClusterSplit, ", got ", split);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto* props = at::cuda::getCurrentDeviceProperties();
   TORCH_CHECK(props->major == 9 && props->minor == 0, "spmm24_wgmma: needs compute capability 9.0 (sm_90a), not ",
@@ -548,11 +491,11 @@ torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, 
   if (x.scalar_type() == at::kBFloat16) {
     dispatch<__nv_bfloat16>(x, values, meta, bias, y, workspace, static_cast<int>(tokens),
                             static_cast<int>(warpgroups), static_cast<int>(cluster_tokens),
-                            static_cast<int>(cluster_rows), cluster_split, static_cast<int>(split), stream);
+                            static_cast<int>(cluster_rows), static_cast<int>(split), stream);
   } else {
     dispatch<__half>(x, values, meta, bias, y, workspace, static_cast<int>(tokens), static_cast<int>(warpgroups),
-                     static_cast<int>(cluster_tokens), static_cast<int>(cluster_rows), cluster_split,
-                     static_cast<int>(split), stream);
+                     static_cast<int>(cluster_tokens), static_cast<int>(cluster_rows), static_cast<int>(split),
+                     stream);
   }
   return y;
 }
@@ -565,6 +508,6 @@ int64_t wgmma_stages(int64_t tokens, int64_t warpgroups) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm24_wgmma", &spmm24_wgmma, "y = x @ W.T (+ bias) for a canonical 2:4 W on Hopper's wgmma.sp",
         py::arg("x"), py::arg("values"), py::arg("meta"), py::arg("bias"), py::arg("tokens"), py::arg("warpgroups"),
-        py::arg("cluster_tokens"), py::arg("cluster_rows"), py::arg("split"), py::arg("cluster_split") = false);
+        py::arg("cluster_tokens"), py::arg("cluster_rows"), py::arg("split"));
   m.def("stages", &wgmma_stages, "shared-memory stages of a tile", py::arg("tokens"), py::arg("warpgroups"));
 }

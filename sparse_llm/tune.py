@@ -159,16 +159,8 @@ def wgmma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
     """The warpgroup kernel's tiles of M's token count (a power of two, 8-256), half and double it, with 64, 128 and
     256 rows per block and W or x shared in clusters (``wgmma_tiles_near``), each with no split, its
     automatic split (``wgmma_split``), half and double that (clusters: no split and the automatic one); none where the
-    kernel does not run (not an H100/H200, or no toolkit to build it). Tiles that have the variant are also tried
-    with a split of 2, 4 and 8 pieces reduced in a cluster (``cluster_split``, at least 2 chunks per piece)."""
-    from sparse_llm.backends.sparse_mma import (
-        WGMMA_CHUNK,
-        WGMMA_CLUSTER_SPLIT_TILES,
-        wgmma_config,
-        wgmma_split,
-        wgmma_tiles_near,
-        wgmma_usable,
-    )
+    kernel does not run (not an H100/H200, or no toolkit to build it)."""
+    from sparse_llm.backends.sparse_mma import WGMMA_CHUNK, wgmma_config, wgmma_split, wgmma_tiles_near, wgmma_usable
 
     if not wgmma_usable(device) or k % WGMMA_CHUNK:
         return []
@@ -180,9 +172,6 @@ def wgmma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
         for s in sorted(splits):
             if s == 1 or k // (WGMMA_CHUNK * s) >= 4:
                 out.append(wgmma_config(tokens, warpgroups, s, (cluster_tokens, cluster_rows)))
-        if cluster_tokens * cluster_rows == 1 and (tokens, warpgroups) in WGMMA_CLUSTER_SPLIT_TILES:
-            out += [wgmma_config(tokens, warpgroups, s, cluster_split=True) for s in (2, 4, 8)
-                    if k // (WGMMA_CHUNK * s) >= 2]  # fmt: skip
     return out
 
 

@@ -15,9 +15,7 @@ on every run). ``MmaConfig.wgmma`` selects the warpgroup kernel: 64 rows of W pe
 4 per warpgroup, ``rows`` = 16 per warp), ``tokens`` per block, W and x through a shared-memory ring filled by
 tensor-map copies as deep as fits (``stages`` is 0: not a choice); ``wgmma_cluster`` (token tiles, row tiles), each
 1 or 2, makes neighbouring blocks a thread-block cluster that shares its copies of W (two token tiles) and of x (two
-row tiles): each block loads its part of a stage into all of them (tensor-map multicast). ``cluster`` with the
-warpgroup kernel (split 2-8, tiles of :data:`WGMMA_CLUSTER_SPLIT_TILES`) runs the split pieces of a tile as one
-cluster that adds its partial tiles through distributed shared memory, as the mma.sp kernels' cluster split does.
+row tiles): each block loads its part of a stage into all of them (tensor-map multicast).
 """
 
 from __future__ import annotations
@@ -49,9 +47,6 @@ WGMMA_TILES = frozenset(
     (t, w, 1, 1) for t, w in ((8, 1), (8, 2), (16, 1), (16, 2), (32, 1), (32, 2), (64, 1), (64, 2), (64, 4), (128, 1),
                               (128, 2), (128, 4), (256, 1))
 ) | frozenset(((128, 2, 1, 2), (128, 4, 1, 2), (128, 4, 2, 1)))  # fmt: skip
-# (tokens per block, consumer warpgroups) whose split-K can also be reduced in a cluster of the split pieces
-# (instantiated with KS = 1 in SPARSE_LLM_WGMMA_TILES)
-WGMMA_CLUSTER_SPLIT_TILES = frozenset(((8, 1), (16, 1), (32, 1), (64, 1), (64, 2), (128, 2), (128, 4)))
 WGMMA_CHUNK = 128  # K columns per stage of the wgmma kernel
 
 
@@ -65,10 +60,9 @@ class MmaConfig:
     split: int = 1  # pieces of K (blocks along grid.z)
     warps: int = 4  # warps per block (4 or 8): they share the block's staged tokens of x
     # split 2-8 on an sm_90 GPU: the pieces of a tile run as one thread-block cluster and add their partial tiles
-    # through distributed shared memory instead of a global workspace (same bits; faster or slower by shape); both
-    # kernel families (the warpgroup kernel: tiles of WGMMA_CLUSTER_SPLIT_TILES, without wgmma_cluster sharing)
+    # through distributed shared memory instead of a global workspace (same bits; faster or slower by shape)
     cluster: bool = False
-    # the warpgroup kernel (wgmma.mma_async.sp, sm_90a): rows 16, warps 4 per warpgroup, stages 0
+    # the warpgroup kernel (wgmma.mma_async.sp, sm_90a): rows 16, warps 4 per warpgroup, stages 0, cluster False
     wgmma: bool = False
     # warpgroup kernel: blocks of a thread-block cluster along tokens (sharing W) and along rows (sharing x)
     wgmma_cluster: tuple[int, int] = (1, 1)
@@ -90,16 +84,13 @@ class MmaConfig:
         return (self.tokens, self.warpgroups, *self.wgmma_cluster)
 
 
-def wgmma_config(
-    tokens: int, warpgroups: int, split: int = 1, cluster: tuple[int, int] = (1, 1), cluster_split: bool = False
-) -> MmaConfig:
+def wgmma_config(tokens: int, warpgroups: int, split: int = 1, cluster: tuple[int, int] = (1, 1)) -> MmaConfig:
     """The configuration of the warpgroup kernel with that tile (tokens per block, consumer warpgroups), cluster
-    (token tiles sharing W, row tiles sharing x: each 1 or 2) and split (``cluster_split``: reduced in a cluster of
-    the split pieces)."""
+    (token tiles sharing W, row tiles sharing x: each 1 or 2) and split."""
     if len(cluster) != 2 or any(c not in (1, 2) for c in cluster):
         raise ValueError(f"a warpgroup cluster is (token tiles, row tiles), each 1 or 2, got {cluster}")
-    return MmaConfig(rows=16, tokens=tokens, stages=0, split=split, warps=4 * warpgroups, cluster=cluster_split,
-                     wgmma=True, wgmma_cluster=tuple(cluster))  # fmt: skip
+    return MmaConfig(rows=16, tokens=tokens, stages=0, split=split, warps=4 * warpgroups, wgmma=True,
+                     wgmma_cluster=tuple(cluster))  # fmt: skip
 
 
 def _index(device: torch.device) -> int:
@@ -242,8 +233,7 @@ def _launch(x, values, meta, bias, config: MmaConfig) -> torch.Tensor:
     if x.stride(-1) != 1 or x.stride(0) % (align // 2) or x.data_ptr() % align:
         x = torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
     if config.wgmma:
-        return load_wgmma_extension().spmm24_wgmma(x, values, meta, bias, *config.wgmma_tile, config.split,
-                                                   config.cluster)  # fmt: skip
+        return load_wgmma_extension().spmm24_wgmma(x, values, meta, bias, *config.wgmma_tile, config.split)
     return load_mma_extension().spmm24_mma(x, values, meta, bias, config.rows, config.tokens, config.split,
                                            config.stages, config.warps, config.cluster)  # fmt: skip
 
@@ -304,17 +294,9 @@ def check_config(m: int, n: int, k: int, config: MmaConfig, device: torch.device
     """Raise ValueError unless ``config`` has a kernel that runs an (M, K) x (N, K) product (``check_device``: and the
     warpgroup kernel runs on ``device``)."""
     if config.wgmma:
-        if config.wgmma_tile not in WGMMA_TILES or config.warps % 4 or config.stages:
+        if config.wgmma_tile not in WGMMA_TILES or config.warps % 4 or config.stages or config.cluster:
             raise ValueError(f"no warpgroup kernel for {config}; tiles (tokens, warpgroups, cluster token tiles, "
                              f"cluster row tiles): {sorted(WGMMA_TILES)}")  # fmt: skip
-        if config.cluster and (
-            (config.tokens, config.warpgroups) not in WGMMA_CLUSTER_SPLIT_TILES
-            or config.wgmma_cluster != (1, 1)
-            or not 2 <= config.split <= MAX_CLUSTER
-        ):
-            raise ValueError(f"no warpgroup kernel for {config}: a split reduced in a cluster needs split 2-"
-                             f"{MAX_CLUSTER}, no wgmma_cluster sharing and a tile (tokens, warpgroups) of "
-                             f"{sorted(WGMMA_CLUSTER_SPLIT_TILES)}")  # fmt: skip
         if not wgmma_fits(n, k, config):
             raise ValueError(f"the warpgroup kernel needs in_features divisible by {WGMMA_CHUNK} and out_features "
                              f"by {_wgmma_rows(config)}, got {k} and {n}")  # fmt: skip
