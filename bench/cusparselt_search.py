@@ -1,12 +1,15 @@
 """What cuSPARSELt's split-K and stream-K variants give per Llama shape and M, against the plain algorithm ids.
 
-    python bench/cusparselt_search.py --out DIR [--ms 128 256 ...] [--quick]
+    python bench/cusparselt_search.py --out DIR [--ms 128 256 ...] [--quick] [--shapes 4096x4096 ...]
+    python bench/cusparselt_search.py --out DIR --repeat 5 --shapes 4096x4096 --ms 2048   # is the search stable?
 
 For each shape and M: the extension's algorithm search in mode ``ids`` (every config id, cuSPARSELt's own split
 choice) and in mode ``full`` (also split-K 2/4/8, explicit SPLITK mode, stream-K, data-parallel; see
 ``candidates_for`` in csrc/cusparselt_linear.cpp), each followed by a CUDA-graph timing of the chosen plan, next to
 dense F.linear in the same run; the output of the ``full`` choice is checked against F.linear. Writes
-``cusparselt_search.json`` with every candidate's search time.
+``cusparselt_search.json`` with every candidate's search time. ``--repeat R`` runs the ``ids`` search R times
+per shape and M (the extension's caches cleared each time) and times each choice: which algorithm a search finds,
+and how fast it is, from one search to the next (``cusparselt_search_repeat.json``).
 """
 
 from __future__ import annotations
@@ -35,11 +38,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--ms", type=int, nargs="+", default=list(MS))
     parser.add_argument("--quick", action="store_true", help="three shapes instead of ten")
+    parser.add_argument("--shapes", nargs="+", help="NxK shapes instead of the Llama ones")
+    parser.add_argument("--repeat", type=int, default=1, help="searches per shape and M (stability)")
     args = parser.parse_args()
     ext = load_extension()
     shapes = llama_shapes()
     if args.quick:
         shapes = [(1024, 4096), (8192, 8192), (28672, 8192)]
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
+    if args.repeat > 1:
+        repeat(ext, shapes, args.ms, args.repeat, args.out)
+        return
     rows = []
     for n, k in shapes:
         dense, values, meta = random_packed(n, k, torch.bfloat16)
@@ -77,6 +87,32 @@ def main() -> None:
     write_result(args.out, "cusparselt_search", {"rows": rows, "summary": summary, "wrong": len(bad)})
     if bad:
         raise SystemExit(f"{len(bad)} wrong products, e.g. {bad[0]['n']}x{bad[0]['k']} M={bad[0]['m']}")
+
+
+def repeat(ext, shapes, ms, times: int, out: Path) -> None:
+    """``times`` searches (mode ``ids``) per shape and M, each timed as a CUDA-graph replay beside dense."""
+    os.environ["SPARSE_LLM_CUSPARSELT_SEARCH"] = "ids"
+    rows = []
+    for n, k in shapes:
+        dense, values, meta = random_packed(n, k, torch.bfloat16)
+        compressed, _ = compress_values(values, meta)
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            row = {"n": n, "k": k, "m": m, "dense_us": time_graph_us(lambda x=x, w=dense: F.linear(x, w)),
+                   "searches": []}  # fmt: skip
+            for _ in range(times):
+                ext.clear_cache()
+                cusparselt_linear(x, compressed, n, k)  # searches
+                plan = ext.plan_info(x, None, n, k)
+                us = time_graph_us(lambda x=x, c=compressed, n=n, k=k: cusparselt_linear(x, c, n, k))
+                best = min(ext.last_search(), key=lambda c: c[3])
+                row["searches"].append({"config_id": plan[0], "split_k": plan[1], "us": us,
+                                        "search_us": 1e3 * best[3]})  # fmt: skip
+            rows.append(row)
+            print(f"{n}x{k} M={m}: dense {row['dense_us']:.1f} us; searches (id: us) "
+                  + ", ".join(f"{r['config_id']}: {r['us']:.1f}" for r in row["searches"]), flush=True)  # fmt: skip
+    del os.environ["SPARSE_LLM_CUSPARSELT_SEARCH"]
+    write_result(out, "cusparselt_search_repeat", {"rows": rows})
 
 
 if __name__ == "__main__":
