@@ -23,6 +23,7 @@ Writes ``model_forward_<model>.json``.
 from __future__ import annotations
 
 import argparse
+import bisect
 import copy
 import cProfile
 import io
@@ -108,11 +109,20 @@ def kernel_split(net: torch.nn.Module, fn) -> dict:
     finally:
         for handle in handles:
             handle.remove()
-    # GPU-side events: the kernels, and the GPU spans of the ``linear`` ranges (user annotations, named ``linear``)
+    # GPU-side events: the kernels, and the GPU spans of the ``linear`` ranges (user annotations named ``linear``).
+    # A kernel inside a span is a linear's; the spans themselves also hold the gaps between a linear's kernels (cuBLAS
+    # split-K: a GEMM and a reduction, launched apart by the host), so they are not summed.
     gpu = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    linear = sum(e.device_time for e in gpu if e.name == "linear") / 1e3
+    spans = sorted((e.time_range.start, e.time_range.end) for e in gpu if e.name == "linear")
+    starts = [a for a, _ in spans]
     kernels = [e for e in gpu if e.name != "linear"]
+
+    def in_linear(e) -> bool:
+        i = bisect.bisect_right(starts, e.time_range.start) - 1
+        return i >= 0 and e.time_range.end <= spans[i][1]
+
     total = sum(e.device_time for e in kernels) / 1e3
+    linear = sum(e.device_time for e in kernels if in_linear(e)) / 1e3
     by_name: dict[str, float] = {}
     for e in kernels:
         by_name[e.name] = by_name.get(e.name, 0.0) + e.device_time / 1e3
