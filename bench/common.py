@@ -3,8 +3,12 @@ measured copy bandwidth, the distinct Llama layer shapes, random 2:4 weights and
 
 from __future__ import annotations
 
+import cProfile
+import io
 import json
 import os
+import pstats
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,6 +32,21 @@ def random_packed(n: int, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, tor
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| in fp32."""
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def host_profile(fn: Callable[[], object], calls: int, top: int = 25) -> str:
+    """cProfile of ``calls`` calls of ``fn`` (host time; the GPU is drained before, not inside), its ``top``
+    functions by their own time as text."""
+    torch.cuda.synchronize()
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(calls):
+        fn()
+    profile.disable()
+    torch.cuda.synchronize()
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(top)
+    return text.getvalue()
 
 
 def write_result(out_dir: str | os.PathLike, name: str, payload: dict) -> Path:

@@ -25,9 +25,6 @@ from __future__ import annotations
 import argparse
 import bisect
 import copy
-import cProfile
-import io
-import pstats
 import statistics
 import sys
 from pathlib import Path
@@ -37,7 +34,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import rel_err, write_result  # noqa: E402
+from common import host_profile, rel_err, write_result  # noqa: E402
 
 from sparse_llm import SparseLinear, sparsify  # noqa: E402
 from sparse_llm.benchmark import capture_graph, enqueue_us, events_us  # noqa: E402
@@ -131,21 +128,6 @@ def kernel_split(net: torch.nn.Module, fn) -> dict:
             "top_kernels_ms": [[name[:120], ms] for name, ms in top]}  # fmt: skip
 
 
-def host_profile(fn, calls: int = 3, top: int = 25) -> str:
-    """cProfile of ``calls`` eager forwards (host time: eager decode is bound by it), the ``top`` functions by
-    their own time."""
-    profile = cProfile.Profile()
-    torch.cuda.synchronize()
-    profile.enable()
-    for _ in range(calls):
-        fn()
-    torch.cuda.synchronize()
-    profile.disable()
-    text = io.StringIO()
-    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(top)
-    return text.getvalue()
-
-
 def forward_fn(net: torch.nn.Module, ids: torch.Tensor):
     def fn():
         return net.model(input_ids=ids, use_cache=False).last_hidden_state
@@ -216,7 +198,7 @@ def main() -> None:
               f"{row['dense_err_vs_fp32']:.1e} ours {row['ours_err_vs_fp32']:.1e}", flush=True)  # fmt: skip
         if args.host_profile and shape == (8, 1):
             with torch.no_grad():
-                profiles = {side: host_profile(forward_fn(net, ids))
+                profiles = {side: host_profile(forward_fn(net, ids), calls=3)
                             for side, net in (("dense", dense_net), ("ours", sparse_net))}  # fmt: skip
     payload = {"model": args.model, "blocks": args.blocks, "swapped_linears": len(swapped), "rows": rows}
     if profiles:

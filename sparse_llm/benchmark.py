@@ -294,7 +294,7 @@ def bench_shape(
                         row["note"] = f"graph capture failed: {type(err).__name__}: {err}"[:300]
                     else:  # an eager window far above the graph time is measured again, as the tuning does
                         row["us"] = tune.eager_us(fn, row["graph_us"], first=row["us"])
-                        if row["us"] > tune.EAGER_WINDOW * row["graph_us"] + tune.EAGER_WINDOW_US:
+                        if tune.in_eager_window(row["us"], row["graph_us"]):
                             row["host_window"] = host_window(fn)
             moved = dense_bytes if name == "dense" else sparse_bytes
             if row["us"]:
