@@ -11,8 +11,10 @@
 // cusparseLtMatmul launch on torch's current stream, so it can be captured in a CUDA graph. A plan first needed
 // during a capture keeps the default algorithm (timing candidates synchronizes, which a capture forbids).
 //
-// M that is not a multiple of 16 runs on a copy of x padded to a multiple of 16 rows, as PyTorch pads for
-// cuSPARSELt (DESIGN.md: M = 1 is refused); the output is the first M rows of the padded result, a view.
+// M below 16 or not a multiple of 8 runs on a copy of x padded to a multiple of 8 rows (at least 16), as PyTorch pads
+// for cuSPARSELt (DESIGN.md: M = 1 is refused); the output is the first M rows of the padded result, a view. M that
+// is a multiple of 8 runs on x itself: the copy costs 4 bytes per element of x (1000x4096: ~5 us, 1000x28672: ~40 us
+// on the H100), more than cuSPARSELt loses on a last tile that is not full.
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -42,7 +44,8 @@ namespace {
                 static_cast<int>(status_));                                                                 \
   } while (0)
 
-constexpr int64_t kPadRows = 16;
+constexpr int64_t kPadRows = 8;   // rows of x are padded to a multiple of this
+constexpr int64_t kMinRows = 16;  // and to at least this many
 constexpr uint32_t kAlignment = 16;
 constexpr int kMaxConfigs = 32;  // algorithm ids timed per search
 constexpr int kSearchRuns = 5;   // timed launches per candidate (the median counts), each after an L2 flush
@@ -105,7 +108,7 @@ struct Plan {
   cusparseLtMatmulAlgSelection_t selection{};
   cusparseLtMatmulPlan_t plan{};
   bool descriptors = false, planned = false;
-  int64_t rows = 0;  // M actually given to cuSPARSELt (M, or M padded to kPadRows)
+  int64_t rows = 0;  // M actually given to cuSPARSELt (M, or M padded: padded_rows)
   at::Tensor workspace;
   AlgChoice alg;
   bool searched = false;
@@ -307,6 +310,8 @@ struct PlanKeyHash {
   }
 };
 
+int64_t padded_rows(int64_t m) { return std::max(kMinRows, (m + kPadRows - 1) / kPadRows * kPadRows); }
+
 int64_t m_bucket(int64_t m) {
   int64_t b = 1;
   while (b < m) b <<= 1;
@@ -353,7 +358,7 @@ Plan* plan_for(const PlanKey& key, const at::Tensor& x, const at::Tensor& compre
 
   cusparseLtHandle_t* handle = handle_for(key.device);
   const cudaDataType type = cuda_type(x.scalar_type());
-  const int64_t rows = (key.m + kPadRows - 1) / kPadRows * kPadRows;
+  const int64_t rows = padded_rows(key.m);
   PlanKey alg_key{key.device, key.n, key.k, m_bucket(rows), key.dtype, 0};
   auto known = c.algorithms.find(alg_key);
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;

@@ -112,10 +112,18 @@ def capture_graph(fn: Callable[[], object]) -> tuple[torch.cuda.CUDAGraph, objec
     return graph, out
 
 
-def time_graph_us(fn: Callable[[], object]) -> float:
-    """Median microseconds of a CUDA-graph replay of ``fn`` (warmed up first; raises if capture fails)."""
+def time_graph_us(fn: Callable[[], object], eager_us: float | None = None, tries: int = 4) -> float:
+    """Median microseconds of a CUDA-graph replay of ``fn`` (warmed up first; raises if capture fails). Given the
+    eager time of the same call, a replay time far above it (``tune.in_eager_window`` with the roles swapped: a
+    replay has no host cost to add) is timed again, the best of up to ``tries``: the H100 grid at f1c102c had one
+    replay median at 90.5 us where the same kernel took 38.2 us replayed and 38.0 us eager (4096x14336, M = 7)."""
     graph, _ = capture_graph(fn)
-    return time_us(graph.replay)
+    best = time_us(graph.replay)
+    for _ in range(tries - 1):
+        if eager_us is None or not tune.in_eager_window(best, eager_us):
+            break
+        best = min(best, time_us(graph.replay))
+    return best
 
 
 def events_us(
@@ -289,7 +297,7 @@ def bench_shape(
                     row["note"] = f"failed: {type(err).__name__}: {err}"[:300]
                 if graphs and row["us"] is not None:
                     try:
-                        row["graph_us"] = time_graph_us(fn)
+                        row["graph_us"] = time_graph_us(fn, eager_us=row["us"])
                     except Exception as err:
                         row["note"] = f"graph capture failed: {type(err).__name__}: {err}"[:300]
                     else:  # an eager window far above the graph time is measured again, as the tuning does

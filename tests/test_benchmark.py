@@ -45,3 +45,26 @@ def test_summarize_takes_the_median_per_regime_and_the_worst_m():
 def test_stream_timing_refuses_a_single_call():
     with pytest.raises(ValueError, match="at least 2 calls"):
         benchmark.time_stream_us([lambda: None])
+
+
+class _FakeGraph:
+    def replay(self):
+        return None
+
+
+@pytest.mark.parametrize(
+    ("replays", "eager", "expected", "timed"),
+    [
+        ([90.5, 38.2, 38.4, 38.0], 38.0, 38.2, 2),  # far above the eager time: timed again until it is not
+        ([90.5, 91.0, 89.0, 92.0], 38.0, 89.0, 4),  # stays slow: the best of the 4 tries, never more
+        ([40.0, 10.0], 38.0, 40.0, 1),  # close to the eager time: one timing
+        ([90.5, 10.0], None, 90.5, 1),  # no eager time to compare with: one timing
+    ],
+)
+def test_graph_replay_far_above_the_eager_time_is_timed_again(monkeypatch, replays, eager, expected, timed):
+    times = iter(replays)
+    calls = []
+    monkeypatch.setattr(benchmark, "capture_graph", lambda fn: (_FakeGraph(), None))
+    monkeypatch.setattr(benchmark, "time_us", lambda fn: calls.append(fn) or next(times))
+    assert benchmark.time_graph_us(lambda: None, eager_us=eager) == expected
+    assert len(calls) == timed
