@@ -6,7 +6,7 @@
 // (N, K/2) row-major and natural `meta` (N, K/16) int16.
 //
 // A block owns 64 * CWG rows of W and TOKENS tokens, and walks its piece of K in chunks of 128 columns through an
-// S-stage shared-memory ring (S chosen at launch: as deep as fits, or shallower so that two blocks share an SM), filled by the tensor-memory-access unit from three 2-D tensor maps (one request per
+// S-stage shared-memory ring, filled by the tensor-memory-access unit from three 2-D tensor maps (one request per
 // operand and stage, completion counted on the stage's mbarrier):
 //   values: 64 values (128 bytes) x 64 * CWG rows, 128-byte swizzle (the layout the instruction's descriptor reads);
 //   meta:   8 words (16 bytes) x 64 * CWG rows, unswizzled;
@@ -163,9 +163,10 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     const __grid_constant__ CUtensorMap map_values, const __grid_constant__ CUtensorMap map_meta,
     const __grid_constant__ CUtensorMap map_x, const T* __restrict__ bias, T* __restrict__ y,
     float* __restrict__ partial, int* __restrict__ counters, int M, int N, int num_chunks, int chunks_per_split,
-    int x_rows, int S) {
+    int x_rows) {
 #ifdef SPARSE_LLM_WGMMA
-  using L = WgLayout<TOKENS, CWG>;  // S: the ring's stages, 2 .. L::kStages (fewer: more blocks fit on an SM)
+  using L = WgLayout<TOKENS, CWG>;
+  constexpr int S = L::kStages;
   static_assert(CT == 1 || CT == 2, "W is shared by 1 or 2 blocks (half of the rows each)");
   static_assert(CR == 1 || CR == 2, "x is shared by 1 or 2 blocks (one 64-column box each)");
   constexpr bool kCluster = CT * CR > 1;
@@ -372,12 +373,8 @@ CUtensorMap tensor_map(const torch::Tensor& t, CUtensorMapDataType type, int ele
 template <typename T, int TOKENS, int CWG, int CT, int CR>
 void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
             const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int split,
-            int stages, cudaStream_t stream) {
+            cudaStream_t stream) {
   using L = WgLayout<TOKENS, CWG>;
-  const int S = stages == 0 ? L::kStages : stages;
-  TORCH_CHECK(S >= 2 && S <= L::kStages, "spmm24_wgmma: stages must be 0 (", L::kStages, ", all that fit) or 2 to ",
-              L::kStages, " for tokens=", TOKENS, " warpgroups=", CWG, ", got ", stages);
-  const int smem = S * L::kStage + 2 * 8 * S + 1024;  // as L::kSmem, for S stages
   const int M = x.size(0), K = x.size(1), N = values.size(0);
   const int num_chunks = K / kChunk;
   const int per_split = (num_chunks + split - 1) / split;
@@ -408,15 +405,15 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   const T* bias_ptr = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
   T* y_ptr = reinterpret_cast<T*>(y.data_ptr());
   if constexpr (CT * CR == 1) {
-    kernel<<<grid, L::kThreads, smem, stream>>>(map_values, map_meta, map_x, bias_ptr, y_ptr, partial, counters, M,
-                                                N, num_chunks, per_split, x_rows, S);
+    kernel<<<grid, L::kThreads, L::kSmem, stream>>>(map_values, map_meta, map_x, bias_ptr, y_ptr, partial, counters,
+                                                    M, N, num_chunks, per_split, x_rows);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {  // clusters of CT token tiles x CR row tiles
     cudaLaunchAttribute attribute{};
     const cudaLaunchConfig_t config =
-        cluster_launch_config(grid, dim3(L::kThreads), smem, stream, dim3(CT, CR, 1), &attribute);
+        cluster_launch_config(grid, dim3(L::kThreads), L::kSmem, stream, dim3(CT, CR, 1), &attribute);
     C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, map_values, map_meta, map_x, bias_ptr, y_ptr, partial,
-                                      counters, M, N, num_chunks, per_split, x_rows, S));
+                                      counters, M, N, num_chunks, per_split, x_rows));
   }
 }
 
@@ -449,10 +446,10 @@ int stages_of(int tokens, int warpgroups) {
 template <typename T>
 void dispatch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
               const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int tokens,
-              int warpgroups, int cluster_tokens, int cluster_rows, int split, int stages, cudaStream_t stream) {
+              int warpgroups, int cluster_tokens, int cluster_rows, int split, cudaStream_t stream) {
 #define SPARSE_LLM_WGMMA_CASE(T_, W_, CT_, CR_)                                         \
   if (tokens == T_ && warpgroups == W_ && cluster_tokens == CT_ && cluster_rows == CR_) { \
-    launch<T, T_, W_, CT_, CR_>(x, values, meta, bias, y, workspace, split, stages, stream); \
+    launch<T, T_, W_, CT_, CR_>(x, values, meta, bias, y, workspace, split, stream);     \
     return;                                                                             \
   }
   SPARSE_LLM_WGMMA_TILES(SPARSE_LLM_WGMMA_CASE)
@@ -467,11 +464,10 @@ bool aligned16(const torch::Tensor& t) {
 
 // y (M, N) = x (M, K) @ W.T + bias with tiles of `tokens` tokens x 64 * `warpgroups` rows of W, clusters of
 // `cluster_tokens` token tiles (sharing their copies of W) x `cluster_rows` row tiles (sharing x), each 1 or 2; split
-// > 1 splits K; stages 0 takes the deepest ring that fits in shared memory, 2 .. that depth a shallower one (two
-// blocks of a small tile then fit on one SM).
+// > 1 splits K.
 torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
                            const c10::optional<torch::Tensor>& bias, int64_t tokens, int64_t warpgroups,
-                           int64_t cluster_tokens, int64_t cluster_rows, int64_t split, int64_t stages) {
+                           int64_t cluster_tokens, int64_t cluster_rows, int64_t split) {
   check_operands("spmm24_wgmma", x, values, meta, bias);
   const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
   TORCH_CHECK(K % kChunk == 0, "spmm24_wgmma: K must be a multiple of ", kChunk, ", got ", K);
@@ -495,11 +491,11 @@ torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, 
   if (x.scalar_type() == at::kBFloat16) {
     dispatch<__nv_bfloat16>(x, values, meta, bias, y, workspace, static_cast<int>(tokens),
                             static_cast<int>(warpgroups), static_cast<int>(cluster_tokens),
-                            static_cast<int>(cluster_rows), static_cast<int>(split), static_cast<int>(stages), stream);
+                            static_cast<int>(cluster_rows), static_cast<int>(split), stream);
   } else {
     dispatch<__half>(x, values, meta, bias, y, workspace, static_cast<int>(tokens), static_cast<int>(warpgroups),
                      static_cast<int>(cluster_tokens), static_cast<int>(cluster_rows), static_cast<int>(split),
-                     static_cast<int>(stages), stream);
+                     stream);
   }
   return y;
 }
@@ -512,6 +508,6 @@ int64_t wgmma_stages(int64_t tokens, int64_t warpgroups) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm24_wgmma", &spmm24_wgmma, "y = x @ W.T (+ bias) for a canonical 2:4 W on Hopper's wgmma.sp",
         py::arg("x"), py::arg("values"), py::arg("meta"), py::arg("bias"), py::arg("tokens"), py::arg("warpgroups"),
-        py::arg("cluster_tokens"), py::arg("cluster_rows"), py::arg("split"), py::arg("stages") = 0);
+        py::arg("cluster_tokens"), py::arg("cluster_rows"), py::arg("split"));
   m.def("stages", &wgmma_stages, "shared-memory stages of a tile", py::arg("tokens"), py::arg("warpgroups"));
 }
