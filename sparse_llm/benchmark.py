@@ -118,12 +118,10 @@ def time_graph_us(fn: Callable[[], object], eager_us: float | None = None, tries
     replay has no host cost to add) is timed again, the best of up to ``tries``: the H100 grid at f1c102c had one
     replay median at 90.5 us where the same kernel took 38.2 us replayed and 38.0 us eager (4096x14336, M = 7)."""
     graph, _ = capture_graph(fn)
-    best = time_us(graph.replay)
-    for _ in range(tries - 1):
-        if eager_us is None or not tune.in_eager_window(best, eager_us):
-            break
-        best = min(best, time_us(graph.replay))
-    return best
+    first = time_us(graph.replay)
+    if eager_us is None:
+        return first
+    return tune.best_while(lambda: time_us(graph.replay), lambda t: tune.in_eager_window(t, eager_us), first, tries - 1)
 
 
 def events_us(

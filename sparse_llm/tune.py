@@ -246,11 +246,17 @@ def eager_us(fn, graph_us: float, tries: int = 4, first: float | None = None) ->
     40.8 us in both of two runs) that flipped the choice; a real launch cost shows up in every run. ``first``: a
     run the caller already measured (counted as the first of the two)."""
     eager = min(time_us(fn) if first is None else first, time_us(fn))
-    for _ in range(tries - 2):
-        if not in_eager_window(eager, graph_us):
+    return best_while(lambda: time_us(fn), lambda t: in_eager_window(t, graph_us), eager, tries - 2)
+
+
+def best_while(measure, too_slow, best: float, tries: int) -> float:
+    """``best``, or while ``too_slow(best)`` the best of it and up to ``tries`` more runs of ``measure``: how an
+    outlier time is measured again (eager times here, graph replays in ``benchmark.time_graph_us``)."""
+    for _ in range(tries):
+        if not too_slow(best):
             break
-        eager = min(eager, time_us(fn))
-    return eager
+        best = min(best, measure())
+    return best
 
 
 def tune_shape(
