@@ -1,9 +1,9 @@
 """Runs one configuration of the sparse tensor-core kernel a few times: a target for profilers.
 
     ncu --set full -k regex:spmm24 --launch-skip 2 --launch-count 1 python bench/mma_one.py 28672 8192 128 32 64 3 8 4
-(N K M rows tokens stages warps split); the warpgroup kernel: N K M 16 tokens stages warps split wgmma
-[cluster_tokens cluster_rows], with stages 0 (the deepest ring that fits) or 2 up to it, 4 warps per consumer
-warpgroup and cluster blocks (1 or 2) along tokens (sharing W) and rows (sharing x).
+(N K M rows tokens stages warps split); the warpgroup kernel: N K M 16 tokens 0 warps split wgmma [cluster_tokens
+cluster_rows], with 4 warps per consumer warpgroup and cluster blocks (1 or 2) along tokens (sharing W) and rows
+(sharing x).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def main() -> None:
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     if len(sys.argv) > 9 and sys.argv[9] == "wgmma":
         cluster = (int(sys.argv[10]), int(sys.argv[11])) if len(sys.argv) > 11 else (1, 1)
-        cfg = wgmma_config(tokens, warps // 4, split, cluster, stages)
+        cfg = wgmma_config(tokens, warps // 4, split, cluster)
     else:
         cfg = MmaConfig(rows, tokens, stages, split, warps)
     for _ in range(4):

@@ -8,8 +8,7 @@ dense F.linear, side by side in one run.
    failure records where the error sits (rows mod 64, tokens mod the tile), which is what a layout mistake shows.
 2. Times, per Llama shape and M, the tiles near M's size with a few splits of K, dense F.linear and (with
    --cusparselt) the cuSPARSELt extension, as CUDA-graph replays (median of do_bench); keeps every time and the best
-   tile per (shape, M). The tiles of ``tune.WGMMA_TWO_PER_SM`` are timed with both rings: the deepest (one block per
-   SM) and the shallower one at which two blocks share an SM (also where the tile is 16x smaller than M).
+   tile per (shape, M).
 Writes ``wgmma_check.json``.
 """
 
@@ -31,7 +30,6 @@ from common import llama_shapes, random_packed, rel_err, write_result  # noqa: E
 from sparse_llm.backends import cusparselt  # noqa: E402
 from sparse_llm.backends.sparse_mma import WGMMA_TILES  # noqa: E402
 from sparse_llm.benchmark import time_graph_us  # noqa: E402
-from sparse_llm.tune import WGMMA_TWO_PER_SM  # noqa: E402
 
 TILES = tuple(sorted(WGMMA_TILES))
 MS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
@@ -100,26 +98,21 @@ def sweep(ext, shapes, ms, with_cusparselt: bool, save) -> list[dict]:
             dense_us = time_graph_us(lambda x=x, d=dense: F.linear(x, d))
             times = []
             for tokens, wgs, ct, cr in TILES:
-                shallow = WGMMA_TWO_PER_SM.get((tokens, wgs, ct, cr))
-                small = tokens < m // 16 if shallow else (tokens < m // 4 and tokens < 128)
-                if tokens > 2 * max(8, m) or small or n % (64 * wgs * cr):
+                if tokens > 2 * max(8, m) or (tokens < m // 4 and tokens < 128) or n % (64 * wgs * cr):
                     continue
                 if ct > 1 and m <= tokens:
                     continue
                 for split in splits_for(m, n, k, tokens, wgs, sms):
-                    for stages in (0, shallow) if shallow else (0,):
-                        args = (x, values, meta, None, tokens, wgs, ct, cr, split, stages)
-                        us = time_graph_us(lambda args=args: ext.spmm24_wgmma(*args))
-                        times.append({"tokens": tokens, "warpgroups": wgs, "cluster": [ct, cr], "split": split,
-                                      "stages": stages, "us": us})  # fmt: skip
+                    args = (x, values, meta, None, tokens, wgs, ct, cr, split)
+                    us = time_graph_us(lambda args=args: ext.spmm24_wgmma(*args))
+                    times.append({"tokens": tokens, "warpgroups": wgs, "cluster": [ct, cr], "split": split, "us": us})
             best = min(times, key=lambda r: r["us"])
             y = ext.spmm24_wgmma(x, values, meta, None, best["tokens"], best["warpgroups"], *best["cluster"],
-                                 best["split"], best["stages"])  # fmt: skip
+                                 best["split"])  # fmt: skip
             row = {"n": n, "k": k, "m": m, "dense_us": dense_us, "best": best, "speedup": dense_us / best["us"],
                    "error": rel_err(y, F.linear(x, dense)), "times": times}  # fmt: skip
             line = (f"{n}x{k} M={m}: dense {dense_us:.1f} us, wgmma {best['us']:.1f} us ({row['speedup']:.2f}x) "
-                    f"tile {best['tokens']}x{64 * best['warpgroups']} cluster {best['cluster']} split {best['split']} "
-                    f"stages {best['stages'] or 'all'}")
+                    f"tile {best['tokens']}x{64 * best['warpgroups']} cluster {best['cluster']} split {best['split']}")
             if compressed is not None:
                 run = lambda x=x, c=compressed, n=n, k=k: cusparselt.cusparselt_linear(x, c, n, k)  # noqa: E731
                 row["cusparselt_us"] = time_graph_us(run)

@@ -6,9 +6,8 @@
 // (N, K/2) row-major and natural `meta` (N, K/16) int16.
 //
 // A block owns 64 * CWG rows of W and TOKENS tokens, and walks its piece of K in chunks of 128 columns through an
-// S-stage shared-memory ring (S chosen at launch: as deep as fits, or shallower so that two blocks share an SM),
-// filled by the tensor-memory-access unit from three 2-D tensor maps (one request per operand and stage, completion
-// counted on the stage's mbarrier):
+// S-stage shared-memory ring, filled by the tensor-memory-access unit from three 2-D tensor maps (one request per
+// operand and stage, completion counted on the stage's mbarrier):
 //   values: 64 values (128 bytes) x 64 * CWG rows, 128-byte swizzle (the layout the instruction's descriptor reads);
 //   meta:   8 words (16 bytes) x 64 * CWG rows, unswizzled;
 //   x:      two boxes of 64 columns x min(M, TOKENS) tokens, 128-byte swizzle, never past the last row of x (a last
@@ -164,9 +163,10 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     const __grid_constant__ CUtensorMap map_values, const __grid_constant__ CUtensorMap map_meta,
     const __grid_constant__ CUtensorMap map_x, const T* __restrict__ bias, T* __restrict__ y,
     float* __restrict__ partial, int* __restrict__ counters, int M, int N, int num_chunks, int chunks_per_split,
-    int x_rows, int S) {
+    int x_rows) {
 #ifdef SPARSE_LLM_WGMMA
-  using L = WgLayout<TOKENS, CWG>;  // S: the ring's stages, 2 .. L::kStages (fewer: more blocks fit on an SM)
+  using L = WgLayout<TOKENS, CWG>;
+  constexpr int S = L::kStages;
   static_assert(CT == 1 || CT == 2, "W is shared by 1 or 2 blocks (half of the rows each)");
   static_assert(CR == 1 || CR == 2, "x is shared by 1 or 2 blocks (one 64-column box each)");
   constexpr bool kCluster = CT * CR > 1;
@@ -206,11 +206,9 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   if (wg == 0) {  // producer
     if constexpr (CWG == 2) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
     if (threadIdx.x == 0) {
-      // stage s of the ring and its pass over the ring, counted (S is a launch argument: no division per chunk)
-      int s = 0;
-      uint32_t pass = 0;
       for (int c = c_begin; c < c_end; ++c) {
-        if (pass > 0) mbar_wait(empty + 8 * s, (pass - 1) & 1);
+        const int k = c - c_begin, s = k % S;
+        if (k >= S) mbar_wait(empty + 8 * s, ((k / S) - 1) & 1);
         const uint32_t stage = base + s * L::kStage, bar = full + 8 * s;
         mbar_expect_tx(bar, L::kValues + L::kMeta + 2 * x_rows * kRowBytes);
         if constexpr (CT == 1) {
@@ -232,10 +230,6 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
           tma_load_multicast(stage + L::kValues + cy * L::kXBox, &map_x, bar, c * kChunk + cy * kXBoxColumns, load0,
                              mask);
         }
-        if (++s == S) {
-          s = 0;
-          ++pass;
-        }
       }
     }
     if constexpr (kCluster) cluster_sync();  // see the consumers' end of the main loop
@@ -254,17 +248,10 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
 #pragma unroll
   for (int i = 0; i < TOKENS / 2; ++i) acc[i] = 0.f;
 
-  // The next chunk (chunks are issued in order): waits for its stage, builds its metadata registers e, issues its 4
-  // wgmma as one group; returns the stage.
-  int next_s = 0;
-  uint32_t next_pass = 0;
-  auto issue = [&](uint32_t(&e)[4]) {
-    const int s = next_s;
-    mbar_wait(full + 8 * s, next_pass & 1);
-    if (++next_s == S) {
-      next_s = 0;
-      ++next_pass;
-    }
+  // Chunk k: waits for its stage, builds its metadata registers e, issues its 4 wgmma as one group; returns the stage.
+  auto issue = [&](int k, uint32_t(&e)[4]) {
+    const int s = k % S;
+    mbar_wait(full + 8 * s, (k / S) & 1);
     const uint32_t stage = base + s * L::kStage;
     uint32_t m0[4], m8[4];
     asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
@@ -303,16 +290,16 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   if constexpr (kGroupsInFlight == 1) {
     uint32_t e[4];
     for (int k = 0; k < n; ++k) {
-      const int s = issue(e);
+      const int s = issue(k, e);
       asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
       retire(s, e);
     }
   } else {  // two register sets: even chunks in ea, odd chunks in eb; one group runs while the next is issued
     uint32_t ea[4], eb[4];
     int sa = 0, sb = 0;
-    if (n > 0) sa = issue(ea);
+    if (n > 0) sa = issue(0, ea);
     for (int k = 1; k < n; k += 2) {
-      sb = issue(eb);
+      sb = issue(k, eb);
       asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
       retire(sa, ea);
       if (k + 1 == n) {
@@ -320,7 +307,7 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
         retire(sb, eb);
         break;
       }
-      sa = issue(ea);
+      sa = issue(k + 1, ea);
       asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
       retire(sb, eb);
     }
@@ -386,10 +373,8 @@ CUtensorMap tensor_map(const torch::Tensor& t, CUtensorMapDataType type, int ele
 template <typename T, int TOKENS, int CWG, int CT, int CR>
 void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
             const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int split,
-            int stages, cudaStream_t stream) {
+            cudaStream_t stream) {
   using L = WgLayout<TOKENS, CWG>;
-  const int S = stages == 0 ? L::kStages : stages;  // (checked by spmm24_wgmma)
-  const int smem = S * L::kStage + 2 * 8 * S + 1024;  // as L::kSmem, for S stages
   const int M = x.size(0), K = x.size(1), N = values.size(0);
   const int num_chunks = K / kChunk;
   const int per_split = (num_chunks + split - 1) / split;
@@ -403,9 +388,6 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   const uint64_t bit = uint64_t{1} << (device & 63);
   if (!(configured.load() & bit)) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kSmem));
-    // all of the SM's unified L1/shared memory as shared memory, so that two blocks of a shallow ring fit on one SM
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                        cudaSharedmemCarveoutMaxShared));
     configured.fetch_or(bit);
   }
   const CUtensorMapDataType type =
@@ -423,15 +405,15 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   const T* bias_ptr = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
   T* y_ptr = reinterpret_cast<T*>(y.data_ptr());
   if constexpr (CT * CR == 1) {
-    kernel<<<grid, L::kThreads, smem, stream>>>(map_values, map_meta, map_x, bias_ptr, y_ptr, partial, counters, M,
-                                                N, num_chunks, per_split, x_rows, S);
+    kernel<<<grid, L::kThreads, L::kSmem, stream>>>(map_values, map_meta, map_x, bias_ptr, y_ptr, partial, counters,
+                                                    M, N, num_chunks, per_split, x_rows);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {  // clusters of CT token tiles x CR row tiles
     cudaLaunchAttribute attribute{};
     const cudaLaunchConfig_t config =
-        cluster_launch_config(grid, dim3(L::kThreads), smem, stream, dim3(CT, CR, 1), &attribute);
+        cluster_launch_config(grid, dim3(L::kThreads), L::kSmem, stream, dim3(CT, CR, 1), &attribute);
     C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, map_values, map_meta, map_x, bias_ptr, y_ptr, partial,
-                                      counters, M, N, num_chunks, per_split, x_rows, S));
+                                      counters, M, N, num_chunks, per_split, x_rows));
   }
 }
 
@@ -464,10 +446,10 @@ int stages_of(int tokens, int warpgroups) {
 template <typename T>
 void dispatch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
               const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int tokens,
-              int warpgroups, int cluster_tokens, int cluster_rows, int split, int stages, cudaStream_t stream) {
+              int warpgroups, int cluster_tokens, int cluster_rows, int split, cudaStream_t stream) {
 #define SPARSE_LLM_WGMMA_CASE(T_, W_, CT_, CR_)                                         \
   if (tokens == T_ && warpgroups == W_ && cluster_tokens == CT_ && cluster_rows == CR_) { \
-    launch<T, T_, W_, CT_, CR_>(x, values, meta, bias, y, workspace, split, stages, stream); \
+    launch<T, T_, W_, CT_, CR_>(x, values, meta, bias, y, workspace, split, stream);     \
     return;                                                                             \
   }
   SPARSE_LLM_WGMMA_TILES(SPARSE_LLM_WGMMA_CASE)
@@ -482,11 +464,10 @@ bool aligned16(const torch::Tensor& t) {
 
 // y (M, N) = x (M, K) @ W.T + bias with tiles of `tokens` tokens x 64 * `warpgroups` rows of W, clusters of
 // `cluster_tokens` token tiles (sharing their copies of W) x `cluster_rows` row tiles (sharing x), each 1 or 2; split
-// > 1 splits K; stages 0 takes the deepest ring that fits in shared memory, 2 .. that depth a shallower one (two
-// blocks of a small tile then fit on one SM).
+// > 1 splits K.
 torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
                            const c10::optional<torch::Tensor>& bias, int64_t tokens, int64_t warpgroups,
-                           int64_t cluster_tokens, int64_t cluster_rows, int64_t split, int64_t stages) {
+                           int64_t cluster_tokens, int64_t cluster_rows, int64_t split) {
   check_operands("spmm24_wgmma", x, values, meta, bias);
   const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
   TORCH_CHECK(K % kChunk == 0, "spmm24_wgmma: K must be a multiple of ", kChunk, ", got ", K);
@@ -499,9 +480,6 @@ torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, 
   TORCH_CHECK(aligned16(x) && aligned16(values) && aligned16(meta),
               "spmm24_wgmma: the tensor maps need 16-byte aligned storage and row strides for x, values and meta");
   TORCH_CHECK(split >= 1 && split <= K / kChunk, "spmm24_wgmma: split must be in [1, K/", kChunk, "], got ", split);
-  const int deepest = stages_of(static_cast<int>(tokens), static_cast<int>(warpgroups));
-  TORCH_CHECK(stages == 0 || (stages >= 2 && stages <= deepest), "spmm24_wgmma: stages must be 0 (", deepest,
-              ", all that fit) or 2 to ", deepest, " for tokens=", tokens, " warpgroups=", warpgroups, ", got ", stages);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto* props = at::cuda::getCurrentDeviceProperties();
   TORCH_CHECK(props->major == 9 && props->minor == 0, "spmm24_wgmma: needs compute capability 9.0 (sm_90a), not ",
@@ -513,11 +491,11 @@ torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, 
   if (x.scalar_type() == at::kBFloat16) {
     dispatch<__nv_bfloat16>(x, values, meta, bias, y, workspace, static_cast<int>(tokens),
                             static_cast<int>(warpgroups), static_cast<int>(cluster_tokens),
-                            static_cast<int>(cluster_rows), static_cast<int>(split), static_cast<int>(stages), stream);
+                            static_cast<int>(cluster_rows), static_cast<int>(split), stream);
   } else {
     dispatch<__half>(x, values, meta, bias, y, workspace, static_cast<int>(tokens), static_cast<int>(warpgroups),
                      static_cast<int>(cluster_tokens), static_cast<int>(cluster_rows), static_cast<int>(split),
-                     static_cast<int>(stages), stream);
+                     stream);
   }
   return y;
 }
@@ -530,6 +508,6 @@ int64_t wgmma_stages(int64_t tokens, int64_t warpgroups) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm24_wgmma", &spmm24_wgmma, "y = x @ W.T (+ bias) for a canonical 2:4 W on Hopper's wgmma.sp",
         py::arg("x"), py::arg("values"), py::arg("meta"), py::arg("bias"), py::arg("tokens"), py::arg("warpgroups"),
-        py::arg("cluster_tokens"), py::arg("cluster_rows"), py::arg("split"), py::arg("stages") = 0);
+        py::arg("cluster_tokens"), py::arg("cluster_rows"), py::arg("split"));
   m.def("stages", &wgmma_stages, "shared-memory stages of a tile", py::arg("tokens"), py::arg("warpgroups"));
 }

@@ -155,21 +155,11 @@ def mma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
     return out
 
 
-# Ring depths at which two blocks of a one-warpgroup tile share an SM (228 KB of shared memory, 1 KB per block for the
-# driver, 16 bytes of barriers per stage; 128 registers per thread, 256 threads): 64 tokens, 25 KB per stage (8 KB of
-# W values, 16 KB of x, 1 KB of metadata): 4 stages; 32 tokens, 17 KB per stage: 6. The deepest ring of those tiles
-# (8 stages, 200 and 136 KB) keeps one block per SM. The 1024-row layers at M = 512-1024 run such tiles with L2 at
-# 36-45% of its peak and DRAM at 15-18% (ncu, bench/NOTES.md, twelfth round): the blocks wait on their own
-# chunk-by-chunk chain, which a second block per SM can overlap.
-WGMMA_TWO_PER_SM = {(64, 1, 1, 1): 4, (32, 1, 1, 1): 6}
-
-
 def wgmma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
     """The warpgroup kernel's tiles of M's token count (a power of two, 8-256), half and double it, with 64, 128 and
     256 rows per block and W or x shared in clusters (``wgmma_tiles_near``), each with no split, its
-    automatic split (``wgmma_split``), half and double that (clusters: no split and the automatic one), and the tiles
-    of :data:`WGMMA_TWO_PER_SM` also with the shallower ring; none where the kernel does not run (not an H100/H200,
-    or no toolkit to build it)."""
+    automatic split (``wgmma_split``), half and double that (clusters: no split and the automatic one); none where the
+    kernel does not run (not an H100/H200, or no toolkit to build it)."""
     from sparse_llm.backends.sparse_mma import WGMMA_CHUNK, wgmma_config, wgmma_split, wgmma_tiles_near, wgmma_usable
 
     if not wgmma_usable(device) or k % WGMMA_CHUNK:
@@ -179,12 +169,9 @@ def wgmma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
         split = wgmma_split(m, n, k, tokens, warpgroups, device)
         # (clusters: no split and the automatic one only, to keep the tuning short)
         splits = {1, split} if cluster_tokens * cluster_rows > 1 else {1, max(1, split // 2), split, 2 * split}
-        shallow = WGMMA_TWO_PER_SM.get((tokens, warpgroups, cluster_tokens, cluster_rows))
         for s in sorted(splits):
             if s == 1 or k // (WGMMA_CHUNK * s) >= 4:
                 out.append(wgmma_config(tokens, warpgroups, s, (cluster_tokens, cluster_rows)))
-                if shallow:
-                    out.append(wgmma_config(tokens, warpgroups, s, (cluster_tokens, cluster_rows), shallow))
     return out
 
 

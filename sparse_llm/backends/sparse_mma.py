@@ -13,8 +13,7 @@ W and x chunks in shared memory) and the split of K (split > 1: the last
 block of each tile adds the fp32 partial sums in a fixed order inside the same kernel, so results are the same
 on every run). ``MmaConfig.wgmma`` selects the warpgroup kernel: 64 rows of W per consumer warpgroup (``warps`` =
 4 per warpgroup, ``rows`` = 16 per warp), ``tokens`` per block, W and x through a shared-memory ring filled by
-tensor-map copies as deep as fits (``stages`` 0) or ``stages`` deep (2 to 8: a shallower ring, so that two blocks
-of a small tile fit on one SM); ``wgmma_cluster`` (token tiles, row tiles), each
+tensor-map copies as deep as fits (``stages`` is 0: not a choice); ``wgmma_cluster`` (token tiles, row tiles), each
 1 or 2, makes neighbouring blocks a thread-block cluster that shares its copies of W (two token tiles) and of x (two
 row tiles): each block loads its part of a stage into all of them (tensor-map multicast).
 """
@@ -49,7 +48,6 @@ WGMMA_TILES = frozenset(
                               (128, 2), (128, 4), (256, 1))
 ) | frozenset(((128, 2, 1, 2), (128, 4, 1, 2), (128, 4, 2, 1)))  # fmt: skip
 WGMMA_CHUNK = 128  # K columns per stage of the wgmma kernel
-WGMMA_MAX_STAGES = 8  # the deepest ring of the wgmma kernel (SPARSE_LLM_WGMMA_MAX_STAGES); fewer where a stage is large
 
 
 @dataclass(frozen=True)
@@ -64,8 +62,7 @@ class MmaConfig:
     # split 2-8 on an sm_90 GPU: the pieces of a tile run as one thread-block cluster and add their partial tiles
     # through distributed shared memory instead of a global workspace (same bits; faster or slower by shape)
     cluster: bool = False
-    # the warpgroup kernel (wgmma.mma_async.sp, sm_90a): rows 16, warps 4 per warpgroup, cluster False, stages 0 (the
-    # deepest ring that fits) or 2 to WGMMA_MAX_STAGES (a shallower one, up to what the tile fits: the extension checks)
+    # the warpgroup kernel (wgmma.mma_async.sp, sm_90a): rows 16, warps 4 per warpgroup, stages 0, cluster False
     wgmma: bool = False
     # warpgroup kernel: blocks of a thread-block cluster along tokens (sharing W) and along rows (sharing x)
     wgmma_cluster: tuple[int, int] = (1, 1)
@@ -87,14 +84,12 @@ class MmaConfig:
         return (self.tokens, self.warpgroups, *self.wgmma_cluster)
 
 
-def wgmma_config(
-    tokens: int, warpgroups: int, split: int = 1, cluster: tuple[int, int] = (1, 1), stages: int = 0
-) -> MmaConfig:
+def wgmma_config(tokens: int, warpgroups: int, split: int = 1, cluster: tuple[int, int] = (1, 1)) -> MmaConfig:
     """The configuration of the warpgroup kernel with that tile (tokens per block, consumer warpgroups), cluster
-    (token tiles sharing W, row tiles sharing x: each 1 or 2), split and ring depth (0: as deep as fits)."""
+    (token tiles sharing W, row tiles sharing x: each 1 or 2) and split."""
     if len(cluster) != 2 or any(c not in (1, 2) for c in cluster):
         raise ValueError(f"a warpgroup cluster is (token tiles, row tiles), each 1 or 2, got {cluster}")
-    return MmaConfig(rows=16, tokens=tokens, stages=stages, split=split, warps=4 * warpgroups, wgmma=True,
+    return MmaConfig(rows=16, tokens=tokens, stages=0, split=split, warps=4 * warpgroups, wgmma=True,
                      wgmma_cluster=tuple(cluster))  # fmt: skip
 
 
@@ -238,8 +233,7 @@ def _launch(x, values, meta, bias, config: MmaConfig) -> torch.Tensor:
     if x.stride(-1) != 1 or x.stride(0) % (align // 2) or x.data_ptr() % align:
         x = torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
     if config.wgmma:
-        return load_wgmma_extension().spmm24_wgmma(x, values, meta, bias, *config.wgmma_tile, config.split,
-                                                   config.stages)  # fmt: skip
+        return load_wgmma_extension().spmm24_wgmma(x, values, meta, bias, *config.wgmma_tile, config.split)
     return load_mma_extension().spmm24_mma(x, values, meta, bias, config.rows, config.tokens, config.split,
                                            config.stages, config.warps, config.cluster)  # fmt: skip
 
@@ -300,12 +294,9 @@ def check_config(m: int, n: int, k: int, config: MmaConfig, device: torch.device
     """Raise ValueError unless ``config`` has a kernel that runs an (M, K) x (N, K) product (``check_device``: and the
     warpgroup kernel runs on ``device``)."""
     if config.wgmma:
-        if config.wgmma_tile not in WGMMA_TILES or config.warps % 4 or config.cluster:
+        if config.wgmma_tile not in WGMMA_TILES or config.warps % 4 or config.stages or config.cluster:
             raise ValueError(f"no warpgroup kernel for {config}; tiles (tokens, warpgroups, cluster token tiles, "
                              f"cluster row tiles): {sorted(WGMMA_TILES)}")  # fmt: skip
-        if config.stages != 0 and not 2 <= config.stages <= WGMMA_MAX_STAGES:
-            raise ValueError(f"the warpgroup kernel's stages are 0 (as deep as fits) or 2 to {WGMMA_MAX_STAGES}, "
-                             f"got {config.stages}")  # fmt: skip
         if not wgmma_fits(n, k, config):
             raise ValueError(f"the warpgroup kernel needs in_features divisible by {WGMMA_CHUNK} and out_features "
                              f"by {_wgmma_rows(config)}, got {k} and {n}")  # fmt: skip

@@ -321,34 +321,6 @@ def test_wgmma_every_tile_and_split(dtype):
                     assert torch.equal(out, sparse_mma.spmm24_mma(x, layer.values, layer.meta, b, cfg)), cfg
 
 
-def test_wgmma_shallow_ring_gives_the_same_bits():
-    """A ring of 2, 3 or the two-blocks-per-SM depth (tune.WGMMA_TWO_PER_SM) wraps around the 8 chunks of K several
-    times: the same sums in the same order as the deepest ring, bit for bit, for every tile; deeper than the tile
-    fits is refused."""
-    from sparse_llm import tune
-
-    sparse_mma = _wgmma_or_skip()
-    ext = sparse_mma.load_wgmma_extension()
-    layer, dense, bias = _layer(512, 1024, torch.bfloat16, True)
-    for m in (5, 100):
-        x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
-        for tile in sorted(sparse_mma.WGMMA_TILES):
-            tokens, warpgroups, ct, cr = tile
-            deepest = ext.stages(tokens, warpgroups)
-            for split in (1, 3):
-                base = sparse_mma.wgmma_config(tokens, warpgroups, split, (ct, cr))
-                ref = sparse_mma.spmm24_mma(x, layer.values, layer.meta, layer.bias, base)
-                assert _rel_err(ref, _ref(x, dense, bias)) < TOL[torch.bfloat16], base
-                for stages in sorted({2, 3, tune.WGMMA_TWO_PER_SM.get(tile, 2)} - {deepest}):
-                    cfg = sparse_mma.wgmma_config(tokens, warpgroups, split, (ct, cr), stages)
-                    out = sparse_mma.spmm24_mma(x, layer.values, layer.meta, layer.bias, cfg)
-                    assert torch.equal(out, ref), cfg
-            if deepest < sparse_mma.WGMMA_MAX_STAGES:
-                with pytest.raises(RuntimeError, match="stages must be 0"):
-                    cfg = sparse_mma.wgmma_config(tokens, warpgroups, 1, (ct, cr), deepest + 1)
-                    sparse_mma.spmm24_mma(x, layer.values, layer.meta, None, cfg)
-
-
 def test_wgmma_takes_misaligned_and_strided_x():
     """The tensor maps need 16-byte aligned rows: a view 2 bytes off, and rows of a wider tensor, still work."""
     sparse_mma = _wgmma_or_skip()

@@ -1,7 +1,6 @@
 """The sparse tensor-core backend's host-side logic (the kernel itself is checked in test_gpu_backends.py)."""
 
 import json
-from dataclasses import replace
 
 import pytest
 import torch
@@ -104,13 +103,7 @@ def test_wgmma_default_and_candidates(monkeypatch, m, n, k):
     if (n, k) == (1024, 4096) and m <= 8:
         assert cfg.split == 4
     candidates = tune.wgmma_candidates(m, n, k, dev)
-    assert cfg in candidates and len(candidates) == len(set(candidates)) <= 48
-    # the one-warpgroup tiles of 32 and 64 tokens also with the ring at which two blocks share an SM
-    deep = {c for c in candidates if not c.stages}
-    shallow = {c for c in candidates if c.stages}
-    two = tune.WGMMA_TWO_PER_SM
-    want = {replace(c, stages=two[c.wgmma_tile]) for c in deep if c.wgmma_tile in two}
-    assert shallow == want and (bool(shallow) == (m >= 16))  # M's tile, half and double: 32 or 64 tokens from M = 16
+    assert cfg in candidates and len(candidates) == len(set(candidates)) <= 40
     for c in candidates:
         assert c.wgmma and c.wgmma_tile in sparse_mma.WGMMA_TILES and sparse_mma.wgmma_fits(n, k, c)
         assert sparse_mma.MmaConfig(**c.as_dict()) == c
@@ -134,9 +127,6 @@ def test_wgmma_config_checks_before_any_launch():
         sparse_mma.wgmma_config(128, 2, 1, (1, 4))
     with pytest.raises(ValueError, match="split must be 1 to 4"):
         sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.wgmma_config(64, 1, 5), check=False)
-    for stages in (1, 9, -2):
-        with pytest.raises(ValueError, match="stages are 0 .* or 2 to 8"):
-            sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.wgmma_config(64, 1, 1, (1, 1), stages), check=False)
     with pytest.raises(ValueError, match="split must be 1 to 2"):
         sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.MmaConfig(32, 8, 1, 3, 4), check=False)
 
