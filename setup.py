@@ -36,12 +36,13 @@ def _cuda_extensions() -> dict:
             except Exception as err:
                 print(f"sparse-llm: skipping {ext.name} ({type(err).__name__}: {err})")
 
+    nvcc = ["-O3", "--split-compile=0"]  # the flags of sparse_llm/backends/_build.py (NVCC_FLAGS) say why
     extensions = [
         cpp_extension.CUDAExtension(
             "sparse_llm._mma",
             ["csrc/spmm24_mma.cu"],
             depends=sorted(glob.glob("csrc/spmm24_mma_*.cuh")),
-            extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
+            extra_compile_args={"cxx": ["-O3"], "nvcc": nvcc},
         ),
         # wgmma.mma_async.sp and setmaxnreg exist only for the sm_90a target (H100/H200); the arch flag given here
         # replaces torch's own (a plain sm_90 pass rejects them)
@@ -49,7 +50,7 @@ def _cuda_extensions() -> dict:
             "sparse_llm._wgmma",
             ["csrc/spmm24_wgmma.cu"],
             depends=sorted(glob.glob("csrc/*.cuh")),
-            extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "-gencode=arch=compute_90a,code=sm_90a"]},
+            extra_compile_args={"cxx": ["-O3"], "nvcc": [*nvcc, "-gencode=arch=compute_90a,code=sm_90a"]},
         ),
     ]
     cusparselt = _cusparselt_extension()

@@ -32,6 +32,10 @@ WGMMA_EXTENSION_NAME = "sparse_llm_wgmma"
 WGMMA_SOURCE = Path(__file__).resolve().parents[2] / "csrc" / "spmm24_wgmma.cu"
 # wgmma and setmaxnreg exist only for the architecture-specific target; a plain sm_90 pass rejects them.
 WGMMA_ARCH_FLAG = "-gencode=arch=compute_90a,code=sm_90a"
+# nvcc's device optimisation (cicc) of the kernel instantiations in parallel threads, one per CPU: on 2 cores it took
+# 87 of the warpgroup source's 214 s. The machine code came out the same but for 4 swapped pairs of independent
+# instructions (cuobjdump -sass, sm_90a, bench/NOTES.md, fourteenth round).
+NVCC_FLAGS = ["-O3", "--split-compile=0"]
 
 
 class ExtensionUnavailable(RuntimeError):
@@ -146,13 +150,13 @@ def mma_headers_flag() -> str:
 
 
 def _jit_build_mma() -> ModuleType:
-    return _jit(MMA_EXTENSION_NAME, MMA_SOURCE, "mma-", extra_cuda_cflags=["-O3", mma_headers_flag()])
+    return _jit(MMA_EXTENSION_NAME, MMA_SOURCE, "mma-", extra_cuda_cflags=[*NVCC_FLAGS, mma_headers_flag()])
 
 
 def _jit_build_wgmma() -> ModuleType:
     # An arch flag of our own: torch then adds none of its own (its default would be the plain sm_90 target).
     return _jit(WGMMA_EXTENSION_NAME, WGMMA_SOURCE, "wgmma-",
-                extra_cuda_cflags=["-O3", WGMMA_ARCH_FLAG, mma_headers_flag()])  # fmt: skip
+                extra_cuda_cflags=[*NVCC_FLAGS, WGMMA_ARCH_FLAG, mma_headers_flag()])  # fmt: skip
 
 
 def _find_or_build(prebuilt: str, build, what: str, check=None) -> tuple[ModuleType | None, str]:
