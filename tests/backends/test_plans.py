@@ -1,0 +1,129 @@
+"""The bound-call plans of ``sparse_llm.backends.linear`` (CPU: a bindable backend that counts what runs)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import random_2to4
+
+from sparse_llm import Sparse24Weight, SparseLinear, backends
+from sparse_llm.backends import cusparselt
+
+
+class Counting:
+    """A backend that binds calls (its bound call is the reference product) and counts binds and runs."""
+
+    def __init__(self):
+        self.binds, self.bound_runs, self.plain_runs = 0, 0, 0
+
+    def backend(self) -> backends.Backend:
+        def run(module, x):
+            self.plain_runs += 1
+            return backends.REFERENCE.run(module, x)
+
+        def bind(module, x):
+            self.binds += 1
+            weight = module.dense_weight()  # resolved once, as the real backends resolve their kernel and config
+            bias = module.bias
+
+            def bound(x):
+                self.bound_runs += 1
+                return F.linear(x, weight, bias)
+
+            return bound
+
+        return backends.Backend("counting", applies=lambda module, x: True, run=run, bind=bind)
+
+
+@pytest.fixture
+def counting(monkeypatch):
+    fake = Counting()
+    monkeypatch.setattr(backends, "BACKENDS", [fake.backend(), backends.REFERENCE])
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    return fake
+
+
+def layer(n=24, k=48, bias=True, seed=0) -> SparseLinear:
+    torch.manual_seed(seed)
+    b = torch.randn(n) if bias else None
+    return SparseLinear.from_weight(Sparse24Weight.from_dense(random_2to4(n, k)), b)
+
+
+def expected(module: SparseLinear, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, module.dense_weight(), module.bias)
+
+
+def test_second_call_runs_the_plan_and_gives_the_same_result(counting):
+    module, x = layer(), torch.randn(5, 48)
+    first = module(x)
+    assert counting.binds == 1 and counting.bound_runs == 1
+    assert backends.plan_of(module, x).backend == "counting"
+    second = module(x)
+    assert counting.binds == 1 and counting.bound_runs == 2 and counting.plain_runs == 0
+    torch.testing.assert_close(first, expected(module, x), rtol=0, atol=0)
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+
+
+def test_one_plan_per_m_and_leading_dims_flattened(counting):
+    module = layer()
+    module(torch.randn(5, 48))
+    module(torch.randn(7, 48))
+    assert counting.binds == 2
+    x3 = torch.randn(1, 5, 48)  # 3-D input: flattened to 5 rows, the M = 5 plan
+    torch.testing.assert_close(module(x3), expected(module, x3), rtol=0, atol=0)
+    assert counting.binds == 2
+
+
+@pytest.mark.parametrize("replace", ["load_state_dict_assign", "assign_values", "new_bias"])
+def test_a_replaced_tensor_binds_a_new_plan(counting, replace):
+    module, x = layer(seed=0), torch.randn(3, 48)
+    module(x)
+    other = layer(seed=1)
+    if replace == "load_state_dict_assign":
+        module.load_state_dict(other.state_dict(), assign=True)
+    elif replace == "assign_values":
+        module.values, module.meta = other.values, other.meta
+    else:
+        module.bias = torch.nn.Parameter(other.bias.clone(), requires_grad=False)
+    assert backends.plan_of(module, x) is None
+    out = module(x)
+    assert counting.binds == 2
+    torch.testing.assert_close(out, expected(module, x), rtol=0, atol=0)
+
+
+def test_a_dropped_cusparselt_state_binds_a_new_plan(counting):
+    module, x = layer(), torch.randn(3, 48)
+    setattr(module, cusparselt.STATE_ATTR, object())  # as cuSPARSELt's prepare leaves it
+    module(x)
+    setattr(module, cusparselt.STATE_ATTR, None)  # what its load_state_dict hook does
+    assert backends.plan_of(module, x) is None
+    module(x)
+    assert counting.binds == 2
+
+
+def test_forcing_another_backend_is_not_served_by_the_plan(counting, monkeypatch):
+    module, x = layer(), torch.randn(3, 48)
+    module(x)
+    monkeypatch.setenv(backends.ENV_VAR, "reference")
+    module(x)
+    assert counting.bound_runs == 1 and counting.binds == 1  # the reference ran, not the counting plan
+    module.backend = "no-such-backend"
+    with pytest.raises(ValueError, match="unknown SparseLinear backend 'no-such-backend'"):
+        module(x)
+
+
+def test_empty_input_binds_nothing(counting):
+    module = layer()
+    assert module(torch.randn(0, 48)).shape == (0, 24)
+    assert counting.binds == 0 and counting.plain_runs == 1
+
+
+def test_the_plan_module_attribute_is_cusparselts():
+    assert backends._CUSPARSELT_STATE == cusparselt.STATE_ATTR
+
+
+def test_compiled_calls_never_run_a_plan(counting):
+    module, x = layer(), torch.randn(3, 48)
+    module(x)
+    compiled = torch.compile(module, backend="eager", fullgraph=False)
+    torch.testing.assert_close(compiled(x), expected(module, x), rtol=0, atol=0)
+    assert counting.bound_runs == 1
