@@ -39,6 +39,7 @@ class SparseLinear(nn.Module):
         self.register_buffer("meta", torch.zeros(out_features, in_features // 16, device=device, dtype=torch.int16))
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype), False) if bias else None
         self.backend = backend
+        self._register_load_state_dict_pre_hook(lambda *args: backends.forget_plans(self))
 
     @classmethod
     def from_weight(cls, weight: Sparse24Weight, bias: torch.Tensor | None = None) -> SparseLinear:
@@ -90,6 +91,11 @@ class SparseLinear(nn.Module):
             if self.bias is not None:
                 linear.bias.copy_(self.bias)
         return linear
+
+    def _apply(self, fn, recurse=True):
+        # .to() / .half() / .cpu() make new tensors: the dispatcher's bound calls must not keep the old ones alive
+        backends.forget_plans(self)
+        return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:

@@ -303,8 +303,10 @@ def _dispatch(module: torch.nn.Module, x: torch.Tensor, backend: str | None) -> 
     key = _plan_key(module, x, backend)
     plans = _module_cache(module, "_sparse_llm_plans")
     plan = plans.get(key)
-    if plan is not None and plan.holds(module):
-        return plan.run(x)
+    if plan is not None:
+        if plan.holds(module):
+            return plan.run(x)
+        plans.clear()  # all were bound to the tensors the module no longer has: let those go
     chosen = select(module, x, backend)
     if chosen.bind is not None and x.shape[0] > 0:
         run = chosen.bind(module, x)  # after any preparation, so the plan holds the tensors the kernel reads
@@ -313,6 +315,14 @@ def _dispatch(module: torch.nn.Module, x: torch.Tensor, backend: str | None) -> 
                               module.__dict__.get(_CUSPARSELT_STATE))  # fmt: skip
             return run(x)
     return chosen.run(module, x)
+
+
+def forget_plans(module: torch.nn.Module) -> None:
+    """Drop the module's plans (and with them their references to its tensors): SparseLinear calls it when its
+    tensors are converted or moved (``.to()``, ``.half()``, ``.cpu()``) or loaded, so the old ones can be freed."""
+    plans = getattr(module, "_sparse_llm_plans", None)
+    if plans:
+        plans.clear()
 
 
 def plan_of(module: torch.nn.Module, x: torch.Tensor, backend: str | None = None) -> Plan | None:

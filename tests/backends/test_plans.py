@@ -90,6 +90,31 @@ def test_a_replaced_tensor_binds_a_new_plan(counting, replace):
     torch.testing.assert_close(out, expected(module, x), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("change", ["to_float64", "load_state_dict"])
+def test_converting_or_loading_drops_the_plans_and_their_tensors(counting, change):
+    import weakref
+
+    module, x = layer(), torch.randn(3, 48)
+    module(x)
+    module(torch.randn(4, 48))
+    old_values = weakref.ref(module.values)
+    if change == "to_float64":
+        module.to(torch.float64)
+    else:
+        module.load_state_dict(layer(seed=1).state_dict(), assign=True)
+    assert module._sparse_llm_plans == {}
+    assert old_values() is None, "a plan kept the old values alive"
+
+
+def test_a_stale_plan_drops_the_others(counting):
+    module = layer()
+    module(torch.randn(3, 48))
+    module(torch.randn(4, 48))
+    module.values = module.values.clone()  # a plain assignment: noticed at the next call
+    module(torch.randn(3, 48))
+    assert list(module._sparse_llm_plans) == [(3, torch.float32, torch.device("cpu"), None)]
+
+
 def test_a_dropped_cusparselt_state_binds_a_new_plan(counting):
     module, x = layer(), torch.randn(3, 48)
     setattr(module, cusparselt.STATE_ATTR, object())  # as cuSPARSELt's prepare leaves it
