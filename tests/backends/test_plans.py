@@ -106,6 +106,22 @@ def test_converting_or_loading_drops_the_plans_and_their_tensors(counting, chang
     assert old_values() is None, "a plan kept the old values alive"
 
 
+def test_a_layer_with_plans_pickles_and_deepcopies(counting):
+    import copy
+    import io
+
+    module, x = layer(), torch.randn(3, 48)
+    module(x)
+    clone = copy.deepcopy(module)
+    clone.load_state_dict(layer(seed=1).state_dict())
+    assert backends.plan_of(module, x) is not None  # the original keeps its plan; the copy's load dropped its own
+    buffer = io.BytesIO()
+    torch.save(module, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    torch.testing.assert_close(loaded(x), expected(module, x), rtol=0, atol=0)
+
+
 def test_a_stale_plan_drops_the_others(counting):
     module = layer()
     module(torch.randn(3, 48))
