@@ -6,9 +6,10 @@ name; :func:`select` tells which entry a call would take. The reference entry is
 unpacks the weight and runs a dense matmul, so every device works (slowly).
 
 A GPU entry can also ``bind`` a call: return the product as a function of ``x`` alone, with its kernel, configuration
-and the module's tensors resolved. :func:`linear` keeps that plan on the module per (M, dtype, device, forced name)
-and runs it directly at the next such call while the module still holds the same ``values``, ``meta`` and ``bias``
-tensors: an eager call then costs a dictionary lookup and the extension's launch (bench/NOTES.md, fourteenth round).
+and the module's tensors resolved. With ``SPARSE_LLM_PLANS=1``, :func:`linear` keeps that plan on the module per (M,
+dtype, device, forced name) and runs it directly at the next such call while the module still holds the same
+``values``, ``meta`` and ``bias`` tensors and cuSPARSELt state: an eager call then costs a dictionary lookup and the
+extension's launch (bench/NOTES.md, fourteenth round).
 
 Backend modules are imported lazily inside the entries: importing the package never builds or loads an extension.
 """
@@ -25,8 +26,9 @@ import torch.nn.functional as F
 from sparse_llm.format import unpack_2to4_reference
 
 ENV_VAR = "SPARSE_LLM_BACKEND"
-# SPARSE_LLM_PLANS=0 turns the bound-call plans off (every call through ``select``): for comparisons and debugging.
-USE_PLANS = os.environ.get("SPARSE_LLM_PLANS", "1") != "0"
+# SPARSE_LLM_PLANS=1 turns the bound-call plans on. Off by default until they have run on a GPU: they are tested on
+# the CPU only (bench/NOTES.md, fourteenth round: the device lent no machine after they were written).
+USE_PLANS = os.environ.get("SPARSE_LLM_PLANS", "0") == "1"
 
 
 @dataclass(frozen=True)

@@ -197,9 +197,10 @@ def test_state_dict_saves_plain_values():
 
 
 @pytest.mark.parametrize("backend", ["sparse_mma", "cusparselt", None])
-def test_repeat_calls_run_a_plan_that_follows_the_weight(backend):
-    """The second call of an M runs the bound plan; a weight loaded in place (cuSPARSELt's compressed copy is then
-    stale) or assigned makes the next call bind again, with the new weight's result."""
+def test_repeat_calls_run_a_plan_that_follows_the_weight(backend, monkeypatch):
+    """With plans on, the second call of an M runs the bound plan; a weight loaded in place (cuSPARSELt's compressed
+    copy is then stale) or assigned makes the next call bind again, with the new weight's result."""
+    monkeypatch.setattr(backends, "USE_PLANS", True)
     n, k = 512, 1024
     layer, dense, bias = _layer(n, k, torch.bfloat16, True)
     other, other_dense, other_bias = _layer(n, k, torch.bfloat16, True)

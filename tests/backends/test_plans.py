@@ -38,6 +38,7 @@ class Counting:
 def counting(monkeypatch):
     fake = Counting()
     monkeypatch.setattr(backends, "BACKENDS", [fake.backend(), backends.REFERENCE])
+    monkeypatch.setattr(backends, "USE_PLANS", True)
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
     return fake
 
@@ -156,6 +157,14 @@ def test_empty_input_binds_nothing(counting):
     module = layer()
     assert module(torch.randn(0, 48)).shape == (0, 24)
     assert counting.binds == 0 and counting.plain_runs == 1
+
+
+def test_plans_are_off_unless_asked_for(counting, monkeypatch):
+    monkeypatch.setattr(backends, "USE_PLANS", False)
+    module, x = layer(), torch.randn(3, 48)
+    module(x)
+    module(x)
+    assert counting.binds == 0 and counting.plain_runs == 2
 
 
 def test_the_plan_module_attribute_is_cusparselts():
