@@ -175,10 +175,11 @@ def cusparselt_linear(
     if x.shape[-1] != k:
         raise ValueError(f"input has {x.shape[-1]} features (shape {tuple(x.shape)}), the weight expects {k}")
     x2 = x if x.dim() == 2 else x.reshape(-1, k)  # no reshapes for 2-D x: microseconds per call at decode
+    x2 = _dense_rows(x2)
     if torch.compiler.is_compiling():
-        out = _cusparselt_linear_op(_dense_rows(x2), compressed, bias, n, k)
+        out = _cusparselt_linear_op(x2, compressed, bias, n, k)
     else:  # eager: skip the custom-op dispatcher
-        out = bound(compressed, bias, n, k)(x2)
+        out = load_extension().linear(x2, compressed, bias, n, k)
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
 
 
