@@ -43,12 +43,6 @@ def measure(layer: SparseLinear, dense: torch.Tensor, bias: torch.Tensor, m: int
     row = {"m": m, "auto_backend": backends.select(layer, x).name}
     row["dense_us"] = host_us(lambda: F.linear(x, dense, bias))
     row["ours_auto_us"] = host_us(lambda: layer(x))
-    default = backends.USE_PLANS
-    backends.USE_PLANS = True  # the same calls with bound-call plans (SPARSE_LLM_PLANS=1), side by side
-    try:
-        row["ours_auto_planned_us"] = host_us(lambda: layer(x))
-    finally:
-        backends.USE_PLANS = default
     for name in ("sparse_mma", "triton_small", "cusparselt"):
         try:
             row[f"ours_{name}_us"] = host_us(lambda name=name: backends.linear(layer, x, backend=name))

@@ -9,11 +9,6 @@ from sparse_llm import backends
 from sparse_llm.format import Sparse24Weight
 
 
-def _forget_plans(module: nn.Module, *args) -> None:
-    """load_state_dict pre-hook (a module-level function: the layer stays picklable and deepcopy-safe)."""
-    backends.forget_plans(module)
-
-
 class SparseLinear(nn.Module):
     """``y = x @ W.T + b`` with ``W`` stored as 2:4 ``values`` (N, K/2) and int16 ``meta`` (N, K/16) buffers.
 
@@ -44,7 +39,6 @@ class SparseLinear(nn.Module):
         self.register_buffer("meta", torch.zeros(out_features, in_features // 16, device=device, dtype=torch.int16))
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype), False) if bias else None
         self.backend = backend
-        self._register_load_state_dict_pre_hook(_forget_plans, with_module=True)
 
     @classmethod
     def from_weight(cls, weight: Sparse24Weight, bias: torch.Tensor | None = None) -> SparseLinear:
@@ -96,17 +90,6 @@ class SparseLinear(nn.Module):
             if self.bias is not None:
                 linear.bias.copy_(self.bias)
         return linear
-
-    def __getstate__(self) -> dict:
-        # the dispatcher's bound calls are closures (not picklable) over this layer's tensors: a copy binds its own
-        state = self.__dict__.copy()
-        state.pop("_sparse_llm_plans", None)
-        return state
-
-    def _apply(self, fn, recurse=True):
-        # .to() / .half() / .cpu() make new tensors: the dispatcher's bound calls must not keep the old ones alive
-        backends.forget_plans(self)
-        return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:

@@ -5,12 +5,6 @@ For each call the first entry whose ``applies(module, x2d)`` is true runs. The e
 name; :func:`select` tells which entry a call would take. The reference entry is last and always applies: it
 unpacks the weight and runs a dense matmul, so every device works (slowly).
 
-A GPU entry can also ``bind`` a call: return the product as a function of ``x`` alone, with its kernel, configuration
-and the module's tensors resolved. With ``SPARSE_LLM_PLANS=1``, :func:`linear` keeps that plan on the module per (M,
-dtype, device, forced name) and runs it directly at the next such call while the module still holds the same
-``values``, ``meta`` and ``bias`` tensors and cuSPARSELt state: an eager call then costs a dictionary lookup and the
-extension's launch (bench/NOTES.md, fourteenth round).
-
 Backend modules are imported lazily inside the entries: importing the package never builds or loads an extension.
 """
 
@@ -26,9 +20,6 @@ import torch.nn.functional as F
 from sparse_llm.format import unpack_2to4_reference
 
 ENV_VAR = "SPARSE_LLM_BACKEND"
-# SPARSE_LLM_PLANS=1 turns the bound-call plans on. Off by default until they have run on a GPU: they are tested on
-# the CPU only (bench/NOTES.md, fourteenth round: the device lent no machine after they were written).
-USE_PLANS = os.environ.get("SPARSE_LLM_PLANS", "0") == "1"
 
 
 @dataclass(frozen=True)
@@ -43,8 +34,6 @@ class Backend:
     supports: Callable[[torch.nn.Module, torch.Tensor], bool] | None = None
     # Why the backend cannot run a call (for the error when it is forced anyway).
     why_not: Callable[[torch.nn.Module, torch.Tensor], str] | None = None
-    # The call bound to x alone (see the module's docstring), or None: such calls then go through ``run``.
-    bind: Callable[[torch.nn.Module, torch.Tensor], Callable[[torch.Tensor], torch.Tensor] | None] | None = None
 
 
 def _reference_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -167,40 +156,21 @@ def _mma_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return sparse_mma.run_checked(x, module.values, module.meta, None if bias is None else bias.detach(), config)
 
 
-def _mma_bind(module: torch.nn.Module, x: torch.Tensor):
-    from sparse_llm.backends import sparse_mma
-
-    config = _prepared_config(module, x, "_sparse_llm_mma_config", _checked_mma_config)
-    bias = module.bias
-    return sparse_mma.bound(module.values, module.meta, None if bias is None else bias.detach(), config)
-
-
 def _cusparselt_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     from sparse_llm.backends import cusparselt
 
     return cusparselt.run(module, x)
 
 
-def _cusparselt_bind(module: torch.nn.Module, x: torch.Tensor):
-    from sparse_llm.backends import cusparselt
-
-    state = cusparselt.ensure_prepared(module)
-    bias = module.bias
-    if bias is not None and bias.dtype != x.dtype:
-        return None  # ``run`` raises the error
-    return cusparselt.bound(state.compressed, None if bias is None else bias.detach(), state.n, state.k)
-
-
-def _gpu_backend(name: str, run, supports, why_not, bind=None) -> Backend:
+def _gpu_backend(name: str, run, supports, why_not) -> Backend:
     """A GPU backend that applies when the per-M choice (tuned or default) names it."""
     return Backend(name, applies=lambda module, x: _gpu_choice(module, x) == name, run=run, supports=supports,
-                   why_not=why_not, bind=bind)  # fmt: skip
+                   why_not=why_not)  # fmt: skip
 
 
-SPARSE_MMA = _gpu_backend("sparse_mma", _mma_run, _mma_supports, _mma_why_not, _mma_bind)
-# (no plan for the Triton kernels: their launcher's own host time, tens of microseconds, is the larger part)
+SPARSE_MMA = _gpu_backend("sparse_mma", _mma_run, _mma_supports, _mma_why_not)
 TRITON_SMALL = _gpu_backend("triton_small", _triton_small_run, _triton_small_supports, _gpu_why_not)
-CUSPARSELT = _gpu_backend("cusparselt", _cusparselt_run, _cusparselt_supports, _gpu_why_not, _cusparselt_bind)
+CUSPARSELT = _gpu_backend("cusparselt", _cusparselt_run, _cusparselt_supports, _gpu_why_not)
 
 # Ordered: the first entry that applies wins; the reference is last and always applies.
 BACKENDS: list[Backend] = [SPARSE_MMA, TRITON_SMALL, CUSPARSELT, REFERENCE]
@@ -264,70 +234,7 @@ def select(module: torch.nn.Module, x: torch.Tensor, backend: str | None = None)
 def linear(module: torch.nn.Module, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
     """``F.linear(x, W, b)`` for a SparseLinear: flattens leading dims, dispatches, restores the shape."""
     if x.dim() == 2:  # no reshapes: microseconds per call at decode
-        return _dispatch(module, x, backend)
-    x2d = x.reshape(-1, x.shape[-1])
-    out = _dispatch(module, x2d, backend)
-    return out.reshape(*x.shape[:-1], out.shape[-1])
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A bound call (``Backend.bind``) and what of the module it was bound to."""
-
-    backend: str
-    run: Callable[[torch.Tensor], torch.Tensor]
-    values: torch.Tensor
-    meta: torch.Tensor
-    bias: torch.Tensor | None
-    compressed: object  # the module's cuSPARSELt state (None if none): dropped by load_state_dict, remade after
-
-    def holds(self, module: torch.nn.Module) -> bool:
-        """Whether the module still has what the plan was bound to: the same tensors (not replaced by
-        ``load_state_dict(assign=True)``, ``.to()``, ``.half()``, an assignment) and the same cuSPARSELt state."""
-        return (module._buffers.get("values") is self.values and module._buffers.get("meta") is self.meta
-                and module.bias is self.bias and module.__dict__.get(_CUSPARSELT_STATE) is self.compressed)  # fmt: skip
-
-
-# sparse_llm.backends.cusparselt.STATE_ATTR, spelled here: the backend modules are imported lazily (a test checks it)
-_CUSPARSELT_STATE = "_sparse_llm_cusparselt"
-
-
-def _plan_key(module: torch.nn.Module, x: torch.Tensor, backend: str | None) -> tuple:
-    forced = backend or getattr(module, "backend", None) or os.environ.get(ENV_VAR) or None
-    return x.shape[0], x.dtype, x.device, forced
-
-
-def _dispatch(module: torch.nn.Module, x: torch.Tensor, backend: str | None) -> torch.Tensor:
-    """One 2-D call: the module's plan for calls like this one while it holds, else the backend ``select`` picks
-    (binding a plan for the next such call where that backend can)."""
-    if not USE_PLANS or torch.compiler.is_compiling():  # compiled: the backends' custom ops, never a bound call
         return select(module, x, backend).run(module, x)
-    key = _plan_key(module, x, backend)
-    plans = _module_cache(module, "_sparse_llm_plans")
-    plan = plans.get(key)
-    if plan is not None:
-        if plan.holds(module):
-            return plan.run(x)
-        plans.clear()  # all were bound to the tensors the module no longer has: let those go
-    chosen = select(module, x, backend)
-    if chosen.bind is not None and x.shape[0] > 0:
-        run = chosen.bind(module, x)  # after any preparation, so the plan holds the tensors the kernel reads
-        if run is not None:
-            plans[key] = Plan(chosen.name, run, module._buffers["values"], module._buffers["meta"], module.bias,
-                              module.__dict__.get(_CUSPARSELT_STATE))  # fmt: skip
-            return run(x)
-    return chosen.run(module, x)
-
-
-def forget_plans(module: torch.nn.Module) -> None:
-    """Drop the module's plans (and with them their references to its tensors): SparseLinear calls it when its
-    tensors are converted or moved (``.to()``, ``.half()``, ``.cpu()``) or loaded, so the old ones can be freed."""
-    plans = getattr(module, "_sparse_llm_plans", None)
-    if plans:
-        plans.clear()
-
-
-def plan_of(module: torch.nn.Module, x: torch.Tensor, backend: str | None = None) -> Plan | None:
-    """The plan that a 2-D call like ``x`` would run now, or None (for tests and reports)."""
-    plan = getattr(module, "_sparse_llm_plans", {}).get(_plan_key(module, x, backend))
-    return plan if plan is not None and plan.holds(module) else None
+    x2d = x.reshape(-1, x.shape[-1])
+    out = select(module, x2d, backend).run(module, x2d)
+    return out.reshape(*x.shape[:-1], out.shape[-1])

@@ -225,29 +225,10 @@ def why_not(x: torch.Tensor, values: torch.Tensor) -> str | None:
     return None
 
 
-def bound(values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None, config: MmaConfig):
-    """The product as a function of a 2-D ``x`` alone, for a ``config`` that :func:`check_config` accepted: the
-    extension's entry and its arguments resolved once (what SparseLinear's cached plan calls at every call)."""
+def _launch(x, values, meta, bias, config: MmaConfig) -> torch.Tensor:
     # the kernels copy x in 4-byte pieces (16-byte in the pipelined one, tensor-map boxes of 16-byte aligned rows in
     # the warpgroup one): a fresh contiguous copy if rows are not aligned to that (contiguous() alone would keep a
     # contiguous but misaligned view). Here, on the real tensors: under torch.compile this runs inside the custom op.
-    align = 16 if config.stages >= 3 or config.wgmma else 4
-    if config.wgmma:
-        fn, args = load_wgmma_extension().spmm24_wgmma, (*config.wgmma_tile, config.split)
-    else:
-        fn = load_mma_extension().spmm24_mma
-        args = (config.rows, config.tokens, config.split, config.stages, config.warps, config.cluster)
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        if x.stride(-1) != 1 or x.stride(0) % (align // 2) or x.data_ptr() % align:
-            x = torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
-        return fn(x, values, meta, bias, *args)
-
-    return run
-
-
-def _launch(x, values, meta, bias, config: MmaConfig) -> torch.Tensor:
-    # (what ``bound`` does, kept as it ran in the GPU tests while the plans that use ``bound`` have not run there)
     align = 16 if config.stages >= 3 or config.wgmma else 4
     if x.stride(-1) != 1 or x.stride(0) % (align // 2) or x.data_ptr() % align:
         x = torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)

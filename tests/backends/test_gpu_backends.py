@@ -196,33 +196,6 @@ def test_state_dict_saves_plain_values():
     assert _rel_err(layer(x), _ref(x, other_dense, other_bias)) < 1e-2
 
 
-@pytest.mark.parametrize("backend", ["sparse_mma", "cusparselt", None])
-def test_repeat_calls_run_a_plan_that_follows_the_weight(backend, monkeypatch):
-    """With plans on, the second call of an M runs the bound plan; a weight loaded in place (cuSPARSELt's compressed
-    copy is then stale) or assigned makes the next call bind again, with the new weight's result."""
-    monkeypatch.setattr(backends, "USE_PLANS", True)
-    n, k = 512, 1024
-    layer, dense, bias = _layer(n, k, torch.bfloat16, True)
-    other, other_dense, other_bias = _layer(n, k, torch.bfloat16, True)
-    third, third_dense, third_bias = _layer(n, k, torch.bfloat16, True)
-    for m in (1, 33, 2048):
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        layer.load_state_dict(_layer_state(dense, bias))
-        first = backends.linear(layer, x, backend=backend)
-        again = backends.linear(layer, x, backend=backend)
-        assert backends.plan_of(layer, x, backend) is not None, f"M={m}: no plan after two calls"
-        assert torch.equal(first, again) and _rel_err(again, _ref(x, dense, bias)) < 1e-2
-        layer.load_state_dict(other.state_dict())  # in place
-        assert _rel_err(backends.linear(layer, x, backend=backend), _ref(x, other_dense, other_bias)) < 1e-2
-        layer.load_state_dict(third.state_dict(), assign=True)
-        assert _rel_err(backends.linear(layer, x, backend=backend), _ref(x, third_dense, third_bias)) < 1e-2
-
-
-def _layer_state(dense: torch.Tensor, bias: torch.Tensor) -> dict:
-    packed = Sparse24Weight.from_dense(dense)
-    return {"values": packed.values, "meta": packed.meta, "bias": bias}
-
-
 def test_dtype_change_invalidates_state():
     layer, dense, bias = _layer(256, 512, torch.bfloat16, True)
     x = torch.randn(2048, 512, device="cuda", dtype=torch.bfloat16)
