@@ -8,6 +8,8 @@ When torch with CUDA and the CUDA toolkit (nvcc) are importable at build time (`
 kernel), ``sparse_llm._wgmma`` (the warpgroup sparse MMA kernel, sm_90a) and, where the ``nvidia-cusparselt`` wheel
 is installed, ``sparse_llm._cusparselt``. Otherwise, or if a
 build fails, it is skipped and the package builds it lazily on first GPU use (``sparse_llm/backends/_build.py``).
+``SPARSE_LLM_BUILD_EXTENSIONS=0`` skips the build too: an install in seconds, the extensions built on first use (or
+found where an earlier build of the same sources left them, e.g. ``sparse_llm/_wgmma*.so`` of an editable install).
 """
 
 import glob
@@ -21,6 +23,8 @@ PACKAGES = ["sparse_llm", "sparse_llm.kernels"] + [f"sparse_llm.{p}" for p in fi
 
 def _cuda_extensions() -> dict:
     """setup() arguments that build the extensions, or {} where they cannot be built here."""
+    if os.environ.get("SPARSE_LLM_BUILD_EXTENSIONS", "1") == "0":
+        return {}
     try:
         import torch
         from torch.utils import cpp_extension

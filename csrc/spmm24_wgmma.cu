@@ -24,6 +24,10 @@
 // 92% of its peak; sharing took 0-16% off the time, so L2 is not all that bounds it: bench/NOTES.md, ninth round).
 // A stage is refilled only once the consumers of every block that copies into it have released it.
 //
+// L2 policy of W (`w_evict_first`): W's copies can carry the evict-first hint, so that a weight read once per call
+// replaces its own lines in L2 before anything else's (x, the previous kernels' outputs, still-dirty lines that would
+// otherwise have to be written back first). x is always copied with the default policy: every row tile reads it.
+//
 // Split-K (grid.z > 1): each block writes its fp32 partial tile to a workspace and counts itself in on the tile's
 // counter; the last block of a tile adds the partials in split order (the same bits on every run), adds the bias and
 // writes y.
@@ -140,6 +144,15 @@ __device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap* map, u
       "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1)
       : "memory");
 }
+// The same with an L2 cache policy (from createpolicy) for the copied lines.
+__device__ __forceinline__ void tma_load_hint(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1,
+                                              uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint"
+      " [%0], [%1, {%3, %4}], [%2], %5;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "l"(policy)
+      : "memory");
+}
 // The same box into the same shared-memory offset of every block of `mask` in the cluster, completion counted on
 // each one's mbarrier at offset `bar`.
 __device__ __forceinline__ void tma_load_multicast(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1,
@@ -149,6 +162,21 @@ __device__ __forceinline__ void tma_load_multicast(uint32_t dst, const CUtensorM
       " [%0], [%1, {%3, %4}], [%2], %5;\n" ::"r"(dst),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "h"(mask)
       : "memory");
+}
+// ... with an L2 cache policy.
+__device__ __forceinline__ void tma_load_multicast_hint(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0,
+                                                        int c1, uint16_t mask, uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster.L2::cache_hint"
+      " [%0], [%1, {%3, %4}], [%2], %5, %6;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "h"(mask), "l"(policy)
+      : "memory");
+}
+// An L2 policy that marks every line it is given to as the first to be evicted.
+__device__ __forceinline__ uint64_t evict_first_policy() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
 }
 // Shared-memory matrix descriptor of a K-major operand in 128-byte swizzled rows: 8-row groups 1024 bytes apart
 // (stride byte offset), the leading byte offset unused for swizzled K-major layouts, layout type 1 = 128B swizzle.
@@ -163,7 +191,7 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     const __grid_constant__ CUtensorMap map_values, const __grid_constant__ CUtensorMap map_meta,
     const __grid_constant__ CUtensorMap map_x, const T* __restrict__ bias, T* __restrict__ y,
     float* __restrict__ partial, int* __restrict__ counters, int M, int N, int num_chunks, int chunks_per_split,
-    int x_rows) {
+    int x_rows, int w_evict_first) {
 #ifdef SPARSE_LLM_WGMMA
   using L = WgLayout<TOKENS, CWG>;
   constexpr int S = L::kStages;
@@ -206,21 +234,34 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   if (wg == 0) {  // producer
     if constexpr (CWG == 2) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
     if (threadIdx.x == 0) {
+      const uint64_t w_policy = w_evict_first ? evict_first_policy() : 0;
       for (int c = c_begin; c < c_end; ++c) {
         const int k = c - c_begin, s = k % S;
         if (k >= S) mbar_wait(empty + 8 * s, ((k / S) - 1) & 1);
         const uint32_t stage = base + s * L::kStage, bar = full + 8 * s;
         mbar_expect_tx(bar, L::kValues + L::kMeta + 2 * x_rows * kRowBytes);
         if constexpr (CT == 1) {
-          tma_load(stage, &map_values, bar, c * (kChunk / 2), row0);
-          tma_load(stage + L::kValues + L::kX, &map_meta, bar, c * (kChunk / 16), row0);
+          const uint32_t dst_meta = stage + L::kValues + L::kX;
+          if (w_evict_first) {
+            tma_load_hint(stage, &map_values, bar, c * (kChunk / 2), row0, w_policy);
+            tma_load_hint(dst_meta, &map_meta, bar, c * (kChunk / 16), row0, w_policy);
+          } else {
+            tma_load(stage, &map_values, bar, c * (kChunk / 2), row0);
+            tma_load(dst_meta, &map_meta, bar, c * (kChunk / 16), row0);
+          }
         } else {  // rows cx * kRows / 2 .. of W into both token blocks (0, cy) and (1, cy)
           constexpr int kHalf = L::kRows / 2;
           const uint16_t mask = static_cast<uint16_t>(0x3u << (CT * cy));
-          tma_load_multicast(stage + cx * kHalf * kRowBytes, &map_values, bar, c * (kChunk / 2), row0 + cx * kHalf,
-                             mask);
-          tma_load_multicast(stage + L::kValues + L::kX + cx * kHalf * kMetaRowBytes, &map_meta, bar,
-                             c * (kChunk / 16), row0 + cx * kHalf, mask);
+          const uint32_t dst_values = stage + cx * kHalf * kRowBytes;
+          const uint32_t dst_meta = stage + L::kValues + L::kX + cx * kHalf * kMetaRowBytes;
+          const int r = row0 + cx * kHalf;
+          if (w_evict_first) {
+            tma_load_multicast_hint(dst_values, &map_values, bar, c * (kChunk / 2), r, mask, w_policy);
+            tma_load_multicast_hint(dst_meta, &map_meta, bar, c * (kChunk / 16), r, mask, w_policy);
+          } else {
+            tma_load_multicast(dst_values, &map_values, bar, c * (kChunk / 2), r, mask);
+            tma_load_multicast(dst_meta, &map_meta, bar, c * (kChunk / 16), r, mask);
+          }
         }
         if constexpr (CR == 1) {
           tma_load(stage + L::kValues, &map_x, bar, c * kChunk, load0);
@@ -373,7 +414,7 @@ CUtensorMap tensor_map(const torch::Tensor& t, CUtensorMapDataType type, int ele
 template <typename T, int TOKENS, int CWG, int CT, int CR>
 void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
             const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int split,
-            cudaStream_t stream) {
+            int w_evict_first, cudaStream_t stream) {
   using L = WgLayout<TOKENS, CWG>;
   const int M = x.size(0), K = x.size(1), N = values.size(0);
   const int num_chunks = K / kChunk;
@@ -406,14 +447,14 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   T* y_ptr = reinterpret_cast<T*>(y.data_ptr());
   if constexpr (CT * CR == 1) {
     kernel<<<grid, L::kThreads, L::kSmem, stream>>>(map_values, map_meta, map_x, bias_ptr, y_ptr, partial, counters,
-                                                    M, N, num_chunks, per_split, x_rows);
+                                                    M, N, num_chunks, per_split, x_rows, w_evict_first);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {  // clusters of CT token tiles x CR row tiles
     cudaLaunchAttribute attribute{};
     const cudaLaunchConfig_t config =
         cluster_launch_config(grid, dim3(L::kThreads), L::kSmem, stream, dim3(CT, CR, 1), &attribute);
     C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, map_values, map_meta, map_x, bias_ptr, y_ptr, partial,
-                                      counters, M, N, num_chunks, per_split, x_rows));
+                                      counters, M, N, num_chunks, per_split, x_rows, w_evict_first));
   }
 }
 
@@ -446,10 +487,10 @@ int stages_of(int tokens, int warpgroups) {
 template <typename T>
 void dispatch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
               const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int tokens,
-              int warpgroups, int cluster_tokens, int cluster_rows, int split, cudaStream_t stream) {
+              int warpgroups, int cluster_tokens, int cluster_rows, int split, int w_evict_first, cudaStream_t stream) {
 #define SPARSE_LLM_WGMMA_CASE(T_, W_, CT_, CR_)                                         \
   if (tokens == T_ && warpgroups == W_ && cluster_tokens == CT_ && cluster_rows == CR_) { \
-    launch<T, T_, W_, CT_, CR_>(x, values, meta, bias, y, workspace, split, stream);     \
+    launch<T, T_, W_, CT_, CR_>(x, values, meta, bias, y, workspace, split, w_evict_first, stream); \
     return;                                                                             \
   }
   SPARSE_LLM_WGMMA_TILES(SPARSE_LLM_WGMMA_CASE)
@@ -464,10 +505,10 @@ bool aligned16(const torch::Tensor& t) {
 
 // y (M, N) = x (M, K) @ W.T + bias with tiles of `tokens` tokens x 64 * `warpgroups` rows of W, clusters of
 // `cluster_tokens` token tiles (sharing their copies of W) x `cluster_rows` row tiles (sharing x), each 1 or 2; split
-// > 1 splits K.
+// > 1 splits K; `w_evict_first` gives W's copies the evict-first L2 policy (the result is the same bits).
 torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
                            const c10::optional<torch::Tensor>& bias, int64_t tokens, int64_t warpgroups,
-                           int64_t cluster_tokens, int64_t cluster_rows, int64_t split) {
+                           int64_t cluster_tokens, int64_t cluster_rows, int64_t split, bool w_evict_first) {
   check_operands("spmm24_wgmma", x, values, meta, bias);
   const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
   TORCH_CHECK(K % kChunk == 0, "spmm24_wgmma: K must be a multiple of ", kChunk, ", got ", K);
@@ -491,11 +532,11 @@ torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, 
   if (x.scalar_type() == at::kBFloat16) {
     dispatch<__nv_bfloat16>(x, values, meta, bias, y, workspace, static_cast<int>(tokens),
                             static_cast<int>(warpgroups), static_cast<int>(cluster_tokens),
-                            static_cast<int>(cluster_rows), static_cast<int>(split), stream);
+                            static_cast<int>(cluster_rows), static_cast<int>(split), w_evict_first, stream);
   } else {
     dispatch<__half>(x, values, meta, bias, y, workspace, static_cast<int>(tokens), static_cast<int>(warpgroups),
                      static_cast<int>(cluster_tokens), static_cast<int>(cluster_rows), static_cast<int>(split),
-                     stream);
+                     w_evict_first, stream);
   }
   return y;
 }
@@ -508,6 +549,6 @@ int64_t wgmma_stages(int64_t tokens, int64_t warpgroups) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm24_wgmma", &spmm24_wgmma, "y = x @ W.T (+ bias) for a canonical 2:4 W on Hopper's wgmma.sp",
         py::arg("x"), py::arg("values"), py::arg("meta"), py::arg("bias"), py::arg("tokens"), py::arg("warpgroups"),
-        py::arg("cluster_tokens"), py::arg("cluster_rows"), py::arg("split"));
+        py::arg("cluster_tokens"), py::arg("cluster_rows"), py::arg("split"), py::arg("w_evict_first") = false);
   m.def("stages", &wgmma_stages, "shared-memory stages of a tile", py::arg("tokens"), py::arg("warpgroups"));
 }

@@ -152,6 +152,14 @@ def wgmma_default_config(m: int, n: int, k: int, device: torch.device) -> MmaCon
     return wgmma_config(tokens, warpgroups, wgmma_split(m, n, k, tokens, warpgroups, device))
 
 
+def wgmma_reads_w_once(m: int, config: MmaConfig) -> bool:
+    """Whether a call of the warpgroup kernel copies each row of W from memory once: all of M's tokens in one
+    token tile, or in one cluster of token tiles that share their copies of W. Such a call gives W's copies the
+    evict-first L2 policy (its lines are not read again in the call; they make room before x, the outputs of the
+    kernels before and their dirty lines do)."""
+    return triton.cdiv(m, config.tokens) <= config.wgmma_cluster[0]
+
+
 def wgmma_fits(n: int, k: int, config: MmaConfig) -> bool:
     """The warpgroup kernel's shape rules: whole 128-column chunks of K and whole clusters of row tiles of W."""
     return k % WGMMA_CHUNK == 0 and n % _wgmma_rows(config) == 0
@@ -233,7 +241,8 @@ def _launch(x, values, meta, bias, config: MmaConfig) -> torch.Tensor:
     if x.stride(-1) != 1 or x.stride(0) % (align // 2) or x.data_ptr() % align:
         x = torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
     if config.wgmma:
-        return load_wgmma_extension().spmm24_wgmma(x, values, meta, bias, *config.wgmma_tile, config.split)
+        return load_wgmma_extension().spmm24_wgmma(x, values, meta, bias, *config.wgmma_tile, config.split,
+                                                   wgmma_reads_w_once(x.shape[0], config))  # fmt: skip
     return load_mma_extension().spmm24_mma(x, values, meta, bias, config.rows, config.tokens, config.split,
                                            config.stages, config.warps, config.cluster)  # fmt: skip
 

@@ -321,6 +321,24 @@ def test_wgmma_every_tile_and_split(dtype):
                     assert torch.equal(out, sparse_mma.spmm24_mma(x, layer.values, layer.meta, b, cfg)), cfg
 
 
+def test_wgmma_l2_policy_of_w_changes_no_bit():
+    """W's copies with the evict-first L2 policy or the default one: the same bits, for every tile (clusters that
+    multicast W included), split 1 and 3."""
+    sparse_mma = _wgmma_or_skip()
+    from sparse_llm.backends._build import load_wgmma_extension
+
+    ext = load_wgmma_extension()
+    layer, dense, bias = _layer(512, 1024, torch.bfloat16, True)
+    for m in (1, 40, 300):
+        x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
+        for tile in sorted(sparse_mma.WGMMA_TILES):
+            for split in (1, 3):
+                outs = [ext.spmm24_wgmma(x, layer.values, layer.meta, layer.bias, *tile, split, first)
+                        for first in (False, True)]  # fmt: skip
+                assert torch.equal(outs[0], outs[1]), (m, tile, split)
+                assert _rel_err(outs[1], _ref(x, dense, bias)) < 1e-2, (m, tile, split)
+
+
 def test_wgmma_takes_misaligned_and_strided_x():
     """The tensor maps need 16-byte aligned rows: a view 2 bytes off, and rows of a wider tensor, still work."""
     sparse_mma = _wgmma_or_skip()

@@ -136,3 +136,14 @@ def test_wgmma_cluster_round_trips_through_the_tuned_table():
     back = sparse_mma.MmaConfig(**json.loads(json.dumps(cfg.as_dict())))
     assert back == cfg and hash(back) == hash(cfg) and back.wgmma_tile == (128, 4, 2, 1)
     assert back.wgmma_tile in sparse_mma.WGMMA_TILES
+
+
+@pytest.mark.parametrize(
+    "m, tokens, cluster, once",
+    [(1, 8, (1, 1), True), (8, 8, (1, 1), True), (9, 8, (1, 1), False), (100, 128, (1, 1), True),
+     (129, 128, (1, 1), False), (200, 128, (2, 1), True), (257, 128, (2, 1), False), (300, 128, (1, 2), False)],
+)  # fmt: skip
+def test_wgmma_reads_w_once_when_one_token_tile_or_cluster_holds_m(m, tokens, cluster, once):
+    """W's copies get the evict-first L2 policy exactly when a call reads each row of W once."""
+    warpgroups = 4 if cluster != (1, 1) else 1
+    assert sparse_mma.wgmma_reads_w_once(m, sparse_mma.wgmma_config(tokens, warpgroups, 1, cluster)) is once

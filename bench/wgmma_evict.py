@@ -1,0 +1,136 @@
+"""The evict-first L2 policy on W's copies in the warpgroup kernel (csrc/spmm24_wgmma.cu): faster or not, and where.
+
+    python bench/wgmma_evict.py --out DIR [--tables TABLE.json ...] [--ms 1 16 ...] [--shapes NxK ...]
+
+Per Llama shape and M, the tile the tuned table gives (``sparse_llm.tune.mma_config``; by default the committed H100
+and H200 tables), run with W's copies under the default L2 policy and under evict-first, beside dense ``F.linear``,
+in the two columns of the layer grid that differ in what L2 holds before a call:
+
+- ``graph``: one CUDA-graph replay after do_bench's 256 MB memset (``time_graph_us``): L2 full of dirty lines;
+- ``stream``: distinct copies of the layer back to back in one graph (``time_stream_us``): L2 holds the previous
+  copies' clean weight lines.
+
+The two policies are timed in alternation (A B B A) and each gets the mean of its two medians; both must give the same
+bits. Writes ``wgmma_evict.json``: every time, the ratios to dense, and the medians over the shapes per M.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import llama_shapes, random_packed, write_result  # noqa: E402
+
+from sparse_llm import tune  # noqa: E402
+from sparse_llm.backends._build import load_wgmma_extension  # noqa: E402
+from sparse_llm.backends.sparse_mma import wgmma_reads_w_once  # noqa: E402
+from sparse_llm.benchmark import _l2_bytes, stream_length, time_graph_us, time_stream_us  # noqa: E402
+
+MS = (1, 16, 64, 128, 256, 512, 1024)
+POLICIES = {"normal": False, "evict_first": True}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def use_tables(tables: list[Path]) -> None:
+    """Point the package's tuned table at the entries of ``tables`` (as ``sparse-llm tune`` returns them or as its
+    cache file holds them; keyed by GPU name, so each GPU finds its own), written to a fresh cache dir: the user's
+    own table stays untouched."""
+    table = {}
+    for path in tables:
+        data = json.loads(path.read_text())
+        for e in data.values() if isinstance(data, dict) else data:
+            table[tune.entry_key(e["gpu"], e["n"], e["k"], getattr(torch, e["dtype"]))] = e
+    cache = Path(tempfile.mkdtemp(prefix="sparse-llm-evict-"))
+    (cache / tune.CACHE_FILE).write_text(json.dumps(table))
+    os.environ["SPARSE_LLM_CACHE"] = str(cache)
+
+
+def alternating(fns: dict, measure) -> dict[str, float]:
+    """``measure`` of each of two entries in the order A B B A; each gets the mean of its two times."""
+    a, b = fns
+    times = {a: [], b: []}
+    for name in (a, b, b, a):
+        times[name].append(measure(fns[name]))
+    return {name: sum(t) / len(t) for name, t in times.items()}
+
+
+def bench_m(ext, weights: list, m: int) -> dict | None:
+    """One (shape, M): both policies and dense, in both columns; None where the tuned tile is not a warpgroup one."""
+    dense, values, meta = weights[0]
+    n, k = dense.shape
+    cfg = tune.mma_config(n, k, m, torch.bfloat16, torch.device("cuda"))
+    if not cfg.wgmma:
+        return None
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    args = (*cfg.wgmma_tile, cfg.split)
+
+    def call(v: torch.Tensor, mt: torch.Tensor, first: bool) -> torch.Tensor:
+        return ext.spmm24_wgmma(x, v, mt, None, *args, first)
+
+    same = torch.equal(call(values, meta, False), call(values, meta, True))
+    graph = alternating({p: (lambda f=f: call(values, meta, f)) for p, f in POLICIES.items()}, time_graph_us)
+    stream = alternating({p: [lambda v=v, mt=mt, f=f: call(v, mt, f) for _, v, mt in weights]
+                          for p, f in POLICIES.items()}, time_stream_us)  # fmt: skip
+    dense_graph = time_graph_us(lambda: F.linear(x, dense))
+    dense_stream = time_stream_us([lambda w=w: F.linear(x, w) for w, _, _ in weights])
+    return {
+        "n": n, "k": k, "m": m, "config": cfg.as_dict(), "same_bits": same, "reads_w_once": wgmma_reads_w_once(m, cfg),
+        "copies": len(weights), "dense_graph_us": dense_graph, "dense_stream_us": dense_stream,
+        **{f"{p}_graph_us": graph[p] for p in POLICIES}, **{f"{p}_stream_us": stream[p] for p in POLICIES},
+        **{f"{p}_graph_speedup": dense_graph / graph[p] for p in POLICIES},
+        **{f"{p}_stream_speedup": dense_stream / stream[p] for p in POLICIES},
+    }  # fmt: skip
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Median over the shapes, per M, of ours/dense under each policy in each column."""
+    out = {}
+    for m in sorted({r["m"] for r in rows}):
+        per = [r for r in rows if r["m"] == m]
+        out[str(m)] = {f"{p}_{c}": round(statistics.median(r[f"{p}_{c}_speedup"] for r in per), 4)
+                       for p in POLICIES for c in ("graph", "stream")}  # fmt: skip
+        out[str(m)]["shapes"] = len(per)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--tables", type=Path, nargs="*", help="tuned tables (default: the committed H100 and H200 ones)",
+                    default=[RESULTS / "crossover_h100.json", RESULTS / "h200" / "crossover_h200.json"])  # fmt: skip
+    ap.add_argument("--ms", type=int, nargs="*", default=list(MS))
+    ap.add_argument("--shapes", nargs="*", default=None, help="NxK, default: the Llama shapes")
+    args = ap.parse_args()
+    use_tables(args.tables)
+    ext = load_wgmma_extension()
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else llama_shapes()
+    rows: list[dict] = []
+    for n, k in shapes:
+        # copies of the layer whose weights span several L2 caches, as in the grid's stream column
+        weights = [random_packed(n, k, torch.bfloat16) for _ in range(stream_length(int(1.125 * n * k), _l2_bytes()))]
+        for m in args.ms:
+            row = bench_m(ext, weights, m)
+            if row is None:
+                print(f"{n}x{k} M={m}: the tuned tile is not the warpgroup kernel's, skipped", flush=True)
+                continue
+            rows.append(row)
+            us = " ".join(f"{key[:-3]} {val:.1f}" for key, val in row.items() if key.endswith("_us"))
+            print(f"{n}x{k} M={m} {row['config']}: {us} | same bits {row['same_bits']}", flush=True)
+        del weights
+        tables = [str(t) for t in args.tables]
+        write_result(args.out, "wgmma_evict", {"tables": tables, "rows": rows, "summary": summarize(rows)})
+    print(json.dumps(summarize(rows), indent=1))
+
+
+if __name__ == "__main__":
+    main()
