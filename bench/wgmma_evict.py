@@ -10,8 +10,9 @@ in the two columns of the layer grid that differ in what L2 holds before a call:
 - ``stream``: distinct copies of the layer back to back in one graph (``time_stream_us``): L2 holds the previous
   copies' clean weight lines.
 
-The two policies are timed in alternation (A B B A) and each gets the mean of its two medians; both must give the same
-bits. Writes ``wgmma_evict.json``: every time, the ratios to dense, and the medians over the shapes per M.
+The policies (the default; evict-first; evict-first without L2's 256-byte promotion of W's copies; no promotion) are
+timed in alternation (A B C D D C B A), each gets the mean of its two medians; all must give the same bits. Writes
+``wgmma_evict.json``: every time, the ratios to dense, and the medians over the shapes per M.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ from sparse_llm.backends.sparse_mma import wgmma_reads_w_once  # noqa: E402
 from sparse_llm.benchmark import _l2_bytes, stream_length, time_graph_us, time_stream_us  # noqa: E402
 
 MS = (1, 16, 64, 128, 256, 512, 1024)
-POLICIES = {"normal": False, "evict_first": True}
+# name: (evict-first policy on W's copies, L2's 256-byte promotion of W's copies)
+POLICIES = {"normal": (False, True), "evict_first": (True, True), "evict_first_nopromo": (True, False),
+            "nopromo": (False, False)}  # fmt: skip
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -56,10 +59,9 @@ def use_tables(tables: list[Path]) -> None:
 
 
 def alternating(fns: dict, measure) -> dict[str, float]:
-    """``measure`` of each of two entries in the order A B B A; each gets the mean of its two times."""
-    a, b = fns
-    times = {a: [], b: []}
-    for name in (a, b, b, a):
+    """``measure`` of each entry in the order A B ... B A; each gets the mean of its two times."""
+    times = {name: [] for name in fns}
+    for name in [*fns, *reversed(fns)]:
         times[name].append(measure(fns[name]))
     return {name: sum(t) / len(t) for name, t in times.items()}
 
@@ -74,10 +76,11 @@ def bench_m(ext, weights: list, m: int) -> dict | None:
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     args = (*cfg.wgmma_tile, cfg.split)
 
-    def call(v: torch.Tensor, mt: torch.Tensor, first: bool) -> torch.Tensor:
-        return ext.spmm24_wgmma(x, v, mt, None, *args, first)
+    def call(v: torch.Tensor, mt: torch.Tensor, policy: tuple[bool, bool]) -> torch.Tensor:
+        return ext.spmm24_wgmma(x, v, mt, None, *args, *policy)
 
-    same = torch.equal(call(values, meta, False), call(values, meta, True))
+    outs = [call(values, meta, policy) for policy in POLICIES.values()]
+    same = all(torch.equal(outs[0], out) for out in outs[1:])
     graph = alternating({p: (lambda f=f: call(values, meta, f)) for p, f in POLICIES.items()}, time_graph_us)
     stream = alternating({p: [lambda v=v, mt=mt, f=f: call(v, mt, f) for _, v, mt in weights]
                           for p, f in POLICIES.items()}, time_stream_us)  # fmt: skip

@@ -27,6 +27,8 @@
 // L2 policy of W (`w_evict_first`): W's copies can carry the evict-first hint, so that a weight read once per call
 // replaces its own lines in L2 before anything else's (x, the previous kernels' outputs, still-dirty lines that would
 // otherwise have to be written back first). x is always copied with the default policy: every row tile reads it.
+// `w_promote` (default on) lets L2 fetch W in whole 256-byte lines: the other half of a row's line is the next
+// chunk's, unless an evict-first line is pushed out before that chunk asks for it.
 //
 // Split-K (grid.z > 1): each block writes its fp32 partial tile to a workspace and counts itself in on the tile's
 // counter; the last block of a tile adds the partials in split order (the same bits on every run), adds the bias and
@@ -395,9 +397,9 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
 }
 
 // A 2-D tensor map of a row-major (rows, cols) tensor with row stride `stride` elements, boxes of (box_cols,
-// box_rows); out-of-bounds elements of a box arrive as zeros.
+// box_rows); out-of-bounds elements of a box arrive as zeros. `promote`: L2 fetches whole 256-byte lines.
 CUtensorMap tensor_map(const torch::Tensor& t, CUtensorMapDataType type, int elem_bytes, int box_cols, int box_rows,
-                       CUtensorMapSwizzle swizzle) {
+                       CUtensorMapSwizzle swizzle, bool promote = true) {
   CUtensorMap map;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(t.size(1)), static_cast<cuuint64_t>(t.size(0))};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(t.stride(0)) * elem_bytes};
@@ -405,7 +407,8 @@ CUtensorMap tensor_map(const torch::Tensor& t, CUtensorMapDataType type, int ele
   const cuuint32_t elem_strides[2] = {1, 1};
   const CUresult status =
       encode_fn()(&map, type, 2, t.data_ptr(), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                  swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+                  swizzle, promote ? CU_TENSOR_MAP_L2_PROMOTION_L2_256B : CU_TENSOR_MAP_L2_PROMOTION_NONE,
+                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   TORCH_CHECK(status == CUDA_SUCCESS, "spmm24_wgmma: cuTensorMapEncodeTiled failed (", static_cast<int>(status),
               ") for a tensor of shape ", t.sizes(), " and strides ", t.strides());
   return map;
@@ -414,7 +417,7 @@ CUtensorMap tensor_map(const torch::Tensor& t, CUtensorMapDataType type, int ele
 template <typename T, int TOKENS, int CWG, int CT, int CR>
 void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
             const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int split,
-            int w_evict_first, cudaStream_t stream) {
+            int w_evict_first, bool w_promote, cudaStream_t stream) {
   using L = WgLayout<TOKENS, CWG>;
   const int M = x.size(0), K = x.size(1), N = values.size(0);
   const int num_chunks = K / kChunk;
@@ -435,9 +438,9 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
       std::is_same_v<T, __nv_bfloat16> ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
   // (with CT = 2 each block copies half of the tile's rows of W)
   const CUtensorMap map_values =
-      tensor_map(values, type, 2, kRowBytes / 2, L::kRows / CT, CU_TENSOR_MAP_SWIZZLE_128B);
+      tensor_map(values, type, 2, kRowBytes / 2, L::kRows / CT, CU_TENSOR_MAP_SWIZZLE_128B, w_promote);
   const CUtensorMap map_meta = tensor_map(meta, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, kMetaRowBytes / 2,
-                                          L::kRows / CT, CU_TENSOR_MAP_SWIZZLE_NONE);
+                                          L::kRows / CT, CU_TENSOR_MAP_SWIZZLE_NONE, w_promote);
   const int x_rows = std::min(M, TOKENS);  // boxes of x never reach past its last row (see the kernel)
   const CUtensorMap map_x = tensor_map(x, type, 2, kXBoxColumns, x_rows, CU_TENSOR_MAP_SWIZZLE_128B);
   float* partial = nullptr;
@@ -487,11 +490,12 @@ int stages_of(int tokens, int warpgroups) {
 template <typename T>
 void dispatch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
               const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int tokens,
-              int warpgroups, int cluster_tokens, int cluster_rows, int split, int w_evict_first, cudaStream_t stream) {
-#define SPARSE_LLM_WGMMA_CASE(T_, W_, CT_, CR_)                                         \
-  if (tokens == T_ && warpgroups == W_ && cluster_tokens == CT_ && cluster_rows == CR_) { \
-    launch<T, T_, W_, CT_, CR_>(x, values, meta, bias, y, workspace, split, w_evict_first, stream); \
-    return;                                                                             \
+              int warpgroups, int cluster_tokens, int cluster_rows, int split, int w_evict_first, bool w_promote,
+              cudaStream_t stream) {
+#define SPARSE_LLM_WGMMA_CASE(T_, W_, CT_, CR_)                                                                \
+  if (tokens == T_ && warpgroups == W_ && cluster_tokens == CT_ && cluster_rows == CR_) {                        \
+    launch<T, T_, W_, CT_, CR_>(x, values, meta, bias, y, workspace, split, w_evict_first, w_promote, stream); \
+    return;                                                                                                    \
   }
   SPARSE_LLM_WGMMA_TILES(SPARSE_LLM_WGMMA_CASE)
 #undef SPARSE_LLM_WGMMA_CASE
@@ -505,10 +509,12 @@ bool aligned16(const torch::Tensor& t) {
 
 // y (M, N) = x (M, K) @ W.T + bias with tiles of `tokens` tokens x 64 * `warpgroups` rows of W, clusters of
 // `cluster_tokens` token tiles (sharing their copies of W) x `cluster_rows` row tiles (sharing x), each 1 or 2; split
-// > 1 splits K; `w_evict_first` gives W's copies the evict-first L2 policy (the result is the same bits).
+// > 1 splits K; `w_evict_first` gives W's copies the evict-first L2 policy, `w_promote` = false copies W without
+// L2's 256-byte promotion (neither changes a bit of the result).
 torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
                            const c10::optional<torch::Tensor>& bias, int64_t tokens, int64_t warpgroups,
-                           int64_t cluster_tokens, int64_t cluster_rows, int64_t split, bool w_evict_first) {
+                           int64_t cluster_tokens, int64_t cluster_rows, int64_t split, bool w_evict_first,
+                           bool w_promote) {
   check_operands("spmm24_wgmma", x, values, meta, bias);
   const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
   TORCH_CHECK(K % kChunk == 0, "spmm24_wgmma: K must be a multiple of ", kChunk, ", got ", K);
@@ -532,11 +538,12 @@ torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, 
   if (x.scalar_type() == at::kBFloat16) {
     dispatch<__nv_bfloat16>(x, values, meta, bias, y, workspace, static_cast<int>(tokens),
                             static_cast<int>(warpgroups), static_cast<int>(cluster_tokens),
-                            static_cast<int>(cluster_rows), static_cast<int>(split), w_evict_first, stream);
+                            static_cast<int>(cluster_rows), static_cast<int>(split), w_evict_first, w_promote,
+                            stream);
   } else {
     dispatch<__half>(x, values, meta, bias, y, workspace, static_cast<int>(tokens), static_cast<int>(warpgroups),
                      static_cast<int>(cluster_tokens), static_cast<int>(cluster_rows), static_cast<int>(split),
-                     w_evict_first, stream);
+                     w_evict_first, w_promote, stream);
   }
   return y;
 }
@@ -549,6 +556,7 @@ int64_t wgmma_stages(int64_t tokens, int64_t warpgroups) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm24_wgmma", &spmm24_wgmma, "y = x @ W.T (+ bias) for a canonical 2:4 W on Hopper's wgmma.sp",
         py::arg("x"), py::arg("values"), py::arg("meta"), py::arg("bias"), py::arg("tokens"), py::arg("warpgroups"),
-        py::arg("cluster_tokens"), py::arg("cluster_rows"), py::arg("split"), py::arg("w_evict_first") = false);
+        py::arg("cluster_tokens"), py::arg("cluster_rows"), py::arg("split"), py::arg("w_evict_first") = false,
+        py::arg("w_promote") = true);
   m.def("stages", &wgmma_stages, "shared-memory stages of a tile", py::arg("tokens"), py::arg("warpgroups"));
 }

@@ -322,8 +322,8 @@ def test_wgmma_every_tile_and_split(dtype):
 
 
 def test_wgmma_l2_policy_of_w_changes_no_bit():
-    """W's copies with the evict-first L2 policy or the default one: the same bits, for every tile (clusters that
-    multicast W included), split 1 and 3."""
+    """W's copies with the evict-first L2 policy or the default one, with and without L2's 256-byte promotion: the
+    same bits, for every tile (clusters that multicast W included), split 1 and 3."""
     sparse_mma = _wgmma_or_skip()
     from sparse_llm.backends._build import load_wgmma_extension
 
@@ -333,10 +333,10 @@ def test_wgmma_l2_policy_of_w_changes_no_bit():
         x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
         for tile in sorted(sparse_mma.WGMMA_TILES):
             for split in (1, 3):
-                outs = [ext.spmm24_wgmma(x, layer.values, layer.meta, layer.bias, *tile, split, first)
-                        for first in (False, True)]  # fmt: skip
-                assert torch.equal(outs[0], outs[1]), (m, tile, split)
-                assert _rel_err(outs[1], _ref(x, dense, bias)) < 1e-2, (m, tile, split)
+                outs = [ext.spmm24_wgmma(x, layer.values, layer.meta, layer.bias, *tile, split, first, promote)
+                        for first in (False, True) for promote in (True, False)]  # fmt: skip
+                assert all(torch.equal(outs[0], out) for out in outs[1:]), (m, tile, split)
+                assert _rel_err(outs[0], _ref(x, dense, bias)) < 1e-2, (m, tile, split)
 
 
 def test_wgmma_takes_misaligned_and_strided_x():
