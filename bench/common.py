@@ -8,13 +8,18 @@ import io
 import json
 import os
 import pstats
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from sparse_llm import Sparse24Weight
+from sparse_llm import Sparse24Weight, tune
 from sparse_llm.benchmark import LLAMA_SHAPES, _random_24, environment
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# The tuning tables measured by ``sparse-llm tune`` on the H100 and on the H200 (the grids' backend choices).
+COMMITTED_TABLES = [RESULTS / "crossover_h100.json", RESULTS / "h200" / "crossover_h200.json"]
 
 
 def llama_shapes() -> list[tuple[int, int]]:
@@ -66,3 +71,17 @@ def copy_bandwidth(nbytes: int = 1 << 30) -> float:
     dst = torch.empty_like(src)
     ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
     return 2 * src.numel() / (ms * 1e-3)
+
+
+def use_tables(tables: list[Path]) -> None:
+    """Point the package's tuned table at the entries of ``tables`` (as ``sparse-llm tune`` returns them or as its
+    cache file holds them; keyed by GPU name, so each GPU finds its own), written to a fresh cache dir: the user's
+    own table stays untouched."""
+    table = {}
+    for path in tables:
+        data = json.loads(path.read_text())
+        for e in data.values() if isinstance(data, dict) else data:
+            table[tune.entry_key(e["gpu"], e["n"], e["k"], getattr(torch, e["dtype"]))] = e
+    cache = Path(tempfile.mkdtemp(prefix="sparse-llm-tables-"))
+    (cache / tune.CACHE_FILE).write_text(json.dumps(table))
+    os.environ["SPARSE_LLM_CACHE"] = str(cache)

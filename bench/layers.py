@@ -3,6 +3,7 @@
     python bench/layers.py --out bench/results/            # full grid (3 models, 19 M values)
     python bench/layers.py --quick --out /tmp/             # 3 shapes, 7 M values
     python bench/layers.py --tune --out bench/results/     # measure the crossover first (sparse-llm tune)
+    python bench/layers.py --tables --out DIR              # the committed tuning tables, not the user's cache
 
 Writes ``layers[_quick].json`` (rows + ceilings + versions + git sha) into ``--out``; the logic lives in
 ``sparse_llm.benchmark`` (shared with ``sparse-llm bench layers``). Plot it with ``bench/plot_layers.py``.
@@ -12,11 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
 
-from sparse_llm import benchmark, tune
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import COMMITTED_TABLES, use_tables  # noqa: E402
+
+from sparse_llm import benchmark, tune  # noqa: E402
 
 
 def main() -> None:
@@ -24,12 +29,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="output folder")
     parser.add_argument("--quick", action="store_true", help="3 shapes and 7 M values")
     parser.add_argument("--tune", action="store_true", help="measure the Triton/cuSPARSELt crossover first")
+    parser.add_argument("--tables", type=Path, nargs="*", default=None,
+                        help="backend choices from these tuning tables (none named: the committed H100 and H200 ones) "
+                        "instead of the user's cache")  # fmt: skip
     parser.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph replay column")
     parser.add_argument("--no-streams", action="store_true", help="skip the stream column (layer copies back to back)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     shapes = benchmark.QUICK_SHAPES if args.quick else benchmark.LLAMA_SHAPES
+    if args.tables is not None:
+        use_tables(args.tables or COMMITTED_TABLES)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.tune:
         distinct = sorted({(n, k) for layers in shapes.values() for _, n, k in layers})

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -30,32 +28,17 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import llama_shapes, random_packed, write_result  # noqa: E402
+from common import COMMITTED_TABLES, llama_shapes, random_packed, use_tables, write_result  # noqa: E402
 
 from sparse_llm import tune  # noqa: E402
 from sparse_llm.backends._build import load_wgmma_extension  # noqa: E402
-from sparse_llm.backends.sparse_mma import wgmma_reads_w_once  # noqa: E402
+from sparse_llm.backends.sparse_mma import wgmma_w_policy  # noqa: E402
 from sparse_llm.benchmark import _l2_bytes, stream_length, time_graph_us, time_stream_us  # noqa: E402
 
 MS = (1, 16, 64, 128, 256, 512, 1024)
 # name: (evict-first policy on W's copies, L2's 256-byte promotion of W's copies)
 POLICIES = {"normal": (False, True), "evict_first": (True, True), "evict_first_nopromo": (True, False),
             "nopromo": (False, False)}  # fmt: skip
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def use_tables(tables: list[Path]) -> None:
-    """Point the package's tuned table at the entries of ``tables`` (as ``sparse-llm tune`` returns them or as its
-    cache file holds them; keyed by GPU name, so each GPU finds its own), written to a fresh cache dir: the user's
-    own table stays untouched."""
-    table = {}
-    for path in tables:
-        data = json.loads(path.read_text())
-        for e in data.values() if isinstance(data, dict) else data:
-            table[tune.entry_key(e["gpu"], e["n"], e["k"], getattr(torch, e["dtype"]))] = e
-    cache = Path(tempfile.mkdtemp(prefix="sparse-llm-evict-"))
-    (cache / tune.CACHE_FILE).write_text(json.dumps(table))
-    os.environ["SPARSE_LLM_CACHE"] = str(cache)
 
 
 def alternating(fns: dict, measure) -> dict[str, float]:
@@ -87,7 +70,8 @@ def bench_m(ext, weights: list, m: int) -> dict | None:
     dense_graph = time_graph_us(lambda: F.linear(x, dense))
     dense_stream = time_stream_us([lambda w=w: F.linear(x, w) for w, _, _ in weights])
     return {
-        "n": n, "k": k, "m": m, "config": cfg.as_dict(), "same_bits": same, "reads_w_once": wgmma_reads_w_once(m, cfg),
+        "n": n, "k": k, "m": m, "config": cfg.as_dict(), "same_bits": same,
+        "auto_policy": wgmma_w_policy(m, values.nbytes + meta.nbytes, _l2_bytes()),
         "copies": len(weights), "dense_graph_us": dense_graph, "dense_stream_us": dense_stream,
         **{f"{p}_graph_us": graph[p] for p in POLICIES}, **{f"{p}_stream_us": stream[p] for p in POLICIES},
         **{f"{p}_graph_speedup": dense_graph / graph[p] for p in POLICIES},
@@ -109,8 +93,8 @@ def summarize(rows: list[dict]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--tables", type=Path, nargs="*", help="tuned tables (default: the committed H100 and H200 ones)",
-                    default=[RESULTS / "crossover_h100.json", RESULTS / "h200" / "crossover_h200.json"])  # fmt: skip
+    ap.add_argument("--tables", type=Path, nargs="*", default=COMMITTED_TABLES,
+                    help="tuned tables (default: the committed H100 and H200 ones)")  # fmt: skip
     ap.add_argument("--ms", type=int, nargs="*", default=list(MS))
     ap.add_argument("--shapes", nargs="*", default=None, help="NxK, default: the Llama shapes")
     args = ap.parse_args()

@@ -152,12 +152,25 @@ def wgmma_default_config(m: int, n: int, k: int, device: torch.device) -> MmaCon
     return wgmma_config(tokens, warpgroups, wgmma_split(m, n, k, tokens, warpgroups, device))
 
 
-def wgmma_reads_w_once(m: int, config: MmaConfig) -> bool:
-    """Whether a call of the warpgroup kernel copies each row of W from memory once: all of M's tokens in one
-    token tile, or in one cluster of token tiles that share their copies of W. Such a call gives W's copies the
-    evict-first L2 policy (its lines are not read again in the call; they make room before x, the outputs of the
-    kernels before and their dirty lines do)."""
-    return triton.cdiv(m, config.tokens) <= config.wgmma_cluster[0]
+# The warpgroup kernel streams W with the evict-first L2 policy and without L2's 256-byte promotion up to this M,
+# where W (values + metadata) is no larger than L2. H200, median of 6 Llama shapes, ours/dense at M = 1: 1.49x ->
+# 1.57x after do_bench's memset, 1.53x -> 1.59x in a stream of layer copies; 8192x8192 at M = 256: 44.8 -> 41.1 us.
+# On weights of 264 MB (28672x8192, 8192x28672) it cost 3-18% after the memset (bench/results/h200/wgmma_evict_v2.json,
+# bench/NOTES.md, fifteenth round); from M = 512 on it changed nothing outside +-2% (wgmma_evict_v1.json).
+W_EVICT_FIRST_MAX_M = 256
+
+
+def wgmma_w_policy(m: int, w_bytes: int, l2_bytes: int) -> tuple[bool, bool]:
+    """(evict-first, 256-byte promotion) for the L2 copies of a W of ``w_bytes`` (values + metadata) in a call of
+    ``m`` tokens: evict-first without promotion while M <= :data:`W_EVICT_FIRST_MAX_M` and W fits in L2 (its lines
+    then make room before x's and the other kernels' do), else L2's defaults. The result is the same bits either way."""
+    first = m <= W_EVICT_FIRST_MAX_M and w_bytes <= l2_bytes
+    return first, not first
+
+
+@functools.lru_cache(maxsize=8)
+def _l2_bytes(index: int) -> int:
+    return torch.cuda.get_device_properties(index).L2_cache_size
 
 
 def wgmma_fits(n: int, k: int, config: MmaConfig) -> bool:
@@ -241,8 +254,8 @@ def _launch(x, values, meta, bias, config: MmaConfig) -> torch.Tensor:
     if x.stride(-1) != 1 or x.stride(0) % (align // 2) or x.data_ptr() % align:
         x = torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
     if config.wgmma:
-        return load_wgmma_extension().spmm24_wgmma(x, values, meta, bias, *config.wgmma_tile, config.split,
-                                                   wgmma_reads_w_once(x.shape[0], config))  # fmt: skip
+        policy = wgmma_w_policy(x.shape[0], values.nbytes + meta.nbytes, _l2_bytes(_index(x.device)))
+        return load_wgmma_extension().spmm24_wgmma(x, values, meta, bias, *config.wgmma_tile, config.split, *policy)
     return load_mma_extension().spmm24_mma(x, values, meta, bias, config.rows, config.tokens, config.split,
                                            config.stages, config.warps, config.cluster)  # fmt: skip
 

@@ -139,11 +139,11 @@ def test_wgmma_cluster_round_trips_through_the_tuned_table():
 
 
 @pytest.mark.parametrize(
-    "m, tokens, cluster, once",
-    [(1, 8, (1, 1), True), (8, 8, (1, 1), True), (9, 8, (1, 1), False), (100, 128, (1, 1), True),
-     (129, 128, (1, 1), False), (200, 128, (2, 1), True), (257, 128, (2, 1), False), (300, 128, (1, 2), False)],
+    "m, w_mb, policy",
+    [(1, 10, (True, False)), (256, 50, (True, False)), (257, 10, (False, True)), (1, 51, (False, True)),
+     (64, 264, (False, True))],
 )  # fmt: skip
-def test_wgmma_reads_w_once_when_one_token_tile_or_cluster_holds_m(m, tokens, cluster, once):
-    """W's copies get the evict-first L2 policy exactly when a call reads each row of W once."""
-    warpgroups = 4 if cluster != (1, 1) else 1
-    assert sparse_mma.wgmma_reads_w_once(m, sparse_mma.wgmma_config(tokens, warpgroups, 1, cluster)) is once
+def test_wgmma_streams_w_evict_first_at_small_m_when_it_fits_in_l2(m, w_mb, policy):
+    """Evict-first without promotion for W's copies up to M = 256 and a W no larger than L2 (50 MB here), else the
+    defaults."""
+    assert sparse_mma.wgmma_w_policy(m, w_mb << 20, 50 << 20) == policy
