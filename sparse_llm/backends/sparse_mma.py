@@ -153,18 +153,21 @@ def wgmma_default_config(m: int, n: int, k: int, device: torch.device) -> MmaCon
 
 
 # The warpgroup kernel streams W with the evict-first L2 policy and without L2's 256-byte promotion up to this M,
-# where W (values + metadata) is no larger than L2. H200, median of 6 Llama shapes, ours/dense at M = 1: 1.49x ->
-# 1.57x after do_bench's memset, 1.53x -> 1.59x in a stream of layer copies; 8192x8192 at M = 256: 44.8 -> 41.1 us.
-# On weights of 264 MB (28672x8192, 8192x28672) it cost 3-18% after the memset (bench/results/h200/wgmma_evict_v2.json,
-# bench/NOTES.md, fifteenth round); from M = 512 on it changed nothing outside +-2% (wgmma_evict_v1.json).
+# where W (values + metadata) is at most W_EVICT_FIRST_MAX_L2 L2 caches. Median of the 10 Llama shapes, ours/dense at
+# M = 1 after do_bench's memset: H100 1.50x -> 1.62x, H200 1.49x -> 1.57x; in a stream of layer copies H100 1.58x ->
+# 1.64x, H200 1.52x -> 1.60x. It gained on weights up to 75 MB (1.5 L2 caches; 4096x14336 at M = 1 on the H100:
+# 39.3 -> 33.5 us) and cost 3-18% after the memset on the 264 MB ones (28672x8192, 8192x28672); from M = 512 on it
+# changed nothing outside +-2% (bench/results/wgmma_evict_h100_890d36a.json, h200/wgmma_evict_*.json, NOTES.md).
 W_EVICT_FIRST_MAX_M = 256
+W_EVICT_FIRST_MAX_L2 = 2
 
 
 def wgmma_w_policy(m: int, w_bytes: int, l2_bytes: int) -> tuple[bool, bool]:
     """(evict-first, 256-byte promotion) for the L2 copies of a W of ``w_bytes`` (values + metadata) in a call of
-    ``m`` tokens: evict-first without promotion while M <= :data:`W_EVICT_FIRST_MAX_M` and W fits in L2 (its lines
-    then make room before x's and the other kernels' do), else L2's defaults. The result is the same bits either way."""
-    first = m <= W_EVICT_FIRST_MAX_M and w_bytes <= l2_bytes
+    ``m`` tokens: evict-first without promotion while M <= :data:`W_EVICT_FIRST_MAX_M` and W is at most
+    :data:`W_EVICT_FIRST_MAX_L2` times ``l2_bytes`` (its lines then make room before x's and the other kernels' do),
+    else L2's defaults. The result is the same bits either way."""
+    first = m <= W_EVICT_FIRST_MAX_M and w_bytes <= W_EVICT_FIRST_MAX_L2 * l2_bytes
     return first, not first
 
 
