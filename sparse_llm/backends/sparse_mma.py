@@ -158,6 +158,7 @@ def wgmma_default_config(m: int, n: int, k: int, device: torch.device) -> MmaCon
 # 1.64x, H200 1.52x -> 1.60x. It gained on weights up to 75 MB (1.5 L2 caches; 4096x14336 at M = 1 on the H100:
 # 39.3 -> 33.5 us) and cost 3-18% after the memset on the 264 MB ones (28672x8192, 8192x28672); from M = 512 on it
 # changed nothing outside +-2% (bench/results/wgmma_evict_h100_890d36a.json, h200/wgmma_evict_*.json, NOTES.md).
+# After the memset most of the gain at decode is the memset's dirty lines no longer evicted by W's reads.
 W_EVICT_FIRST_MAX_M = 256
 W_EVICT_FIRST_MAX_L2 = 2
 

@@ -143,7 +143,7 @@ def test_wgmma_cluster_round_trips_through_the_tuned_table():
     [(1, 10, (True, False)), (256, 100, (True, False)), (257, 10, (False, True)), (1, 101, (False, True)),
      (64, 264, (False, True))],
 )  # fmt: skip
-def test_wgmma_streams_w_evict_first_at_small_m_when_it_fits_in_l2(m, w_mb, policy):
+def test_wgmma_streams_w_evict_first_up_to_m_256_and_two_l2_caches_of_weight(m, w_mb, policy):
     """Evict-first without promotion for W's copies up to M = 256 and a W of at most 2 L2 caches (of 50 MB here),
     else the defaults."""
     assert sparse_mma.wgmma_w_policy(m, w_mb << 20, 50 << 20) == policy
