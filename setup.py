@@ -8,8 +8,9 @@ When torch with CUDA and the CUDA toolkit (nvcc) are importable at build time (`
 kernel), ``sparse_llm._wgmma`` (the warpgroup sparse MMA kernel, sm_90a) and, where the ``nvidia-cusparselt`` wheel
 is installed, ``sparse_llm._cusparselt``. Otherwise, or if a
 build fails, it is skipped and the package builds it lazily on first GPU use (``sparse_llm/backends/_build.py``).
-``SPARSE_LLM_BUILD_EXTENSIONS=0`` skips the build too: an install in seconds, the extensions built on first use (or
-found where an earlier build of the same sources left them, e.g. ``sparse_llm/_wgmma*.so`` of an editable install).
+``SPARSE_LLM_BUILD_EXTENSIONS=0`` skips the build too: an install in seconds, the extensions built on first use, or
+taken from ``sparse_llm/_*.so`` where an earlier editable install left them (nothing checks that those were built
+from the present ``csrc/``: use it only where they were).
 """
 
 import glob
