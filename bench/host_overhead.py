@@ -1,8 +1,8 @@
 """Host time of one eager call: what a model that runs its layers without CUDA graphs pays per linear on the CPU.
 
-For each M, dense ``F.linear`` and SparseLinear (auto, and each GPU backend forced) are called back to back without
-synchronizing, and the wall time per call is the time the host needs to enqueue it (the GPU queue never fills: a
-few hundred calls). Median of 7 batches of 200 calls. With ``--profile``, cProfile's top functions of the auto path
+For each M, dense ``F.linear`` and SparseLinear (auto with and without its plans, and each GPU backend forced) are
+called back to back without synchronizing, and the wall time per call is the time the host needs to enqueue it (the
+GPU queue never fills: a few hundred calls). Median of 7 batches of 200 calls. With ``--profile``, cProfile's top functions of the auto path
 at each M are written beside the JSON (``host_profile_M<m>.txt``).
 
     python bench/host_overhead.py --out DIR [--profile]
@@ -38,17 +38,29 @@ def host_us(fn, calls: int = 200, batches: int = 7) -> float:
 
 
 def measure(layer: SparseLinear, dense: torch.Tensor, bias: torch.Tensor, m: int) -> dict:
-    """Host microseconds per call at ``m`` tokens: dense, ours (auto), and each GPU backend forced."""
+    """Host microseconds per call at ``m`` tokens: dense, ours (auto: with the layer's plans, without them, and on a
+    3-D (1, m, K) input as a Hugging Face model calls it), and each GPU backend forced on the layer."""
     x = torch.randn(m, dense.shape[1], device="cuda", dtype=dense.dtype)
+    x3 = x.unsqueeze(0)
     row = {"m": m, "auto_backend": backends.select(layer, x).name}
     row["dense_us"] = host_us(lambda: F.linear(x, dense, bias))
+    row["dense_3d_us"] = host_us(lambda: F.linear(x3, dense, bias))
     row["ours_auto_us"] = host_us(lambda: layer(x))
+    row["ours_auto_3d_us"] = host_us(lambda: layer(x3))
+    backends.USE_PLANS = False
+    try:
+        row["ours_auto_noplans_us"] = host_us(lambda: layer(x))
+    finally:
+        backends.USE_PLANS = True
     for name in ("sparse_mma", "triton_small", "cusparselt"):
+        layer.backend = name
         try:
-            row[f"ours_{name}_us"] = host_us(lambda name=name: backends.linear(layer, x, backend=name))
+            row[f"ours_{name}_us"] = host_us(lambda: layer(x))
         except RuntimeError as err:  # forced where it cannot run: say why
             row[f"ours_{name}_us"] = None
             row[f"ours_{name}_note"] = str(err)[:200]
+        finally:
+            layer.backend = None
     return row
 
 

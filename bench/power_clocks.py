@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
-import threading
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -121,17 +121,16 @@ def main() -> None:
                 flops = 2 * m * n * k
                 for provider in ("dense", "cusparselt", "sparse_mma", "dense"):
                     if provider == "dense":
-                        fn = lambda: F.linear(x, dense)  # noqa: E731
+                        fn = lambda x=x, w=dense: F.linear(x, w)  # noqa: E731
                     else:
                         layer.backend = provider
-                        fn = lambda: layer(x)  # noqa: E731
+                        fn = lambda x=x, layer=layer: layer(x)  # noqa: E731
                     r = sustained(fn, args.seconds, sampler)
                     r.update(n=n, k=k, m=m, provider=provider, tflops=flops / r["us_per_call"] / 1e6)
                     rows.append(r)
                     print(f"{n}x{k} M={m} {provider:>10}: {r['us_per_call']:9.1f} us {r['tflops']:7.1f} TFLOP/s "
                           f"{r.get('sm_mhz', 0):6.0f} MHz {r.get('power_w', 0):6.1f} W "
                           f"{r.get('event_reasons', {})}", flush=True)  # fmt: skip
-            del dense, values, meta, layer
             torch.cuda.empty_cache()
     finally:
         sampler.stop()

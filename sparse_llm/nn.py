@@ -9,6 +9,11 @@ from sparse_llm import backends
 from sparse_llm.format import Sparse24Weight
 
 
+def _forget_plans(module: nn.Module, *args) -> None:
+    """load_state_dict pre-hook (a module-level function: the layer stays picklable and deep-copyable)."""
+    backends.forget_plans(module)
+
+
 class SparseLinear(nn.Module):
     """``y = x @ W.T + b`` with ``W`` stored as 2:4 ``values`` (N, K/2) and int16 ``meta`` (N, K/16) buffers.
 
@@ -39,6 +44,7 @@ class SparseLinear(nn.Module):
         self.register_buffer("meta", torch.zeros(out_features, in_features // 16, device=device, dtype=torch.int16))
         self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype), False) if bias else None
         self.backend = backend
+        self._register_load_state_dict_pre_hook(_forget_plans, with_module=True)
 
     @classmethod
     def from_weight(cls, weight: Sparse24Weight, bias: torch.Tensor | None = None) -> SparseLinear:
@@ -82,8 +88,11 @@ class SparseLinear(nn.Module):
     def to_linear(self) -> nn.Linear:
         """A dense ``nn.Linear`` with the same (masked) weight and bias, on the same device and dtype."""
         linear = nn.Linear(
-            self.in_features, self.out_features, bias=self.bias is not None,
-            device=self.values.device, dtype=self.values.dtype,
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=self.values.device,
+            dtype=self.values.dtype,
         )
         with torch.no_grad():
             linear.weight.copy_(self.dense_weight())
@@ -91,7 +100,23 @@ class SparseLinear(nn.Module):
                 linear.bias.copy_(self.bias)
         return linear
 
+    def __getstate__(self) -> dict:
+        # the dispatcher's plans are closures (not picklable) over this layer's tensors: a copy binds its own
+        state = self.__dict__.copy()
+        state.pop(backends.PLANS_ATTR, None)
+        return state
+
+    def _apply(self, fn, recurse=True):
+        # .to() / .half() / .cpu() make new tensors: the plans must not keep the old ones alive
+        backends.forget_plans(self)
+        return super()._apply(fn, recurse)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # A plan of an earlier call like this one (same shape, dtype and device, so the checks below passed for it,
+        # and the same tensors in the layer) runs directly: the eager host time of a call at decode.
+        out = backends.run_plan(self, x)
+        if out is not None:
+            return out
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input's last dim {x.shape[-1]} != in_features {self.in_features}")
         values = self.values  # one attribute lookup (nn.Module's buffer lookup is host time on every call)

@@ -5,6 +5,13 @@ For each call the first entry whose ``applies(module, x2d)`` is true runs. The e
 name; :func:`select` tells which entry a call would take. The reference entry is last and always applies: it
 unpacks the weight and runs a dense matmul, so every device works (slowly).
 
+Plans: a GPU entry can also ``bind`` a call, i.e. return the product as a function of ``x`` alone with its kernel,
+configuration and the module's tensors resolved. :func:`linear` keeps that plan on the module per (input shape,
+dtype, device, forced name), and :func:`run_plan` runs it directly at the next such call while the module still
+holds the same ``values``, ``meta``, ``bias`` and cuSPARSELt state: an eager call then costs a dictionary lookup,
+four identity checks and the extension's launch (bench/NOTES.md, sixteenth round). ``SPARSE_LLM_PLANS=0`` turns
+plans off; compiled code never takes one.
+
 Backend modules are imported lazily inside the entries: importing the package never builds or loads an extension.
 """
 
@@ -20,6 +27,9 @@ import torch.nn.functional as F
 from sparse_llm.format import unpack_2to4_reference
 
 ENV_VAR = "SPARSE_LLM_BACKEND"
+PLANS_ENV_VAR = "SPARSE_LLM_PLANS"
+MAX_PLANS = 64  # per module: a new input shape past this many drops the old plans (prefill lengths vary)
+USE_PLANS = os.environ.get(PLANS_ENV_VAR, "1") != "0"  # read once: tests and benchmarks set the attribute
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,9 @@ class Backend:
     supports: Callable[[torch.nn.Module, torch.Tensor], bool] | None = None
     # Why the backend cannot run a call (for the error when it is forced anyway).
     why_not: Callable[[torch.nn.Module, torch.Tensor], str] | None = None
+    # The call bound to x alone (see the module's docstring), after any preparation ``run`` would do; None: such
+    # calls always go through ``run``.
+    bind: Callable[[torch.nn.Module, torch.Tensor], Callable[[torch.Tensor], torch.Tensor] | None] | None = None
 
 
 def _reference_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -156,21 +169,40 @@ def _mma_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return sparse_mma.run_checked(x, module.values, module.meta, None if bias is None else bias.detach(), config)
 
 
+def _mma_bind(module: torch.nn.Module, x: torch.Tensor):
+    from sparse_llm.backends import sparse_mma
+
+    config = _prepared_config(module, x, "_sparse_llm_mma_config", _checked_mma_config)
+    bias = module.bias
+    return sparse_mma.bound(module.values, module.meta, None if bias is None else bias.detach(), config, x.shape[0])
+
+
 def _cusparselt_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     from sparse_llm.backends import cusparselt
 
     return cusparselt.run(module, x)
 
 
-def _gpu_backend(name: str, run, supports, why_not) -> Backend:
+def _cusparselt_bind(module: torch.nn.Module, x: torch.Tensor):
+    from sparse_llm.backends import cusparselt
+
+    state = cusparselt.ensure_prepared(module)
+    bias = module.bias
+    if bias is not None and bias.dtype != x.dtype:
+        return None  # ``run`` raises the error
+    return cusparselt.bound(state, None if bias is None else bias.detach())
+
+
+def _gpu_backend(name: str, run, supports, why_not, bind=None) -> Backend:
     """A GPU backend that applies when the per-M choice (tuned or default) names it."""
     return Backend(name, applies=lambda module, x: _gpu_choice(module, x) == name, run=run, supports=supports,
-                   why_not=why_not)  # fmt: skip
+                   why_not=why_not, bind=bind)  # fmt: skip
 
 
-SPARSE_MMA = _gpu_backend("sparse_mma", _mma_run, _mma_supports, _mma_why_not)
+SPARSE_MMA = _gpu_backend("sparse_mma", _mma_run, _mma_supports, _mma_why_not, _mma_bind)
+# (no plan for the Triton kernel: its launcher's own host time, tens of microseconds, is the larger part)
 TRITON_SMALL = _gpu_backend("triton_small", _triton_small_run, _triton_small_supports, _gpu_why_not)
-CUSPARSELT = _gpu_backend("cusparselt", _cusparselt_run, _cusparselt_supports, _gpu_why_not)
+CUSPARSELT = _gpu_backend("cusparselt", _cusparselt_run, _cusparselt_supports, _gpu_why_not, _cusparselt_bind)
 
 # Ordered: the first entry that applies wins; the reference is last and always applies.
 BACKENDS: list[Backend] = [SPARSE_MMA, TRITON_SMALL, CUSPARSELT, REFERENCE]
@@ -213,9 +245,14 @@ def get(name: str) -> Backend:
     raise ValueError(f"unknown SparseLinear backend {name!r}; known: {', '.join(names())}")
 
 
+def _forced(module: torch.nn.Module, backend: str | None) -> str | None:
+    """The backend name forced for a call: by argument, then the module's ``backend``, then the env var."""
+    return backend or getattr(module, "backend", None) or os.environ.get(ENV_VAR) or None
+
+
 def select(module: torch.nn.Module, x: torch.Tensor, backend: str | None = None) -> Backend:
     """The backend that a call with the 2-D input ``x`` takes (forced by argument, then env var, then order)."""
-    forced = backend or getattr(module, "backend", None) or os.environ.get(ENV_VAR) or None
+    forced = _forced(module, backend)
     if forced:
         chosen = get(forced)
         if not (chosen.supports or chosen.applies)(module, x):
@@ -232,9 +269,85 @@ def select(module: torch.nn.Module, x: torch.Tensor, backend: str | None = None)
 
 
 def linear(module: torch.nn.Module, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
-    """``F.linear(x, W, b)`` for a SparseLinear: flattens leading dims, dispatches, restores the shape."""
-    if x.dim() == 2:  # no reshapes: microseconds per call at decode
-        return select(module, x, backend).run(module, x)
-    x2d = x.reshape(-1, x.shape[-1])
-    out = select(module, x2d, backend).run(module, x2d)
+    """``F.linear(x, W, b)`` for a SparseLinear: flattens leading dims, dispatches, restores the shape; keeps a
+    plan of the call where the chosen backend can bind one (see the module's docstring)."""
+    x2d = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])  # no reshapes of 2-D x: microseconds at decode
+    chosen = select(module, x2d, backend)
+    run = None
+    if chosen.bind is not None and x2d.shape[0] > 0 and _plans_on():
+        run = chosen.bind(module, x2d)  # after any preparation, so the plan holds the tensors the kernel reads
+    if run is None:
+        out = chosen.run(module, x2d)
+    else:
+        plans = _module_cache(module, PLANS_ATTR)
+        if len(plans) >= MAX_PLANS:
+            plans.clear()
+        plans[(x.shape, x.dtype, x.device, _forced(module, backend))] = Plan(
+            run, module.values, module.meta, module.bias, module.__dict__.get(_CUSPARSELT_STATE)
+        )
+        out = run(x2d)
+    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+PLANS_ATTR = "_sparse_llm_plans"
+# sparse_llm.backends.cusparselt.STATE_ATTR, spelled here: the backend modules are imported lazily (a test checks it)
+_CUSPARSELT_STATE = "_sparse_llm_cusparselt"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A bound call (``Backend.bind``) and the module's tensors and cuSPARSELt state it was bound to."""
+
+    run: Callable[[torch.Tensor], torch.Tensor]
+    values: torch.Tensor
+    meta: torch.Tensor
+    bias: torch.Tensor | None
+    cusparselt_state: object
+
+
+def _plans_on() -> bool:
+    return USE_PLANS and not torch.compiler.is_compiling()
+
+
+def run_plan(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """The output of the module's plan for a call like ``x`` (same shape, dtype, device and forced backend) while
+    the module still holds what the plan was bound to; None when there is none (the caller dispatches)."""
+    if torch.compiler.is_compiling() or not USE_PLANS:
+        return None
+    plans = module.__dict__.get(PLANS_ATTR)
+    if not plans:
+        return None
+    plan = plans.get((x.shape, x.dtype, x.device, _forced(module, None)))
+    if plan is None:
+        return None
+    if not _holds(module, plan):
+        plans.clear()  # all were bound to tensors the module no longer has: let them go
+        return None
+    if x.dim() == 2:
+        return plan.run(x)
+    out = plan.run(x.reshape(-1, x.shape[-1]))
     return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def plan_of(module: torch.nn.Module, x: torch.Tensor, backend: str | None = None) -> Plan | None:
+    """The plan that a call like ``x`` (forced to ``backend``, if given) would run now, or None (tests, reports)."""
+    plan = module.__dict__.get(PLANS_ATTR, {}).get((x.shape, x.dtype, x.device, _forced(module, backend)))
+    if plan is None or not _holds(module, plan):
+        return None
+    return plan
+
+
+def _holds(module: torch.nn.Module, plan: Plan) -> bool:
+    """Whether the module still has the tensors and cuSPARSELt state the plan was bound to (none of them replaced
+    by ``load_state_dict``, ``.to()``, ``.half()`` or an assignment)."""
+    buffers = module._buffers
+    return (buffers.get("values") is plan.values and buffers.get("meta") is plan.meta and module.bias is plan.bias
+            and module.__dict__.get(_CUSPARSELT_STATE) is plan.cusparselt_state)  # fmt: skip
+
+
+def forget_plans(module: torch.nn.Module) -> None:
+    """Drop the module's plans and with them their references to its tensors (SparseLinear calls it when its tensors
+    are converted, moved or loaded)."""
+    plans = module.__dict__.get(PLANS_ATTR)
+    if plans:
+        plans.clear()

@@ -175,16 +175,26 @@ def cusparselt_linear(
     if x.shape[-1] != k:
         raise ValueError(f"input has {x.shape[-1]} features (shape {tuple(x.shape)}), the weight expects {k}")
     x2 = x if x.dim() == 2 else x.reshape(-1, k)  # no reshapes for 2-D x: microseconds per call at decode
-    # cuSPARSELt reads x as a column-major (K, M) matrix: rows must be dense and 16-byte aligned.
-    if not x2.is_contiguous():
-        x2 = x2.contiguous()
-    elif x2.data_ptr() % 16:
-        x2 = x2.clone()
+    x2 = _dense_rows(x2)
     if torch.compiler.is_compiling():
         out = _cusparselt_linear_op(x2, compressed, bias, n, k)
     else:  # eager: skip the custom-op dispatcher
         out = load_extension().linear(x2, compressed, bias, n, k)
     return out if x.dim() == 2 else out.reshape(*x.shape[:-1], n)
+
+
+def _dense_rows(x: torch.Tensor) -> torch.Tensor:
+    """cuSPARSELt reads x as a column-major (K, M) matrix: rows must be dense and 16-byte aligned."""
+    if not x.is_contiguous():
+        return x.contiguous()
+    return x.clone() if x.data_ptr() % 16 else x
+
+
+def bound(state: CusparseLtState, bias: torch.Tensor | None):
+    """The product as a function of a 2-D ``x`` alone (eager), the extension's entry and the compressed weight
+    resolved once: SparseLinear's plan for calls that take cuSPARSELt."""
+    linear, compressed, n, k = load_extension().linear, state.compressed, state.n, state.k
+    return lambda x: linear(_dense_rows(x), compressed, bias, n, k)
 
 
 def ensure_prepared(module: torch.nn.Module) -> CusparseLtState:

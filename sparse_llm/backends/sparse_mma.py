@@ -250,18 +250,32 @@ def why_not(x: torch.Tensor, values: torch.Tensor) -> str | None:
     return None
 
 
-def _launch(x, values, meta, bias, config: MmaConfig) -> torch.Tensor:
+def bound(values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None, config: MmaConfig, m: int):
+    """The product as a function of a 2-D ``x`` of ``m`` rows alone, for a ``config`` that :func:`check_config`
+    accepted: the extension's entry and every argument but x resolved once (what each eager call runs, and what
+    SparseLinear keeps as its plan for calls like this one)."""
     # the kernels copy x in 4-byte pieces (16-byte in the pipelined one, tensor-map boxes of 16-byte aligned rows in
     # the warpgroup one): a fresh contiguous copy if rows are not aligned to that (contiguous() alone would keep a
     # contiguous but misaligned view). Here, on the real tensors: under torch.compile this runs inside the custom op.
     align = 16 if config.stages >= 3 or config.wgmma else 4
-    if x.stride(-1) != 1 or x.stride(0) % (align // 2) or x.data_ptr() % align:
-        x = torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
     if config.wgmma:
-        policy = wgmma_w_policy(x.shape[0], values.nbytes + meta.nbytes, _l2_bytes(_index(x.device)))
-        return load_wgmma_extension().spmm24_wgmma(x, values, meta, bias, *config.wgmma_tile, config.split, *policy)
-    return load_mma_extension().spmm24_mma(x, values, meta, bias, config.rows, config.tokens, config.split,
-                                           config.stages, config.warps, config.cluster)  # fmt: skip
+        fn = load_wgmma_extension().spmm24_wgmma
+        policy = wgmma_w_policy(m, values.nbytes + meta.nbytes, _l2_bytes(_index(values.device)))
+        args = (*config.wgmma_tile, config.split, *policy)
+    else:
+        fn = load_mma_extension().spmm24_mma
+        args = (config.rows, config.tokens, config.split, config.stages, config.warps, config.cluster)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if x.stride(-1) != 1 or x.stride(0) % (align // 2) or x.data_ptr() % align:
+            x = torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
+        return fn(x, values, meta, bias, *args)
+
+    return run
+
+
+def _launch(x, values, meta, bias, config: MmaConfig) -> torch.Tensor:
+    return bound(values, meta, bias, config, x.shape[0])(x)
 
 
 @torch.library.custom_op("sparse_llm::spmm24_mma", mutates_args=())

@@ -196,6 +196,41 @@ def test_state_dict_saves_plain_values():
     assert _rel_err(layer(x), _ref(x, other_dense, other_bias)) < 1e-2
 
 
+@pytest.mark.parametrize("backend", ["sparse_mma", "cusparselt", None])
+def test_repeat_calls_run_a_plan_that_follows_the_weight(backend):
+    """The second call of a shape runs the layer's plan, with the first call's bits; a weight loaded in place (the
+    compressed copy of cuSPARSELt is then stale) or assigned makes the next call bind again, with the new result."""
+    n, k = 512, 1024
+    layer, dense, bias = _layer(n, k, torch.bfloat16, True)
+    layer.backend = backend
+    other, other_dense, other_bias = _layer(n, k, torch.bfloat16, True)
+    third, third_dense, third_bias = _layer(n, k, torch.bfloat16, True)
+    for shape in ((1, k), (33, k), (2, 3, k), (2048, k)):
+        x = torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
+        layer.load_state_dict({"values": Sparse24Weight.from_dense(dense).values,
+                               "meta": Sparse24Weight.from_dense(dense).meta, "bias": bias})  # fmt: skip
+        first = layer(x)
+        assert backends.plan_of(layer, x) is not None, f"{shape}: no plan after a call"
+        again = layer(x)
+        assert torch.equal(first, again) and _rel_err(again, _ref(x, dense, bias)) < 1e-2
+        layer.load_state_dict(other.state_dict())  # in place
+        assert backends.plan_of(layer, x) is None
+        assert _rel_err(layer(x), _ref(x, other_dense, other_bias)) < 1e-2
+        assert _rel_err(layer(x), _ref(x, other_dense, other_bias)) < 1e-2  # (its new plan)
+        layer.load_state_dict(third.state_dict(), assign=True)
+        assert _rel_err(layer(x), _ref(x, third_dense, third_bias)) < 1e-2
+        assert _rel_err(layer(x), _ref(x, third_dense, third_bias)) < 1e-2
+
+
+def test_plans_off_give_the_same_bits(monkeypatch):
+    layer, _, _ = _layer(512, 1024, torch.bfloat16, True)
+    xs = [torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16) for m in (1, 100, 4096)]
+    with_plans = [(layer(x), layer(x)) for x in xs]
+    monkeypatch.setattr(backends, "USE_PLANS", False)
+    for x, (first, planned) in zip(xs, with_plans, strict=True):
+        assert torch.equal(layer(x), first) and torch.equal(planned, first)
+
+
 def test_dtype_change_invalidates_state():
     layer, dense, bias = _layer(256, 512, torch.bfloat16, True)
     x = torch.randn(2048, 512, device="cuda", dtype=torch.bfloat16)
