@@ -203,9 +203,11 @@ def test_repeat_calls_run_a_plan_that_follows_the_weight(backend):
     n, k = 512, 1024
     layer, dense, bias = _layer(n, k, torch.bfloat16, True)
     layer.backend = backend
-    other, other_dense, other_bias = _layer(n, k, torch.bfloat16, True)
-    third, third_dense, third_bias = _layer(n, k, torch.bfloat16, True)
     for shape in ((1, k), (33, k), (2, 3, k), (2048, k)):
+        # fresh layers to load from: after an assign, the layer shares the third layer's tensors, and the next
+        # round's in-place loads would write into them
+        other, other_dense, other_bias = _layer(n, k, torch.bfloat16, True)
+        third, third_dense, third_bias = _layer(n, k, torch.bfloat16, True)
         x = torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
         layer.load_state_dict({"values": Sparse24Weight.from_dense(dense).values,
                                "meta": Sparse24Weight.from_dense(dense).meta, "bias": bias})  # fmt: skip
