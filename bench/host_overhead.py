@@ -2,8 +2,9 @@
 
 For each M, dense ``F.linear`` and SparseLinear (auto with and without its plans, and each GPU backend forced) are
 called back to back without synchronizing, and the wall time per call is the time the host needs to enqueue it (the
-GPU queue never fills: a few hundred calls). Median of 7 batches of 200 calls. With ``--profile``, cProfile's top functions of the auto path
-at each M are written beside the JSON (``host_profile_M<m>.txt``).
+GPU queue never fills: a few hundred calls). Median of 7 batches of 200 calls; dense and the auto path (2-D and
+3-D inputs, with and without plans) in alternation, 3 rounds, the median of the rounds. With ``--profile``,
+cProfile's top functions of the auto path at each M are written beside the JSON (``host_profile_M<m>.txt``).
 
     python bench/host_overhead.py --out DIR [--profile]
 
@@ -14,6 +15,7 @@ Writes ``host_overhead.json``. The eager columns of the layer grid (``bench/laye
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -43,15 +45,24 @@ def measure(layer: SparseLinear, dense: torch.Tensor, bias: torch.Tensor, m: int
     x = torch.randn(m, dense.shape[1], device="cuda", dtype=dense.dtype)
     x3 = x.unsqueeze(0)
     row = {"m": m, "auto_backend": backends.select(layer, x).name}
-    row["dense_us"] = host_us(lambda: F.linear(x, dense, bias))
-    row["dense_3d_us"] = host_us(lambda: F.linear(x3, dense, bias))
-    row["ours_auto_us"] = host_us(lambda: layer(x))
-    row["ours_auto_3d_us"] = host_us(lambda: layer(x3))
-    backends.USE_PLANS = False
-    try:
-        row["ours_auto_noplans_us"] = host_us(lambda: layer(x))
-    finally:
-        backends.USE_PLANS = True
+    # dense, ours with plans and ours without them in alternation, 3 rounds (this host drifts by tens of percent)
+    cases = {
+        "dense_us": (lambda: F.linear(x, dense, bias), True),
+        "dense_3d_us": (lambda: F.linear(x3, dense, bias), True),
+        "ours_auto_us": (lambda: layer(x), True),
+        "ours_auto_3d_us": (lambda: layer(x3), True),
+        "ours_auto_noplans_us": (lambda: layer(x), False),
+        "ours_auto_3d_noplans_us": (lambda: layer(x3), False),
+    }
+    times: dict[str, list[float]] = {key: [] for key in cases}
+    for _ in range(3):
+        for key, (fn, plans) in cases.items():
+            backends.USE_PLANS = plans
+            try:
+                times[key].append(host_us(fn))
+            finally:
+                backends.USE_PLANS = True
+    row.update({key: statistics.median(values) for key, values in times.items()})
     for name in ("sparse_mma", "triton_small", "cusparselt"):
         layer.backend = name
         try:
