@@ -88,12 +88,9 @@ class SparseLinear(nn.Module):
     def to_linear(self) -> nn.Linear:
         """A dense ``nn.Linear`` with the same (masked) weight and bias, on the same device and dtype."""
         linear = nn.Linear(
-            self.in_features,
-            self.out_features,
-            bias=self.bias is not None,
-            device=self.values.device,
-            dtype=self.values.dtype,
-        )
+            self.in_features, self.out_features, bias=self.bias is not None,
+            device=self.values.device, dtype=self.values.dtype,
+        )  # fmt: skip
         with torch.no_grad():
             linear.weight.copy_(self.dense_weight())
             if self.bias is not None:
@@ -107,8 +104,8 @@ class SparseLinear(nn.Module):
         return state
 
     def _apply(self, fn, recurse=True):
-        # .to() / .half() / .cpu() make new tensors: the plans must not keep the old ones alive
-        backends.forget_plans(self)
+        # .to() / .half() / .cpu() make new tensors: the plans and the compressed copy must not outlive the old ones
+        backends.forget_plans(self, prepared=True)
         return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

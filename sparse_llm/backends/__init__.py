@@ -345,9 +345,12 @@ def _holds(module: torch.nn.Module, plan: Plan) -> bool:
             and module.__dict__.get(_CUSPARSELT_STATE) is plan.cusparselt_state)  # fmt: skip
 
 
-def forget_plans(module: torch.nn.Module) -> None:
+def forget_plans(module: torch.nn.Module, prepared: bool = False) -> None:
     """Drop the module's plans and with them their references to its tensors (SparseLinear calls it when its tensors
-    are converted, moved or loaded)."""
+    are converted, moved or loaded); ``prepared``: cuSPARSELt's compressed copy of the weight too (its tensors are
+    about to be replaced: compiled code, which cannot check the copy against them, would otherwise keep using it)."""
     plans = module.__dict__.get(PLANS_ATTR)
     if plans:
         plans.clear()
+    if prepared and module.__dict__.get(_CUSPARSELT_STATE) is not None:
+        module.__dict__[_CUSPARSELT_STATE] = None

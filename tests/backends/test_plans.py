@@ -211,3 +211,12 @@ def test_compiled_calls_never_run_a_plan(counting):
     compiled = torch.compile(module, backend="eager", fullgraph=False)
     torch.testing.assert_close(compiled(x), expected(module, x), rtol=0, atol=0)
     assert counting.bound_runs == 1
+
+
+def test_converting_drops_the_cusparselt_state_too(counting):
+    module, x = layer(), torch.randn(3, 48)
+    setattr(module, cusparselt.STATE_ATTR, object())
+    module(x)
+    module.to(torch.float16)
+    assert getattr(module, cusparselt.STATE_ATTR) is None
+    torch.testing.assert_close(module(x.half()), expected(module, x.half()), rtol=0, atol=0)
