@@ -90,7 +90,7 @@ class SparseLinear(nn.Module):
         linear = nn.Linear(
             self.in_features, self.out_features, bias=self.bias is not None,
             device=self.values.device, dtype=self.values.dtype,
-        )  # fmt: skip
+        )
         with torch.no_grad():
             linear.weight.copy_(self.dense_weight())
             if self.bias is not None:
