@@ -160,21 +160,24 @@ def _checked_mma_config(n: int, k: int, m: int, dtype: torch.dtype, device: torc
     return config
 
 
+def _mma_operands(module: torch.nn.Module, x: torch.Tensor) -> tuple:
+    """(values, meta, detached bias, configuration) of a sparse tensor-core call, after any preparation."""
+    config = _prepared_config(module, x, "_sparse_llm_mma_config", _checked_mma_config)
+    bias = module.bias
+    return module.values, module.meta, None if bias is None else bias.detach(), config
+
+
 def _mma_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     from sparse_llm.backends import sparse_mma
 
-    config = _prepared_config(module, x, "_sparse_llm_mma_config", _checked_mma_config)
-    bias = module.bias
     # device, dtype and shape were checked by ``supports`` (``sparse_mma.why_not``), the configuration when cached
-    return sparse_mma.run_checked(x, module.values, module.meta, None if bias is None else bias.detach(), config)
+    return sparse_mma.run_checked(x, *_mma_operands(module, x))
 
 
 def _mma_bind(module: torch.nn.Module, x: torch.Tensor):
     from sparse_llm.backends import sparse_mma
 
-    config = _prepared_config(module, x, "_sparse_llm_mma_config", _checked_mma_config)
-    bias = module.bias
-    return sparse_mma.bound(module.values, module.meta, None if bias is None else bias.detach(), config, x.shape[0])
+    return sparse_mma.bound(*_mma_operands(module, x), x.shape[0])
 
 
 def _cusparselt_run(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -271,22 +274,33 @@ def select(module: torch.nn.Module, x: torch.Tensor, backend: str | None = None)
 def linear(module: torch.nn.Module, x: torch.Tensor, backend: str | None = None) -> torch.Tensor:
     """``F.linear(x, W, b)`` for a SparseLinear: flattens leading dims, dispatches, restores the shape; keeps a
     plan of the call where the chosen backend can bind one (see the module's docstring)."""
-    x2d = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])  # no reshapes of 2-D x: microseconds at decode
+    x2d = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
     chosen = select(module, x2d, backend)
     run = None
     if chosen.bind is not None and x2d.shape[0] > 0 and _plans_on():
         run = chosen.bind(module, x2d)  # after any preparation, so the plan holds the tensors the kernel reads
     if run is None:
-        out = chosen.run(module, x2d)
-    else:
-        plans = _module_cache(module, PLANS_ATTR)
-        if len(plans) >= MAX_PLANS:
-            plans.clear()
-        plans[(x.shape, x.dtype, x.device, _forced(module, backend))] = Plan(
-            run, module.values, module.meta, module.bias, module.__dict__.get(_CUSPARSELT_STATE)
-        )
-        out = run(x2d)
-    return out if x.dim() == 2 else out.reshape(*x.shape[:-1], out.shape[-1])
+        return _flattened(lambda x2d: chosen.run(module, x2d), x)
+    plans = _module_cache(module, PLANS_ATTR)
+    if len(plans) >= MAX_PLANS:
+        plans.clear()
+    plans[_plan_key(module, x, backend)] = Plan(
+        run, module.values, module.meta, module.bias, module.__dict__.get(_CUSPARSELT_STATE)
+    )
+    return _flattened(run, x)
+
+
+def _flattened(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``run`` on ``x`` with its leading dims flattened, and the output's restored (no reshapes of a 2-D x:
+    microseconds per call at decode)."""
+    if x.dim() == 2:
+        return run(x)
+    out = run(x.reshape(-1, x.shape[-1]))
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def _plan_key(module: torch.nn.Module, x: torch.Tensor, backend: str | None) -> tuple:
+    return x.shape, x.dtype, x.device, _forced(module, backend)
 
 
 PLANS_ATTR = "_sparse_llm_plans"
@@ -317,21 +331,18 @@ def run_plan(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     plans = module.__dict__.get(PLANS_ATTR)
     if not plans:
         return None
-    plan = plans.get((x.shape, x.dtype, x.device, _forced(module, None)))
+    plan = plans.get(_plan_key(module, x, None))
     if plan is None:
         return None
     if not _holds(module, plan):
         plans.clear()  # all were bound to tensors the module no longer has: let them go
         return None
-    if x.dim() == 2:
-        return plan.run(x)
-    out = plan.run(x.reshape(-1, x.shape[-1]))
-    return out.reshape(*x.shape[:-1], out.shape[-1])
+    return _flattened(plan.run, x)
 
 
 def plan_of(module: torch.nn.Module, x: torch.Tensor, backend: str | None = None) -> Plan | None:
     """The plan that a call like ``x`` (forced to ``backend``, if given) would run now, or None (tests, reports)."""
-    plan = module.__dict__.get(PLANS_ATTR, {}).get((x.shape, x.dtype, x.device, _forced(module, backend)))
+    plan = module.__dict__.get(PLANS_ATTR, {}).get(_plan_key(module, x, backend))
     if plan is None or not _holds(module, plan):
         return None
     return plan
