@@ -71,6 +71,14 @@ constexpr int kSmemBudget = 220 * 1024;  // the ring's share of the 227 KB a blo
 #ifndef SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT
 #define SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT 1
 #endif
+// Ablations, for finding what bounds a tile (bench/wgmma_ablate.py; the results are wrong with any bit set, the
+// shipped build has none): 1 = no wgmma (the consumers wait for each stage and release it), 2 = no copies (the
+// producer arrives on each stage's barrier without filling it), 4 = no split-K reduction (every piece stores y),
+// 8 = no copies of W (values, metadata), 16 = no copies of x (8 and 16: not in tiles with clusters).
+#ifndef SPARSE_LLM_WGMMA_ABLATE
+#define SPARSE_LLM_WGMMA_ABLATE 0
+#endif
+constexpr int kAblate = SPARSE_LLM_WGMMA_ABLATE;
 constexpr int kMaxStages = SPARSE_LLM_WGMMA_MAX_STAGES;
 constexpr int kGroupsInFlight = SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT;
 static_assert(kMaxStages >= 2 && kMaxStages <= 32, "SPARSE_LLM_WGMMA_MAX_STAGES must be in [2, 32]");
@@ -241,8 +249,14 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
         const int k = c - c_begin, s = k % S;
         if (k >= S) mbar_wait(empty + 8 * s, ((k / S) - 1) & 1);
         const uint32_t stage = base + s * L::kStage, bar = full + 8 * s;
-        mbar_expect_tx(bar, L::kValues + L::kMeta + 2 * x_rows * kRowBytes);
-        if constexpr (CT == 1) {
+        if constexpr (kAblate & 2) {
+          mbar_arrive(bar);
+          continue;
+        }
+        constexpr bool kCopyW = !(kAblate & 8) || kCluster, kCopyX = !(kAblate & 16) || kCluster;
+        mbar_expect_tx(bar, (kCopyW ? L::kValues + L::kMeta : 0) + (kCopyX ? 2 * x_rows * kRowBytes : 0));
+        if constexpr (!kCopyW) {
+        } else if constexpr (CT == 1) {
           const uint32_t dst_meta = stage + L::kValues + L::kX;
           if (w_evict_first) {
             tma_load_hint(stage, &map_values, bar, c * (kChunk / 2), row0, w_policy);
@@ -265,7 +279,8 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
             tma_load_multicast(dst_meta, &map_meta, bar, c * (kChunk / 16), r, mask);
           }
         }
-        if constexpr (CR == 1) {
+        if constexpr (!kCopyX) {
+        } else if constexpr (CR == 1) {
           tma_load(stage + L::kValues, &map_x, bar, c * kChunk, load0);
           tma_load(stage + L::kValues + L::kXBox, &map_x, bar, c * kChunk + kXBoxColumns, load0);
         } else {  // box cy of x into both row blocks (cx, 0) and (cx, 1)
@@ -311,7 +326,7 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
       // step j: values bytes 32 j of the warpgroup's 64 rows, x columns 32 j .. 32 j + 31 (box j / 2, bytes 64 (j % 2))
       const uint64_t a = desc_sw128(stage + 64 * cw * kRowBytes + 32 * j);
       const uint64_t b = desc_sw128(stage + L::kValues + (j / 2) * L::kXBox + 64 * (j % 2));
-      wgmma_sp<T, TOKENS>(acc, a, b, e[j]);
+      if constexpr (!(kAblate & 1)) wgmma_sp<T, TOKENS>(acc, a, b, e[j]);
     }
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     return s;
@@ -366,7 +381,8 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
 
   // Accumulator i = 4 j + 2 h + q: row 16 warp + g + 8 h of the warpgroup's 64, token load0 + 8 j + 2 t + q.
   // (the producer warpgroup has left: the consumers meet on named barrier 1)
-  if (gridDim.z > 1 && !split_sum_global<TOKENS / 2, L::kConsumerThreads, 1>(acc, partial, counters, ctid)) return;
+  if constexpr (!(kAblate & 4))
+    if (gridDim.z > 1 && !split_sum_global<TOKENS / 2, L::kConsumerThreads, 1>(acc, partial, counters, ctid)) return;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int row = row0 + 64 * cw + 16 * warp + g + 8 * h;
