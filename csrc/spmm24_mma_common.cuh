@@ -79,28 +79,73 @@ __device__ __forceinline__ void sync_threads() {
 // tile (kValues values per thread slot tid of kThreads) to `partial` and counts itself in on the tile's counter; the
 // last block of a tile gets the partials added in split order in `flat` (the same result on every run), resets the
 // counter to 0 for the next call and returns true; the others return false.
-template <int kValues, int kThreads, int BARRIER>
+// Partial tile in [split][tile][value / 4][thread][4] order: 16-byte stores and loads, coalesced, read back by the same
+// thread slots. The last block loads the partials of kGroup pieces at once (kGroup x kValues registers more, at most
+// 128; kGroupMax = 1 for callers without those registers to spare) before it adds them, so its reads cost one round
+// trip to L2 per group of pieces, not one per piece (the H200 spent 3.6-10 us of a 14-30 us call in this reduction
+// with one scalar load per value and piece: wgmma_ablate_4be82b7.json).
+template <int kValues, int kThreads, int BARRIER, int kGroupMax = 1>
 __device__ __forceinline__ bool split_sum_global(float* flat, float* __restrict__ partial, int* __restrict__ counters,
                                                  int tid) {
-  // Partial tile in [split][tile][value][thread] order: coalesced, and read back by the same thread slots.
+  static_assert(kValues % 4 == 0, "the partial tile is stored in 16-byte pieces");
+  constexpr int kVec = kValues / 4;
+  constexpr int kFit = kValues <= 32 ? 4 : (kValues <= 64 ? 2 : 1);
+  constexpr int kGroup = kFit < kGroupMax ? kFit : kGroupMax;
   const int tile = blockIdx.y * gridDim.x + blockIdx.x;
   const int64_t tiles = static_cast<int64_t>(gridDim.x) * gridDim.y;
-  float* mine = partial + (blockIdx.z * tiles + tile) * kValues * kThreads + tid;
+  const int split = static_cast<int>(gridDim.z);
+  auto piece = [&](int z) {
+    return reinterpret_cast<float4*>(partial + (z * tiles + tile) * kValues * kThreads) + tid;
+  };
+  float4* mine = piece(blockIdx.z);
 #pragma unroll
-  for (int v = 0; v < kValues; ++v) mine[v * kThreads] = flat[v];
+  for (int v = 0; v < kVec; ++v)
+    __stcg(mine + v * kThreads, make_float4(flat[4 * v], flat[4 * v + 1], flat[4 * v + 2], flat[4 * v + 3]));
   __threadfence();
   sync_threads<BARRIER, kThreads>();
   __shared__ int is_last;
-  if (tid == 0) is_last = atomicAdd(counters + tile, 1) == static_cast<int>(gridDim.z) - 1;
+  if (tid == 0) is_last = atomicAdd(counters + tile, 1) == split - 1;
   sync_threads<BARRIER, kThreads>();
   if (!is_last) return false;
   __threadfence();
 #pragma unroll
   for (int v = 0; v < kValues; ++v) flat[v] = 0.f;
-  for (int z = 0; z < static_cast<int>(gridDim.z); ++z) {
-    const float* theirs = partial + (z * tiles + tile) * kValues * kThreads + tid;
+  if constexpr (kGroup == 1) {  // each load added as it arrives: no registers beyond one 16-byte piece
+    for (int z = 0; z < split; ++z) {
+      const float4* theirs = piece(z);
 #pragma unroll
-    for (int v = 0; v < kValues; ++v) flat[v] += __ldcg(theirs + v * kThreads);
+      for (int v = 0; v < kVec; ++v) {
+        const float4 p = __ldcg(theirs + v * kThreads);
+        flat[4 * v] += p.x;
+        flat[4 * v + 1] += p.y;
+        flat[4 * v + 2] += p.z;
+        flat[4 * v + 3] += p.w;
+      }
+    }
+  } else {  // kGroup pieces' loads in flight at once, then added in split order
+    for (int z0 = 0; z0 < split; z0 += kGroup) {
+      float4 in[kGroup][kVec];
+#pragma unroll
+      for (int j = 0; j < kGroup; ++j) {
+        if (z0 + j < split) {
+          const float4* theirs = piece(z0 + j);
+#pragma unroll
+          for (int v = 0; v < kVec; ++v) in[j][v] = __ldcg(theirs + v * kThreads);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kGroup; ++j) {
+        if (z0 + j < split) {
+#pragma unroll
+          for (int v = 0; v < kVec; ++v) {
+            flat[4 * v] += in[j][v].x;
+            flat[4 * v + 1] += in[j][v].y;
+            flat[4 * v + 2] += in[j][v].z;
+            flat[4 * v + 3] += in[j][v].w;
+          }
+        }
+      }
+    }
   }
   if (tid == 0) counters[tile] = 0;
   return true;

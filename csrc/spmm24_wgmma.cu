@@ -228,6 +228,10 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   const uint32_t cx = CT > 1 ? cluster_x() : 0, cy = CR > 1 ? cluster_y() : 0;
 
   if (threadIdx.x == 0) {
+    // the tensor maps' descriptors into the copy unit's cache while the barriers are set up
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_values)) : "memory");
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_meta)) : "memory");
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_x)) : "memory");
     for (int s = 0; s < S; ++s) {
       mbar_init(full + 8 * s, 1);
       mbar_init(empty + 8 * s, CWG * (CT + CR - 1));
@@ -382,7 +386,10 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   // Accumulator i = 4 j + 2 h + q: row 16 warp + g + 8 h of the warpgroup's 64, token load0 + 8 j + 2 t + q.
   // (the producer warpgroup has left: the consumers meet on named barrier 1)
   if constexpr (!(kAblate & 4))
-    if (gridDim.z > 1 && !split_sum_global<TOKENS / 2, L::kConsumerThreads, 1>(acc, partial, counters, ctid)) return;
+    // (4 consumer warpgroups have 96 registers per thread: no room to load several pieces at once)
+    if (gridDim.z > 1 && !split_sum_global<TOKENS / 2, L::kConsumerThreads, 1, CWG == 4 ? 1 : 4>(acc, partial, counters,
+                                                                                                   ctid))
+      return;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int row = row0 + 64 * cw + 16 * warp + g + 8 * h;
