@@ -101,13 +101,18 @@ __device__ __forceinline__ bool split_sum_global(float* flat, float* __restrict_
 #pragma unroll
   for (int v = 0; v < kVec; ++v)
     __stcg(mine + v * kThreads, make_float4(flat[4 * v], flat[4 * v + 1], flat[4 * v + 2], flat[4 * v + 3]));
-  __threadfence();
+  // One thread fences for the block, between two barriers (the pattern of a cooperative grid sync): the barrier
+  // orders every thread's stores before thread 0's fence and counter atomic, and thread 0's second fence before
+  // every thread's loads (before, each of the 128-512 threads fenced: bench/NOTES.md, seventeenth round).
   sync_threads<BARRIER, kThreads>();
   __shared__ int is_last;
-  if (tid == 0) is_last = atomicAdd(counters + tile, 1) == split - 1;
+  if (tid == 0) {
+    __threadfence();
+    is_last = atomicAdd(counters + tile, 1) == split - 1;
+    if (is_last) __threadfence();
+  }
   sync_threads<BARRIER, kThreads>();
   if (!is_last) return false;
-  __threadfence();
 #pragma unroll
   for (int v = 0; v < kValues; ++v) flat[v] = 0.f;
   if constexpr (kGroup == 1) {  // each load added as it arrives: no registers beyond one 16-byte piece
