@@ -81,9 +81,9 @@ __device__ __forceinline__ void sync_threads() {
 // counter to 0 for the next call and returns true; the others return false.
 // Partial tile in [split][tile][value / 4][thread][4] order: 16-byte stores and loads, coalesced, read back by the same
 // thread slots. The last block loads the partials of kGroup pieces at once (kGroup x kValues registers more, at most
-// 128; kGroupMax = 1 for callers without those registers to spare) before it adds them, so its reads cost one round
-// trip to L2 per group of pieces, not one per piece (the H200 spent 3.6-10 us of a 14-30 us call in this reduction
-// with one scalar load per value and piece: wgmma_ablate_4be82b7.json).
+// 128; kGroupMax = 1 for callers without those registers to spare) before it adds them: one round trip to L2 per
+// group of pieces. (The reduction costs the H200 3.5-10 us of a 14-30 us call; this and the single fence below took
+// only 0.3-2 us of it: bench/NOTES.md, seventeenth round.)
 template <int kValues, int kThreads, int BARRIER, int kGroupMax = 1>
 __device__ __forceinline__ bool split_sum_global(float* flat, float* __restrict__ partial, int* __restrict__ counters,
                                                  int tid) {
