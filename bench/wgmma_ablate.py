@@ -9,9 +9,10 @@ Builds (in parallel, JIT, sm_90a): base (0), no_mma (1: the consumers wait for e
 split stores y, no reduction), no_w (8: no copies of W), no_x (16: no copies of x). Where a part is what bounds
 the tile, taking it out takes the time down; where the time stays, the bound is elsewhere.
 
-Per (shape, M, tile, split) and build: the CUDA-graph replay after do_bench's 256 MB L2 clear (`cold`, as the grid's
-graph column) and back-to-back replays without a clear (`warm`: a 4-9 MB layer then stays in L2, so what is left is
-the kernel's own work and its fixed costs). Writes ``wgmma_ablate.json``.
+Per (shape, M, tile, split) and build: the median CUDA-graph replay after do_bench's 256 MB L2 clear (`cold`, as the
+grid's graph column). Writes ``wgmma_ablate.json``. (h200/wgmma_ablate_4be82b7.json also has a `warm` column, events
+around single replays without a clear: the host's enqueue of each replay fell inside those events, so it was
+dropped; bench/NOTES.md, seventeenth round.)
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import random_packed, rel_err, write_result  # noqa: E402
+from wgmma_variants import build_with  # noqa: E402
 
-from sparse_llm.backends import _build  # noqa: E402
 from sparse_llm.backends.sparse_mma import WGMMA_CHUNK  # noqa: E402
-from sparse_llm.benchmark import capture_graph, events_us, time_us  # noqa: E402
+from sparse_llm.benchmark import time_graph_us  # noqa: E402
 
 BUILDS = {"base": 0, "no_mma": 1, "no_copy": 2, "sync_only": 3, "no_split": 4, "no_w": 8, "no_x": 16}
 SHAPES = ("1024x4096", "1024x8192", "4096x4096")
@@ -41,8 +42,7 @@ SPLITS = (1, 2, 4)
 
 
 def build(name: str):
-    flags = ["-O3", _build.WGMMA_ARCH_FLAG, _build.mma_headers_flag(), f"-DSPARSE_LLM_WGMMA_ABLATE={BUILDS[name]}"]
-    return _build._jit(f"_wgmma_ablate_{name}", _build.WGMMA_SOURCE, f"wgmma-ablate-{name}-", extra_cuda_cflags=flags)
+    return build_with(f"ablate_{name}", {"SPARSE_LLM_WGMMA_ABLATE": BUILDS[name]})
 
 
 def build_only(name: str) -> None:
@@ -50,8 +50,7 @@ def build_only(name: str) -> None:
 
 
 def times(fn) -> dict:
-    graph, _ = capture_graph(fn)
-    return {"cold": time_us(graph.replay), "warm": events_us(graph.replay, reps=50, warmup=5)}
+    return {"cold": time_graph_us(fn)}
 
 
 def main() -> None:
@@ -81,7 +80,7 @@ def main() -> None:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             ref = F.linear(x, dense)
             dense_t = times(lambda x=x, d=dense: F.linear(x, d))
-            print(f"{n}x{k} M={m}: dense cold {dense_t['cold']:.1f} warm {dense_t['warm']:.1f} us", flush=True)
+            print(f"{n}x{k} M={m}: dense {dense_t['cold']:.1f} us", flush=True)
             for tokens, wgs in TILES:
                 if tokens > 2 * m or n % (64 * wgs):
                     continue
@@ -98,7 +97,7 @@ def main() -> None:
                             row["base_error"] = rel_err(ext.spmm24_wgmma(*args_), ref)
                     rows.append(row)
                     print(f"  {tokens}x{64 * wgs} split {split} ({row['blocks']} blocks): "
-                          + " ".join(f"{b} {t['cold']:.1f}/{t['warm']:.1f}" for b, t in row["builds"].items()),
+                          + " ".join(f"{b} {t['cold']:.1f}" for b, t in row["builds"].items()),
                           flush=True)  # fmt: skip
             save()
     save()

@@ -41,15 +41,18 @@ VARIANTS = {  # name: (groups in flight, deepest ring)
 MS = (1, 16, 64, 100, 128, 256, 512, 1024, 4096)
 
 
-def flags(name: str) -> list[str]:
-    groups, stages = VARIANTS[name]
-    return ["-O3", _build.WGMMA_ARCH_FLAG, _build.mma_headers_flag(),
-            f"-DSPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT={groups}", f"-DSPARSE_LLM_WGMMA_MAX_STAGES={stages}"]  # fmt: skip
+def build_with(tag: str, defines: dict[str, int]):
+    """The warpgroup kernel's source built (JIT, sm_90a) as an extension of its own, named by ``tag``, with
+    ``defines`` as -D flags (its build-time knobs)."""
+    flags = ["-O3", _build.WGMMA_ARCH_FLAG, _build.mma_headers_flag(), *(f"-D{k}={v}" for k, v in defines.items())]
+    return _build._jit(f"_wgmma_{tag}", _build.WGMMA_SOURCE, f"wgmma-{tag}-",
+                       extra_cuda_cflags=flags)  # fmt: skip
 
 
 def build(name: str):
-    return _build._jit(f"_wgmma_variant_{name}", _build.WGMMA_SOURCE, f"wgmma-variant-{name}-",
-                       extra_cuda_cflags=flags(name))  # fmt: skip
+    groups, stages = VARIANTS[name]
+    return build_with(f"variant_{name}", {"SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT": groups,
+                                          "SPARSE_LLM_WGMMA_MAX_STAGES": stages})  # fmt: skip
 
 
 def build_only(name: str) -> None:

@@ -75,6 +75,14 @@ __device__ __forceinline__ void sync_threads() {
   }
 }
 
+// out[0..3] += p, component by component.
+__device__ __forceinline__ void add4(float* out, float4 p) {
+  out[0] += p.x;
+  out[1] += p.y;
+  out[2] += p.z;
+  out[3] += p.w;
+}
+
 // The global split-K reduction of a tile (grid.z > 1; grid.x * grid.y tiles): each block writes its fp32 partial
 // tile (kValues values per thread slot tid of kThreads) to `partial` and counts itself in on the tile's counter; the
 // last block of a tile gets the partials added in split order in `flat` (the same result on every run), resets the
@@ -119,13 +127,7 @@ __device__ __forceinline__ bool split_sum_global(float* flat, float* __restrict_
     for (int z = 0; z < split; ++z) {
       const float4* theirs = piece(z);
 #pragma unroll
-      for (int v = 0; v < kVec; ++v) {
-        const float4 p = __ldcg(theirs + v * kThreads);
-        flat[4 * v] += p.x;
-        flat[4 * v + 1] += p.y;
-        flat[4 * v + 2] += p.z;
-        flat[4 * v + 3] += p.w;
-      }
+      for (int v = 0; v < kVec; ++v) add4(flat + 4 * v, __ldcg(theirs + v * kThreads));
     }
   } else {  // kGroup pieces' loads in flight at once, then added in split order
     for (int z0 = 0; z0 < split; z0 += kGroup) {
@@ -142,12 +144,7 @@ __device__ __forceinline__ bool split_sum_global(float* flat, float* __restrict_
       for (int j = 0; j < kGroup; ++j) {
         if (z0 + j < split) {
 #pragma unroll
-          for (int v = 0; v < kVec; ++v) {
-            flat[4 * v] += in[j][v].x;
-            flat[4 * v + 1] += in[j][v].y;
-            flat[4 * v + 2] += in[j][v].z;
-            flat[4 * v + 3] += in[j][v].w;
-          }
+          for (int v = 0; v < kVec; ++v) add4(flat + 4 * v, in[j][v]);
         }
       }
     }

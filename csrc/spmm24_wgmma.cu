@@ -385,11 +385,12 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
 
   // Accumulator i = 4 j + 2 h + q: row 16 warp + g + 8 h of the warpgroup's 64, token load0 + 8 j + 2 t + q.
   // (the producer warpgroup has left: the consumers meet on named barrier 1)
-  if constexpr (!(kAblate & 4))
-    // (4 consumer warpgroups have 96 registers per thread: no room to load several pieces at once)
-    if (gridDim.z > 1 && !split_sum_global<TOKENS / 2, L::kConsumerThreads, 1, CWG == 4 ? 1 : 4>(acc, partial, counters,
-                                                                                                   ctid))
+  // (4 consumer warpgroups have 96 registers per thread: no room to load several pieces at once)
+  constexpr int kGroupMax = CWG == 4 ? 1 : 4;
+  if constexpr (!(kAblate & 4)) {
+    if (gridDim.z > 1 && !split_sum_global<TOKENS / 2, L::kConsumerThreads, 1, kGroupMax>(acc, partial, counters, ctid))
       return;
+  }
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int row = row0 + 64 * cw + 16 * warp + g + 8 * h;
