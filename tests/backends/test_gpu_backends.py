@@ -358,6 +358,40 @@ def test_wgmma_every_tile_and_split(dtype):
                     assert torch.equal(out, sparse_mma.spmm24_mma(x, layer.values, layer.meta, b, cfg)), cfg
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_wgmma_stream_k_grid(dtype):
+    """Every tile that runs as a stream-K grid, at odd M, with and without bias, with 5 blocks (runs of several tiles,
+    a tile shared by 2-3 blocks), one per SM, and more blocks than (tile, chunk) iterations (one each); runs again
+    give the same bits; captured in a CUDA graph, the replay gives the eager bits."""
+    sparse_mma = _wgmma_or_skip()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    layer, dense, bias = _layer(384, 1280, dtype, True)
+    for m in (1, 9, 100, 300):
+        x = torch.randn(m, 1280, device="cuda", dtype=dtype)
+        for b in (None, layer.bias):
+            ref = _ref(x, dense, None if b is None else bias)
+            for tokens, warpgroups, _, _ in sorted(t for t in sparse_mma.WGMMA_TILES if t[2:] == (1, 1)):
+                if 384 % (64 * warpgroups):
+                    continue
+                for blocks in (5, sms, 100_000):
+                    cfg = sparse_mma.wgmma_config(tokens, warpgroups, blocks=blocks)
+                    if not sparse_mma.stream_k_fits(cfg):
+                        continue
+                    out = sparse_mma.spmm24_mma(x, layer.values, layer.meta, b, cfg)
+                    assert _rel_err(out, ref) < TOL[dtype], (m, cfg, b is None)
+                    assert torch.equal(out, sparse_mma.spmm24_mma(x, layer.values, layer.meta, b, cfg)), cfg
+    x = torch.randn(300, 1280, device="cuda", dtype=dtype)
+    cfg = sparse_mma.wgmma_config(32, 1, blocks=7)
+    eager = sparse_mma.spmm24_mma(x, layer.values, layer.meta, layer.bias, cfg)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=torch.cuda.Stream()):
+        out = sparse_mma.spmm24_mma(x, layer.values, layer.meta, layer.bias, cfg)
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, eager)
+
+
 def test_wgmma_l2_policy_of_w_changes_no_bit():
     """W's copies with the evict-first L2 policy or the default one, with and without L2's 256-byte promotion: the
     same bits, for every tile (clusters that multicast W included), split 1 and 3."""
