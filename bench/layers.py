@@ -4,6 +4,7 @@
     python bench/layers.py --quick --out /tmp/             # 3 shapes, 7 M values
     python bench/layers.py --tune --out bench/results/     # measure the crossover first (sparse-llm tune)
     python bench/layers.py --tables --out DIR              # the committed tuning tables, not the user's cache
+    python bench/layers.py --shapes 1024x4096 1024x8192 --out DIR   # only these (N, K) of the grid
 
 Writes ``layers[_quick].json`` (rows + ceilings + versions + git sha) into ``--out``; the logic lives in
 ``sparse_llm.benchmark`` (shared with ``sparse-llm bench layers``). Plot it with ``bench/plot_layers.py``.
@@ -35,9 +36,12 @@ def main() -> None:
     parser.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph replay column")
     parser.add_argument("--no-streams", action="store_true", help="skip the stream column (layer copies back to back)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    parser.add_argument("--shapes", nargs="*", default=None, help="NxK: only these shapes of the grid (in parts)")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     shapes = benchmark.QUICK_SHAPES if args.quick else benchmark.LLAMA_SHAPES
+    if args.shapes:
+        shapes = benchmark.select_shapes(shapes, args.shapes)
     if args.tables is not None:
         use_tables(args.tables or COMMITTED_TABLES)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -47,7 +51,7 @@ def main() -> None:
         (args.out / "crossover.json").write_text(json.dumps(entries, indent=1))
         for e in entries:
             print(f"tuned {e['n']}x{e['k']}: crossover M={e['crossover']}")
-    name = "layers_quick.json" if args.quick else "layers.json"
+    name = "layers_quick.json" if args.quick else "layers_part.json" if args.shapes else "layers.json"
 
     def save(result: dict) -> None:  # after every shape, so a run cut short still leaves its rows
         result["crossover_table"] = tune.load_table()

@@ -4,12 +4,11 @@ dense F.linear, side by side in one run.
     python bench/wgmma_check.py --out DIR [--quick] [--ms 16 64 ...] [--shapes 4096x4096 ...]
 
 1. Builds the extension (JIT, sm_90a) and checks every (tokens, warpgroups, cluster) tile against F.linear on the
-   dense masked weight (bf16 relative error < 1e-2, fp16 < 5e-3) at odd M, with and without bias, split 1 and 3, and
-   as stream-K grids of 5 blocks and of one block per SM where the tile runs as one. A failure records where the
-   error sits (rows mod 64, tokens mod the tile), which is what a layout mistake shows.
-2. Times, per Llama shape and M, the tiles near M's size with a few splits of K and as a stream-K grid (one block per
-   SM), dense F.linear and (with --cusparselt) the cuSPARSELt extension, as CUDA-graph replays (median of do_bench);
-   keeps every time and the best tile per (shape, M).
+   dense masked weight (bf16 relative error < 1e-2, fp16 < 5e-3) at odd M, with and without bias, split 1 and 3. A
+   failure records where the error sits (rows mod 64, tokens mod the tile), which is what a layout mistake shows.
+2. Times, per Llama shape and M, the tiles near M's size with a few splits of K, dense F.linear and (with
+   --cusparselt) the cuSPARSELt extension, as CUDA-graph replays (median of do_bench); keeps every time and the best
+   tile per (shape, M).
 Writes ``wgmma_check.json``.
 """
 
@@ -29,8 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import llama_shapes, random_packed, rel_err, write_result  # noqa: E402
 
 from sparse_llm.backends import cusparselt  # noqa: E402
-from sparse_llm.backends.sparse_mma import WGMMA_TILES, wgmma_config  # noqa: E402
-from sparse_llm.backends.sparse_mma import stream_k_fits as stream_k_fits_config  # noqa: E402
+from sparse_llm.backends.sparse_mma import WGMMA_TILES  # noqa: E402
 from sparse_llm.benchmark import time_graph_us  # noqa: E402
 
 TILES = tuple(sorted(WGMMA_TILES))
@@ -45,12 +43,7 @@ def where_wrong(y: torch.Tensor, ref: torch.Tensor, tokens: int) -> dict:
     return {"bad_fraction": err.float().mean().item(), "rows_mod_64": rows[:64], "tokens_mod_tile": toks[:64]}
 
 
-def stream_k_fits(tokens: int, wgs: int, ct: int, cr: int) -> bool:
-    return stream_k_fits_config(wgmma_config(tokens, wgs, 1, (ct, cr), blocks=1))
-
-
 def check(ext, quick: bool) -> list[dict]:
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
     out = []
     cases = [(192, 384), (1024, 4096)] if quick else [(192, 384), (1024, 4096), (1536, 11008)]
     for dtype in (torch.bfloat16, torch.float16):
@@ -59,17 +52,16 @@ def check(ext, quick: bool) -> list[dict]:
             for tokens, wgs, ct, cr in TILES:
                 if n % (64 * wgs * cr):
                     continue
-                grids = [(1, 0), (3, 0)] + ([(1, 5), (1, sms)] if stream_k_fits(tokens, wgs, ct, cr) else [])
                 for m in (1, 7, 33, 100, 300):
-                    for split, blocks in grids:
+                    for split in (1, 3):
                         for with_bias in (False, True):
-                            if dtype == torch.float16 and ((split, with_bias) != (3, True) and blocks != 5):
-                                continue  # fp16: split 3 with bias, and the 5-block stream-K grid, per tile and M
+                            if dtype == torch.float16 and (split, with_bias) != (3, True):
+                                continue  # fp16: one combination per tile and M
                             x = torch.randn(m, k, device="cuda", dtype=dtype)
                             bias = torch.randn(n, device="cuda", dtype=dtype) if with_bias else None
                             ref = F.linear(x, dense, bias)
                             try:
-                                y = ext.spmm24_wgmma(x, values, meta, bias, tokens, wgs, ct, cr, split, blocks=blocks)
+                                y = ext.spmm24_wgmma(x, values, meta, bias, tokens, wgs, ct, cr, split)
                                 torch.cuda.synchronize()
                                 err = rel_err(y, ref)
                                 row = {"error": err, "ok": err < TOL[dtype]}
@@ -78,7 +70,7 @@ def check(ext, quick: bool) -> list[dict]:
                             except RuntimeError as e:
                                 row = {"ok": False, "exception": str(e)[:300]}
                             row.update(dtype=str(dtype), n=n, k=k, m=m, tokens=tokens, warpgroups=wgs,
-                                       cluster=[ct, cr], split=split, blocks=blocks, bias=with_bias)
+                                       cluster=[ct, cr], split=split, bias=with_bias)
                             out.append(row)
                             if not row["ok"]:
                                 print("FAIL", row, flush=True)
@@ -95,7 +87,7 @@ def splits_for(m: int, n: int, k: int, tokens: int, wgs: int, sms: int) -> list[
     return out
 
 
-def sweep(ext, shapes, ms, with_cusparselt: bool, save, stream_k: bool = True) -> list[dict]:
+def sweep(ext, shapes, ms, with_cusparselt: bool, save) -> list[dict]:
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     rows = []
     for n, k in shapes:
@@ -110,22 +102,17 @@ def sweep(ext, shapes, ms, with_cusparselt: bool, save, stream_k: bool = True) -
                     continue
                 if ct > 1 and m <= tokens:
                     continue
-                grids = [(s, 0) for s in splits_for(m, n, k, tokens, wgs, sms)]
-                if stream_k and stream_k_fits(tokens, wgs, ct, cr):
-                    grids.append((1, sms))
-                for split, blocks in grids:
+                for split in splits_for(m, n, k, tokens, wgs, sms):
                     args = (x, values, meta, None, tokens, wgs, ct, cr, split)
-                    us = time_graph_us(lambda args=args, b=blocks: ext.spmm24_wgmma(*args, blocks=b))
-                    times.append({"tokens": tokens, "warpgroups": wgs, "cluster": [ct, cr], "split": split,
-                                  "blocks": blocks, "us": us})  # fmt: skip
+                    us = time_graph_us(lambda args=args: ext.spmm24_wgmma(*args))
+                    times.append({"tokens": tokens, "warpgroups": wgs, "cluster": [ct, cr], "split": split, "us": us})
             best = min(times, key=lambda r: r["us"])
             y = ext.spmm24_wgmma(x, values, meta, None, best["tokens"], best["warpgroups"], *best["cluster"],
-                                 best["split"], blocks=best["blocks"])  # fmt: skip
+                                 best["split"])  # fmt: skip
             row = {"n": n, "k": k, "m": m, "dense_us": dense_us, "best": best, "speedup": dense_us / best["us"],
                    "error": rel_err(y, F.linear(x, dense)), "times": times}  # fmt: skip
             line = (f"{n}x{k} M={m}: dense {dense_us:.1f} us, wgmma {best['us']:.1f} us ({row['speedup']:.2f}x) "
-                    f"tile {best['tokens']}x{64 * best['warpgroups']} cluster {best['cluster']} split {best['split']} "
-                    f"blocks {best['blocks']}")
+                    f"tile {best['tokens']}x{64 * best['warpgroups']} cluster {best['cluster']} split {best['split']}")
             if compressed is not None:
                 run = lambda x=x, c=compressed, n=n, k=k: cusparselt.cusparselt_linear(x, c, n, k)  # noqa: E731
                 row["cusparselt_us"] = time_graph_us(run)

@@ -83,29 +83,29 @@ __device__ __forceinline__ void add4(float* out, float4 p) {
   out[3] += p.w;
 }
 
-// The global split-K reduction of a tile: piece `piece` of the `pieces` blocks that each computed part of tile `tile`
-// (of `tiles`) writes its fp32 partial tile (kValues values per thread slot tid of kThreads) to `partial` and counts
-// itself in on the tile's counter; the last piece to arrive gets the partials added in piece order in `flat` (the
-// same result on every run), resets the counter to 0 for the next call and returns true; the others return false.
-// (A plain split: the pieces are grid.z, the tiles grid.x * grid.y; a stream-K grid: the blocks whose runs of chunks
-// cover part of the tile.)
-// Partial tile in [piece][tile][value / 4][thread][4] order: 16-byte stores and loads, coalesced, read back by the same
+// The global split-K reduction of a tile (grid.z > 1; grid.x * grid.y tiles): each block writes its fp32 partial
+// tile (kValues values per thread slot tid of kThreads) to `partial` and counts itself in on the tile's counter; the
+// last block of a tile gets the partials added in split order in `flat` (the same result on every run), resets the
+// counter to 0 for the next call and returns true; the others return false.
+// Partial tile in [split][tile][value / 4][thread][4] order: 16-byte stores and loads, coalesced, read back by the same
 // thread slots. The last block loads the partials of kGroup pieces at once (kGroup x kValues registers more, at most
 // 128; kGroupMax = 1 for callers without those registers to spare) before it adds them: one round trip to L2 per
 // group of pieces. (The reduction costs the H200 3.5-10 us of a 14-30 us call; this and the single fence below took
 // only 0.3-2 us of it: bench/NOTES.md, seventeenth round.)
 template <int kValues, int kThreads, int BARRIER, int kGroupMax = 1>
 __device__ __forceinline__ bool split_sum_global(float* flat, float* __restrict__ partial, int* __restrict__ counters,
-                                                 int tid, int tile, int piece, int pieces, int64_t tiles) {
+                                                 int tid) {
   static_assert(kValues % 4 == 0, "the partial tile is stored in 16-byte pieces");
   constexpr int kVec = kValues / 4;
   constexpr int kFit = kValues <= 32 ? 4 : (kValues <= 64 ? 2 : 1);
   constexpr int kGroup = kFit < kGroupMax ? kFit : kGroupMax;
-  const int split = pieces;
-  auto slot = [&](int z) {
+  const int tile = blockIdx.y * gridDim.x + blockIdx.x;
+  const int64_t tiles = static_cast<int64_t>(gridDim.x) * gridDim.y;
+  const int split = static_cast<int>(gridDim.z);
+  auto piece = [&](int z) {
     return reinterpret_cast<float4*>(partial + (z * tiles + tile) * kValues * kThreads) + tid;
   };
-  float4* mine = slot(piece);
+  float4* mine = piece(blockIdx.z);
 #pragma unroll
   for (int v = 0; v < kVec; ++v)
     __stcg(mine + v * kThreads, make_float4(flat[4 * v], flat[4 * v + 1], flat[4 * v + 2], flat[4 * v + 3]));
@@ -125,7 +125,7 @@ __device__ __forceinline__ bool split_sum_global(float* flat, float* __restrict_
   for (int v = 0; v < kValues; ++v) flat[v] = 0.f;
   if constexpr (kGroup == 1) {  // each load added as it arrives: no registers beyond one 16-byte piece
     for (int z = 0; z < split; ++z) {
-      const float4* theirs = slot(z);
+      const float4* theirs = piece(z);
 #pragma unroll
       for (int v = 0; v < kVec; ++v) add4(flat + 4 * v, __ldcg(theirs + v * kThreads));
     }
@@ -135,7 +135,7 @@ __device__ __forceinline__ bool split_sum_global(float* flat, float* __restrict_
 #pragma unroll
       for (int j = 0; j < kGroup; ++j) {
         if (z0 + j < split) {
-          const float4* theirs = slot(z0 + j);
+          const float4* theirs = piece(z0 + j);
 #pragma unroll
           for (int v = 0; v < kVec; ++v) in[j][v] = __ldcg(theirs + v * kThreads);
         }
@@ -193,10 +193,7 @@ __device__ __forceinline__ void finish_tile(float (&acc)[R][NT][4], const T* __r
     cluster.sync();  // every peer's shared memory stays alive until all slices are read
   } else
 #endif
-  if (gridDim.z > 1 && !split_sum_global<kValues, kThreads, 0>(flat, partial, counters, tid,
-                                                              blockIdx.y * gridDim.x + blockIdx.x, blockIdx.z,
-                                                              gridDim.z, int64_t{gridDim.x} * gridDim.y))
-    return;
+  if (gridDim.z > 1 && !split_sum_global<kValues, kThreads, 0>(flat, partial, counters, tid)) return;
 
   // Accumulator: c0, c1 -> row g, tokens 2t, 2t+1; c2, c3 -> row g + 8.
 #pragma unroll

@@ -10,6 +10,7 @@
 #include <map>
 #include <mutex>
 #include <utility>
+#include <vector>
 
 namespace {
 
@@ -40,20 +41,37 @@ void check_operands(const char* op, const torch::Tensor& x, const torch::Tensor&
 // Split-K tile counters, one zeroed buffer per (device, stream): every kernel leaves its counters at 0, and
 // kernels of one stream run one after the other, so the buffer is reused without a reset. (Two products that
 // run at the same time on two streams get two buffers.) A stream being captured into a CUDA graph cannot zero a
-// new buffer now (the memset would only run at replay), so there each call gets its own zeroed counters: the
-// graph zeroes them at every replay, whatever order its graphs are replayed in.
+// buffer now (a memset would only run at replay), so each captured call gets counters of its own: a slice of a
+// zeroed reserve of the device, made by a call outside any capture and never handed out twice (the kernel leaves the
+// slice at 0, so it is 0 at every replay, whatever order graphs are replayed in). Only when no reserve has room
+// (the first split call of the process is captured, or kReserveInts are used up) does the call get a new zeroed
+// buffer, zeroed by a memset node of the graph at every replay (one more node per call).
+constexpr int64_t kReserveInts = int64_t{1} << 20;  // 4 MB per reserve
+
 int* tile_counters(const torch::Tensor& like, cudaStream_t stream, int64_t tiles, torch::Tensor& per_call) {
   static std::mutex mutex;
   static std::map<std::pair<int, cudaStream_t>, torch::Tensor> buffers;
+  // per device: every reserve made (graphs keep pointers into them) and the next free int of the last one
+  static std::map<int, std::pair<std::vector<torch::Tensor>, int64_t>> reserves;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
   const std::lock_guard<std::mutex> lock(mutex);
-  const auto found = buffers.find({like.get_device(), stream});
-  if (found != buffers.end() && found->second.numel() >= tiles) return found->second.data_ptr<int>();
+  auto& [made, next] = reserves[like.get_device()];
   if (capture != cudaStreamCaptureStatusNone) {
+    if (!made.empty() && next + tiles <= made.back().numel()) {
+      int* slice = made.back().data_ptr<int>() + next;
+      next += tiles;
+      return slice;
+    }
     per_call = torch::zeros({tiles}, like.options().dtype(at::kInt));
     return per_call.data_ptr<int>();
   }
+  if (made.empty() || next > made.back().numel() / 2) {  // a fresh reserve for the captures to come
+    made.push_back(torch::zeros({kReserveInts}, like.options().dtype(at::kInt)));
+    next = 0;
+  }
+  const auto found = buffers.find({like.get_device(), stream});
+  if (found != buffers.end() && found->second.numel() >= tiles) return found->second.data_ptr<int>();
   torch::Tensor& buf = buffers[{like.get_device(), stream}];
   buf = torch::zeros({std::max<int64_t>(tiles, 4096)}, like.options().dtype(at::kInt));
   return buf.data_ptr<int>();

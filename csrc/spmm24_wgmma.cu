@@ -100,22 +100,6 @@ struct WgLayout {
   static_assert(kStages >= 2, "a stage does not fit twice in shared memory");
 };
 
-// A block's work on one tile: chunks [c_begin, c_end) of its K, piece `piece` of the `pieces` blocks that share the
-// tile (rows row0.., tokens tok0.. of y; x loaded from token load0).
-struct Segment {
-  int tile, c_begin, c_end, piece, pieces, row0, tok0, load0;
-};
-
-// Stream-K grid of `blocks` blocks over `total` (tile, chunk) iterations (tile t's chunk c is iteration
-// t * num_chunks + c): block b runs iterations [sk_start(b), sk_start(b + 1)), about total / blocks each.
-__host__ __device__ __forceinline__ int sk_start(int b, int total, int blocks) {
-  return static_cast<int>(static_cast<int64_t>(b) * total / blocks);
-}
-// The block whose run holds iteration i (the largest b with sk_start(b) <= i).
-__host__ __device__ __forceinline__ int sk_owner(int i, int total, int blocks) {
-  return static_cast<int>(((static_cast<int64_t>(i) + 1) * blocks - 1) / total);
-}
-
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define SPARSE_LLM_WGMMA 1
 
@@ -217,7 +201,7 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     const __grid_constant__ CUtensorMap map_values, const __grid_constant__ CUtensorMap map_meta,
     const __grid_constant__ CUtensorMap map_x, const T* __restrict__ bias, T* __restrict__ y,
     float* __restrict__ partial, int* __restrict__ counters, int M, int N, int num_chunks, int chunks_per_split,
-    int x_rows, int w_evict_first, int tiles_x, int tiles, int stream_k) {
+    int x_rows, int w_evict_first) {
 #ifdef SPARSE_LLM_WGMMA
   using L = WgLayout<TOKENS, CWG>;
   constexpr int S = L::kStages;
@@ -228,41 +212,15 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023u) & ~1023u;
   const uint32_t full = base + S * L::kStage;  // full[s] at full + 8 s, empty[s] at full + 8 (S + s)
   const uint32_t empty = full + 8 * S;
-  // The block's work: one segment (a tile and a run of its chunks) with a plain grid; with a stream-K grid
-  // (stream_k: grid.x blocks), the run [start(b), start(b + 1)) of all tiles' chunks, tile after tile: a segment per
-  // tile it touches (the last of a tile's pieces to finish adds their partials, as a plain split's last block does).
-  // (not built into the 4-warpgroup tiles, whose 96 registers per thread it would make spill, nor into the 256-token
-  // tile, with 128 accumulators per thread, nor into clusters)
-  const bool sk = !kCluster && CWG < 4 && TOKENS < 256 && stream_k;
-  const int total = tiles * num_chunks;
-  int it = sk ? sk_start(blockIdx.x, total, gridDim.x) : 0;
-  const int it_end = sk ? sk_start(blockIdx.x + 1, total, gridDim.x) : 0;
-  auto segment = [&](int i) {
-    Segment sg;
-    if (sk) {
-      sg.tile = i / num_chunks;
-      sg.c_begin = i - sg.tile * num_chunks;
-      sg.c_end = min(it_end - sg.tile * num_chunks, num_chunks);
-      const int first = sk_owner(sg.tile * num_chunks, total, gridDim.x);
-      sg.piece = blockIdx.x - first;
-      sg.pieces = sk_owner((sg.tile + 1) * num_chunks - 1, total, gridDim.x) - first + 1;
-    } else {
-      sg.tile = blockIdx.y * tiles_x + blockIdx.x;
-      sg.c_begin = blockIdx.z * chunks_per_split;
-      sg.c_end = max(sg.c_begin, min(sg.c_begin + chunks_per_split, num_chunks));  // (an empty last piece adds 0)
-      sg.piece = blockIdx.z;
-      sg.pieces = gridDim.z;
-    }
-    sg.row0 = (sg.tile / tiles_x) * L::kRows;
-    sg.tok0 = (sg.tile % tiles_x) * TOKENS;  // the segment's first token of y
-    // The first token of x it loads: a last tile that would reach past M is moved back to end at M (its tokens
-    // before tok0 are the previous tile's, computed again and not written), since a tensor-map box that reaches
-    // past the last row of x costs time (28672x8192, tile 128: M = 96 135 us, M = 128 116 us;
-    // wgmma_odd_m_h100.json). With M < TOKENS the box is M rows (x_rows): the tile's other columns of x hold stale
-    // bytes and are not written.
-    sg.load0 = M >= TOKENS ? min(sg.tok0, M - TOKENS) : 0;
-    return sg;
-  };
+  const int row0 = blockIdx.y * L::kRows;
+  const int tok0 = blockIdx.x * TOKENS;  // the block's first token of y
+  // The first token of x the block loads: a last tile that would reach past M is moved back to end at M (its tokens
+  // before tok0 are the previous tile's, computed again and not written), since a tensor-map box that reaches past
+  // the last row of x costs time (28672x8192, tile 128: M = 96 135 us, M = 128 116 us; wgmma_odd_m_h100.json).
+  // With M < TOKENS the box is M rows (x_rows): the tile's other columns of x hold stale bytes and are not written.
+  const int load0 = M >= TOKENS ? min(tok0, M - TOKENS) : 0;
+  const int c_begin = blockIdx.z * chunks_per_split;
+  const int c_end = min(c_begin + chunks_per_split, num_chunks);
   const int wg = threadIdx.x / 128;
   // Cluster position (cx, cy): rank cx + CT cy. This block's stage receives W from the blocks (0 .. CT-1, cy) and x
   // from (cx, 0 .. CR-1), which are also the blocks this block's producer copies into: a consumer warpgroup frees a
@@ -291,56 +249,49 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     if constexpr (CWG == 2) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
     if (threadIdx.x == 0) {
       const uint64_t w_policy = w_evict_first ? evict_first_policy() : 0;
-      int k = 0;  // the ring's position, across segments
-      for (int i = it;;) {
-        const Segment sg = segment(i);
-        const int row0 = sg.row0, load0 = sg.load0;
-        for (int c = sg.c_begin; c < sg.c_end; ++c, ++k) {
-          const int s = k % S;
-          if (k >= S) mbar_wait(empty + 8 * s, ((k / S) - 1) & 1);
-          const uint32_t stage = base + s * L::kStage, bar = full + 8 * s;
-          if constexpr (kAblate & 2) {
-            mbar_arrive(bar);
-            continue;
+      for (int c = c_begin; c < c_end; ++c) {
+        const int k = c - c_begin, s = k % S;
+        if (k >= S) mbar_wait(empty + 8 * s, ((k / S) - 1) & 1);
+        const uint32_t stage = base + s * L::kStage, bar = full + 8 * s;
+        if constexpr (kAblate & 2) {
+          mbar_arrive(bar);
+          continue;
+        }
+        constexpr bool kCopyW = !(kAblate & 8) || kCluster, kCopyX = !(kAblate & 16) || kCluster;
+        mbar_expect_tx(bar, (kCopyW ? L::kValues + L::kMeta : 0) + (kCopyX ? 2 * x_rows * kRowBytes : 0));
+        if constexpr (!kCopyW) {
+        } else if constexpr (CT == 1) {
+          const uint32_t dst_meta = stage + L::kValues + L::kX;
+          if (w_evict_first) {
+            tma_load_hint(stage, &map_values, bar, c * (kChunk / 2), row0, w_policy);
+            tma_load_hint(dst_meta, &map_meta, bar, c * (kChunk / 16), row0, w_policy);
+          } else {
+            tma_load(stage, &map_values, bar, c * (kChunk / 2), row0);
+            tma_load(dst_meta, &map_meta, bar, c * (kChunk / 16), row0);
           }
-          constexpr bool kCopyW = !(kAblate & 8) || kCluster, kCopyX = !(kAblate & 16) || kCluster;
-          mbar_expect_tx(bar, (kCopyW ? L::kValues + L::kMeta : 0) + (kCopyX ? 2 * x_rows * kRowBytes : 0));
-          if constexpr (!kCopyW) {
-          } else if constexpr (CT == 1) {
-            const uint32_t dst_meta = stage + L::kValues + L::kX;
-            if (w_evict_first) {
-              tma_load_hint(stage, &map_values, bar, c * (kChunk / 2), row0, w_policy);
-              tma_load_hint(dst_meta, &map_meta, bar, c * (kChunk / 16), row0, w_policy);
-            } else {
-              tma_load(stage, &map_values, bar, c * (kChunk / 2), row0);
-              tma_load(dst_meta, &map_meta, bar, c * (kChunk / 16), row0);
-            }
-          } else {  // rows cx * kRows / 2 .. of W into both token blocks (0, cy) and (1, cy)
-            constexpr int kHalf = L::kRows / 2;
-            const uint16_t mask = static_cast<uint16_t>(0x3u << (CT * cy));
-            const uint32_t dst_values = stage + cx * kHalf * kRowBytes;
-            const uint32_t dst_meta = stage + L::kValues + L::kX + cx * kHalf * kMetaRowBytes;
-            const int r = row0 + cx * kHalf;
-            if (w_evict_first) {
-              tma_load_multicast_hint(dst_values, &map_values, bar, c * (kChunk / 2), r, mask, w_policy);
-              tma_load_multicast_hint(dst_meta, &map_meta, bar, c * (kChunk / 16), r, mask, w_policy);
-            } else {
-              tma_load_multicast(dst_values, &map_values, bar, c * (kChunk / 2), r, mask);
-              tma_load_multicast(dst_meta, &map_meta, bar, c * (kChunk / 16), r, mask);
-            }
-          }
-          if constexpr (!kCopyX) {
-          } else if constexpr (CR == 1) {
-            tma_load(stage + L::kValues, &map_x, bar, c * kChunk, load0);
-            tma_load(stage + L::kValues + L::kXBox, &map_x, bar, c * kChunk + kXBoxColumns, load0);
-          } else {  // box cy of x into both row blocks (cx, 0) and (cx, 1)
-            const uint16_t mask = static_cast<uint16_t>((1u | (1u << CT)) << cx);
-            tma_load_multicast(stage + L::kValues + cy * L::kXBox, &map_x, bar, c * kChunk + cy * kXBoxColumns, load0,
-                               mask);
+        } else {  // rows cx * kRows / 2 .. of W into both token blocks (0, cy) and (1, cy)
+          constexpr int kHalf = L::kRows / 2;
+          const uint16_t mask = static_cast<uint16_t>(0x3u << (CT * cy));
+          const uint32_t dst_values = stage + cx * kHalf * kRowBytes;
+          const uint32_t dst_meta = stage + L::kValues + L::kX + cx * kHalf * kMetaRowBytes;
+          const int r = row0 + cx * kHalf;
+          if (w_evict_first) {
+            tma_load_multicast_hint(dst_values, &map_values, bar, c * (kChunk / 2), r, mask, w_policy);
+            tma_load_multicast_hint(dst_meta, &map_meta, bar, c * (kChunk / 16), r, mask, w_policy);
+          } else {
+            tma_load_multicast(dst_values, &map_values, bar, c * (kChunk / 2), r, mask);
+            tma_load_multicast(dst_meta, &map_meta, bar, c * (kChunk / 16), r, mask);
           }
         }
-        i = sg.tile * num_chunks + sg.c_end;
-        if (!sk || i >= it_end) break;
+        if constexpr (!kCopyX) {
+        } else if constexpr (CR == 1) {
+          tma_load(stage + L::kValues, &map_x, bar, c * kChunk, load0);
+          tma_load(stage + L::kValues + L::kXBox, &map_x, bar, c * kChunk + kXBoxColumns, load0);
+        } else {  // box cy of x into both row blocks (cx, 0) and (cx, 1)
+          const uint16_t mask = static_cast<uint16_t>((1u | (1u << CT)) << cx);
+          tma_load_multicast(stage + L::kValues + cy * L::kXBox, &map_x, bar, c * kChunk + cy * kXBoxColumns, load0,
+                             mask);
+        }
       }
     }
     if constexpr (kCluster) cluster_sync();  // see the consumers' end of the main loop
@@ -356,6 +307,8 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   const uint32_t odd = (t & 1) ? 0x7632u : 0x5410u;  // thread 0 of a quad: columns 0-15 of a step, thread 1: 16-31
   const uint32_t meta_off = L::kValues + L::kX + kMetaRowBytes * (64 * cw + 16 * warp + g);
   float acc[TOKENS / 2];
+#pragma unroll
+  for (int i = 0; i < TOKENS / 2; ++i) acc[i] = 0.f;
 
   // Chunk k: waits for its stage, builds its metadata registers e, issues its 4 wgmma as one group; returns the stage.
   auto issue = [&](int k, uint32_t(&e)[4]) {
@@ -395,74 +348,61 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
       if constexpr (CR == 2) mbar_arrive_remote(empty + 8 * s, cx + CT * (cy ^ 1));
     }
   };
-  int k0 = 0;  // the ring's position of the segment's first chunk
-  for (;;) {
-    const Segment sg = segment(it);
-    const int n = sg.c_end - sg.c_begin;
-#pragma unroll
-    for (int i = 0; i < TOKENS / 2; ++i) acc[i] = 0.f;
-    if constexpr (kGroupsInFlight == 1) {
-      uint32_t e[4];
-      for (int k = k0; k < k0 + n; ++k) {
-        const int s = issue(k, e);
+  const int n = c_end - c_begin;
+  if constexpr (kGroupsInFlight == 1) {
+    uint32_t e[4];
+    for (int k = 0; k < n; ++k) {
+      const int s = issue(k, e);
+      asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+      retire(s, e);
+    }
+  } else {  // two register sets: even chunks in ea, odd chunks in eb; one group runs while the next is issued
+    uint32_t ea[4], eb[4];
+    int sa = 0, sb = 0;
+    if (n > 0) sa = issue(0, ea);
+    for (int k = 1; k < n; k += 2) {
+      sb = issue(k, eb);
+      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+      retire(sa, ea);
+      if (k + 1 == n) {
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-        retire(s, e);
-      }
-    } else {  // two register sets: even chunks in ea, odd chunks in eb; one group runs while the next is issued
-      uint32_t ea[4], eb[4];
-      int sa = 0, sb = 0;
-      if (n > 0) sa = issue(k0, ea);
-      for (int k = 1; k < n; k += 2) {
-        sb = issue(k0 + k, eb);
-        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-        retire(sa, ea);
-        if (k + 1 == n) {
-          asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-          retire(sb, eb);
-          break;
-        }
-        sa = issue(k0 + k + 1, ea);
-        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
         retire(sb, eb);
+        break;
       }
-      if (n % 2 == 1) {
-        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-        retire(sa, ea);
-      }
+      sa = issue(k + 1, ea);
+      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+      retire(sb, eb);
     }
-    k0 += n;
+    if (n % 2 == 1) {
+      asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+      retire(sa, ea);
+    }
+  }
 #pragma unroll
-    for (int i = 0; i < TOKENS / 2; ++i) asm volatile("" : "+f"(acc[i])::"memory");  // complete before the epilogue
-    // No block of a cluster leaves while its peer may still arrive on its barriers or copy into its shared memory.
-    if constexpr (kCluster) cluster_sync();
+  for (int i = 0; i < TOKENS / 2; ++i) asm volatile("" : "+f"(acc[i])::"memory");  // complete before the epilogue
+  // No block of a cluster leaves while its peer may still arrive on its barriers or copy into its shared memory.
+  if constexpr (kCluster) cluster_sync();
 
-    // Accumulator i = 4 j + 2 h + q: row 16 warp + g + 8 h of the warpgroup's 64, token load0 + 8 j + 2 t + q.
-    // (the producer warpgroup has left: the consumers meet on named barrier 1)
-    // (4 consumer warpgroups have 96 registers per thread: no room to load several pieces at once)
-    constexpr int kGroupMax = CWG == 4 ? 1 : 4;
-    bool store = true;
-    if constexpr (!(kAblate & 4)) {
-      if (sg.pieces > 1)
-        store = split_sum_global<TOKENS / 2, L::kConsumerThreads, 1, kGroupMax>(acc, partial, counters, ctid, sg.tile,
-                                                                               sg.piece, sg.pieces, tiles);
-    }
-    if (store) {
+  // Accumulator i = 4 j + 2 h + q: row 16 warp + g + 8 h of the warpgroup's 64, token load0 + 8 j + 2 t + q.
+  // (the producer warpgroup has left: the consumers meet on named barrier 1)
+  // (4 consumer warpgroups have 96 registers per thread: no room to load several pieces at once)
+  constexpr int kGroupMax = CWG == 4 ? 1 : 4;
+  if constexpr (!(kAblate & 4)) {
+    if (gridDim.z > 1 && !split_sum_global<TOKENS / 2, L::kConsumerThreads, 1, kGroupMax>(acc, partial, counters, ctid))
+      return;
+  }
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = sg.row0 + 64 * cw + 16 * warp + g + 8 * h;
-        const float b_row = bias != nullptr ? to_float(bias[row]) : 0.f;
+  for (int h = 0; h < 2; ++h) {
+    const int row = row0 + 64 * cw + 16 * warp + g + 8 * h;
+    const float b_row = bias != nullptr ? to_float(bias[row]) : 0.f;
 #pragma unroll
-        for (int j = 0; j < TOKENS / 8; ++j)
+    for (int j = 0; j < TOKENS / 8; ++j)
 #pragma unroll
-          for (int q = 0; q < 2; ++q) {
-            const int tok = sg.load0 + 8 * j + 2 * t + q;
-            if (tok >= sg.tok0 && tok < M)  // tokens before tok0: the previous tile's (a last tile moved back)
-              y[static_cast<int64_t>(tok) * N + row] = from_float<T>(acc[4 * j + 2 * h + q] + b_row);
-          }
+      for (int q = 0; q < 2; ++q) {
+        const int tok = load0 + 8 * j + 2 * t + q;
+        if (tok >= tok0 && tok < M)  // tokens before tok0: the previous tile's (a last tile moved back)
+          y[static_cast<int64_t>(tok) * N + row] = from_float<T>(acc[4 * j + 2 * h + q] + b_row);
       }
-    }
-    it = sg.tile * num_chunks + sg.c_end;
-    if (!sk || it >= it_end) break;
   }
 #endif
 }
@@ -501,7 +441,7 @@ CUtensorMap tensor_map(const torch::Tensor& t, CUtensorMapDataType type, int ele
 template <typename T, int TOKENS, int CWG, int CT, int CR>
 void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
             const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int split,
-            int w_evict_first, bool w_promote, int blocks, cudaStream_t stream) {
+            int w_evict_first, bool w_promote, cudaStream_t stream) {
   using L = WgLayout<TOKENS, CWG>;
   const int M = x.size(0), K = x.size(1), N = values.size(0);
   const int num_chunks = K / kChunk;
@@ -509,11 +449,7 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   // Token tiles rounded up to whole clusters: a last block past M computes the last tile again (its load0) for the
   // W it shares and writes nothing.
   const int token_tiles = ((M + TOKENS - 1) / TOKENS + CT - 1) / CT * CT;
-  const int tiles = token_tiles * (N / L::kRows);
-  // Stream-K (blocks > 0): that many blocks (at most one per (tile, chunk) iteration) share all tiles' chunks.
-  const int total = tiles * num_chunks;
-  const int sk_blocks = blocks > 0 ? std::min(blocks, total) : 0;
-  const dim3 grid = sk_blocks > 0 ? dim3(sk_blocks, 1, 1) : dim3(token_tiles, N / L::kRows, split);
+  const dim3 grid(token_tiles, N / L::kRows, split);
   const auto kernel = spmm24_wgmma_kernel<T, TOKENS, CWG, CT, CR>;
   const int device = x.get_device();
   static std::atomic<uint64_t> configured{0};  // once per device and instantiation
@@ -533,31 +469,19 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   const CUtensorMap map_x = tensor_map(x, type, 2, kXBoxColumns, x_rows, CU_TENSOR_MAP_SWIZZLE_128B);
   float* partial = nullptr;
   int* counters = nullptr;
-  if (sk_blocks > 0) {
-    // The most blocks any tile is shared by: its chunks over the shortest run, plus one for a run that starts
-    // inside it. No tile is shared when every run is whole tiles.
-    const int shortest = total / sk_blocks;
-    const bool shared = total % sk_blocks != 0 || shortest % num_chunks != 0;
-    const int pieces = (num_chunks + shortest - 1) / shortest + 1;
-    if (shared) std::tie(partial, counters) = workspace.get(pieces, tiles, L::kConsumerThreads * TOKENS / 2);
-  } else if (split > 1) {
-    std::tie(partial, counters) = workspace.get(split, tiles, L::kConsumerThreads * TOKENS / 2);
-  }
+  if (split > 1) std::tie(partial, counters) = workspace.get(split, grid.x * grid.y, L::kConsumerThreads * TOKENS / 2);
   const T* bias_ptr = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
   T* y_ptr = reinterpret_cast<T*>(y.data_ptr());
   if constexpr (CT * CR == 1) {
     kernel<<<grid, L::kThreads, L::kSmem, stream>>>(map_values, map_meta, map_x, bias_ptr, y_ptr, partial, counters,
-                                                    M, N, num_chunks, per_split, x_rows, w_evict_first, token_tiles,
-                                                    tiles, sk_blocks > 0);
+                                                    M, N, num_chunks, per_split, x_rows, w_evict_first);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   } else {  // clusters of CT token tiles x CR row tiles
     cudaLaunchAttribute attribute{};
     const cudaLaunchConfig_t config =
         cluster_launch_config(grid, dim3(L::kThreads), L::kSmem, stream, dim3(CT, CR, 1), &attribute);
-    TORCH_CHECK(sk_blocks == 0, "spmm24_wgmma: a stream-K grid has no clusters");
     C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, map_values, map_meta, map_x, bias_ptr, y_ptr, partial,
-                                      counters, M, N, num_chunks, per_split, x_rows, w_evict_first, token_tiles,
-                                      tiles, 0));
+                                      counters, M, N, num_chunks, per_split, x_rows, w_evict_first));
   }
 }
 
@@ -591,12 +515,11 @@ template <typename T>
 void dispatch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
               const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int tokens,
               int warpgroups, int cluster_tokens, int cluster_rows, int split, int w_evict_first, bool w_promote,
-              int blocks, cudaStream_t stream) {
-#define SPARSE_LLM_WGMMA_CASE(T_, W_, CT_, CR_)                                                            \
-  if (tokens == T_ && warpgroups == W_ && cluster_tokens == CT_ && cluster_rows == CR_) {                    \
-    launch<T, T_, W_, CT_, CR_>(x, values, meta, bias, y, workspace, split, w_evict_first, w_promote, blocks, \
-                                stream);                                                                   \
-    return;                                                                                                \
+              cudaStream_t stream) {
+#define SPARSE_LLM_WGMMA_CASE(T_, W_, CT_, CR_)                                                                \
+  if (tokens == T_ && warpgroups == W_ && cluster_tokens == CT_ && cluster_rows == CR_) {                        \
+    launch<T, T_, W_, CT_, CR_>(x, values, meta, bias, y, workspace, split, w_evict_first, w_promote, stream); \
+    return;                                                                                                    \
   }
   SPARSE_LLM_WGMMA_TILES(SPARSE_LLM_WGMMA_CASE)
 #undef SPARSE_LLM_WGMMA_CASE
@@ -611,12 +534,11 @@ bool aligned16(const torch::Tensor& t) {
 // y (M, N) = x (M, K) @ W.T + bias with tiles of `tokens` tokens x 64 * `warpgroups` rows of W, clusters of
 // `cluster_tokens` token tiles (sharing their copies of W) x `cluster_rows` row tiles (sharing x), each 1 or 2; split
 // > 1 splits K; `w_evict_first` gives W's copies the evict-first L2 policy, `w_promote` = false copies W without
-// L2's 256-byte promotion (neither changes a bit of the result); `blocks` > 0 (split 1, no cluster): a stream-K grid
-// of that many blocks sharing all tiles' chunks evenly (tiles split across blocks add their pieces in a fixed order).
+// L2's 256-byte promotion (neither changes a bit of the result).
 torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
                            const c10::optional<torch::Tensor>& bias, int64_t tokens, int64_t warpgroups,
                            int64_t cluster_tokens, int64_t cluster_rows, int64_t split, bool w_evict_first,
-                           bool w_promote, int64_t blocks) {
+                           bool w_promote) {
   check_operands("spmm24_wgmma", x, values, meta, bias);
   const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
   TORCH_CHECK(K % kChunk == 0, "spmm24_wgmma: K must be a multiple of ", kChunk, ", got ", K);
@@ -629,16 +551,6 @@ torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, 
   TORCH_CHECK(aligned16(x) && aligned16(values) && aligned16(meta),
               "spmm24_wgmma: the tensor maps need 16-byte aligned storage and row strides for x, values and meta");
   TORCH_CHECK(split >= 1 && split <= K / kChunk, "spmm24_wgmma: split must be in [1, K/", kChunk, "], got ", split);
-  TORCH_CHECK(blocks >= 0, "spmm24_wgmma: blocks must be >= 0 (0: no stream-K grid), got ", blocks);
-  if (blocks > 0) {
-    TORCH_CHECK(split == 1 && cluster_tokens == 1 && cluster_rows == 1 && warpgroups < 4 && tokens < 256,
-                "spmm24_wgmma: a stream-K grid (blocks > 0) takes split 1, no cluster, 1-2 warpgroups and up to 128 "
-                "tokens, got split ", split, " cluster ", cluster_tokens, "x", cluster_rows, " warpgroups ", warpgroups,
-                " tokens ", tokens);
-    const int64_t iterations = (M + tokens - 1) / tokens * (N / (64 * warpgroups)) * (K / kChunk);
-    TORCH_CHECK(iterations < (int64_t{1} << 31), "spmm24_wgmma: ", iterations,
-                " (tile, chunk) iterations are too many for a stream-K grid");
-  }
   const c10::cuda::CUDAGuard guard(x.device());
   const auto* props = at::cuda::getCurrentDeviceProperties();
   TORCH_CHECK(props->major == 9 && props->minor == 0, "spmm24_wgmma: needs compute capability 9.0 (sm_90a), not ",
@@ -651,11 +563,11 @@ torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, 
     dispatch<__nv_bfloat16>(x, values, meta, bias, y, workspace, static_cast<int>(tokens),
                             static_cast<int>(warpgroups), static_cast<int>(cluster_tokens),
                             static_cast<int>(cluster_rows), static_cast<int>(split), w_evict_first, w_promote,
-                            static_cast<int>(blocks), stream);
+                            stream);
   } else {
     dispatch<__half>(x, values, meta, bias, y, workspace, static_cast<int>(tokens), static_cast<int>(warpgroups),
                      static_cast<int>(cluster_tokens), static_cast<int>(cluster_rows), static_cast<int>(split),
-                     w_evict_first, w_promote, static_cast<int>(blocks), stream);
+                     w_evict_first, w_promote, stream);
   }
   return y;
 }
@@ -669,6 +581,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm24_wgmma", &spmm24_wgmma, "y = x @ W.T (+ bias) for a canonical 2:4 W on Hopper's wgmma.sp",
         py::arg("x"), py::arg("values"), py::arg("meta"), py::arg("bias"), py::arg("tokens"), py::arg("warpgroups"),
         py::arg("cluster_tokens"), py::arg("cluster_rows"), py::arg("split"), py::arg("w_evict_first") = false,
-        py::arg("w_promote") = true, py::arg("blocks") = 0);
+        py::arg("w_promote") = true);
   m.def("stages", &wgmma_stages, "shared-memory stages of a tile", py::arg("tokens"), py::arg("warpgroups"));
 }

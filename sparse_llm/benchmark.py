@@ -53,6 +53,25 @@ QUICK_SHAPES = {
     "Llama-3-8B": [("k/v_proj", 1024, 4096)],
 }
 QUICK_MS = (1, 7, 16, 64, 256, 1024, 4096)
+
+
+def select_shapes(shapes: dict[str, list[tuple[str, int, int]]], wanted: list[str]) -> dict:
+    """The layers of ``shapes`` whose (N, K) is one of ``wanted`` ("NxK" strings); ValueError names a string that is
+    not NxK or a shape that is not in ``shapes``."""
+    keys = set()
+    for w in wanted:
+        try:
+            n, k = (int(v) for v in w.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"a shape is NxK (two integers), got {w!r}") from None
+        keys.add((n, k))
+    have = {(n, k) for layers in shapes.values() for _, n, k in layers}
+    if missing := sorted(keys - have):
+        raise ValueError(f"shapes {missing} are not in the grid; it has {sorted(have)}")
+    picked = {model: [layer for layer in layers if layer[1:] in keys] for model, layers in shapes.items()}
+    return {model: layers for model, layers in picked.items() if layers}
+
+
 PROVIDERS = ("dense", "torch_semi", "ours_auto", "ours_sparse_mma", "ours_triton_small", "ours_cusparselt")
 # Beyond this M the small-M kernel is not a candidate (minutes of benchmark for a known loser).
 TRITON_SMALL_MAX_M = 256

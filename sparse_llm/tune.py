@@ -158,23 +158,12 @@ def mma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
 def wgmma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
     """The warpgroup kernel's tiles of M's token count (a power of two, 8-256), half and double it, with 64, 128 and
     256 rows per block and W or x shared in clusters (``wgmma_tiles_near``), each with no split, its
-    automatic split (``wgmma_split``), half and double that (clusters: no split and the automatic one), and where the
-    tile runs as a stream-K grid (``stream_k_fits``) one block per SM of it, unless the tiles already fill whole
-    waves; none where the kernel does not run (not an H100/H200, or no toolkit to build it)."""
-    from sparse_llm.backends.sparse_mma import (
-        WGMMA_CHUNK,
-        _index,
-        _num_sms,
-        stream_k_fits,
-        wgmma_config,
-        wgmma_split,
-        wgmma_tiles_near,
-        wgmma_usable,
-    )
+    automatic split (``wgmma_split``), half and double that (clusters: no split and the automatic one); none where the
+    kernel does not run (not an H100/H200, or no toolkit to build it)."""
+    from sparse_llm.backends.sparse_mma import WGMMA_CHUNK, wgmma_config, wgmma_split, wgmma_tiles_near, wgmma_usable
 
     if not wgmma_usable(device) or k % WGMMA_CHUNK:
         return []
-    sms = _num_sms(_index(device))
     out = []
     for tokens, warpgroups, cluster_tokens, cluster_rows in wgmma_tiles_near(m, n):
         split = wgmma_split(m, n, k, tokens, warpgroups, device)
@@ -183,10 +172,6 @@ def wgmma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
         for s in sorted(splits):
             if s == 1 or k // (WGMMA_CHUNK * s) >= 4:
                 out.append(wgmma_config(tokens, warpgroups, s, (cluster_tokens, cluster_rows)))
-        tiles = -(-m // tokens) * (n // (64 * warpgroups))
-        stream_k = wgmma_config(tokens, warpgroups, 1, (cluster_tokens, cluster_rows), blocks=sms)
-        if stream_k_fits(stream_k) and tiles % sms:
-            out.append(stream_k)
     return out
 
 

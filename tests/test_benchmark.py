@@ -68,3 +68,12 @@ def test_graph_replay_far_above_the_eager_time_is_timed_again(monkeypatch, repla
     monkeypatch.setattr(benchmark, "time_us", lambda fn: calls.append(fn) or next(times))
     assert benchmark.time_graph_us(lambda: None, eager_us=eager) == expected
     assert len(calls) == timed
+
+
+def test_select_shapes_keeps_the_layers_of_the_named_shapes():
+    picked = benchmark.select_shapes(benchmark.LLAMA_SHAPES, ["1024x4096", "1024X8192"])
+    assert picked == {"Llama-2-70B": [("k/v_proj", 1024, 8192)], "Llama-3-8B": [("k/v_proj", 1024, 4096)]}
+    with pytest.raises(ValueError, match="NxK"):
+        benchmark.select_shapes(benchmark.LLAMA_SHAPES, ["1024-4096"])
+    with pytest.raises(ValueError, match=r"\[\(1000, 4096\)\] are not in the grid"):
+        benchmark.select_shapes(benchmark.LLAMA_SHAPES, ["1000x4096"])

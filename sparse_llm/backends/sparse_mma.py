@@ -66,10 +66,6 @@ class MmaConfig:
     wgmma: bool = False
     # warpgroup kernel: blocks of a thread-block cluster along tokens (sharing W) and along rows (sharing x)
     wgmma_cluster: tuple[int, int] = (1, 1)
-    # warpgroup kernel: 0 = a block per tile and piece of K (grid tiles x split); > 0 = a stream-K grid of that many
-    # blocks (split 1, no cluster, 1-2 warpgroups, up to 128 tokens) sharing all tiles' chunks of K evenly: no
-    # partly-idle last wave; a tile shared by several blocks adds their partial tiles in a fixed order
-    blocks: int = 0
 
     def __post_init__(self) -> None:  # a tuned table stores the pair as a JSON list
         object.__setattr__(self, "wgmma_cluster", tuple(self.wgmma_cluster))
@@ -88,21 +84,13 @@ class MmaConfig:
         return (self.tokens, self.warpgroups, *self.wgmma_cluster)
 
 
-def wgmma_config(
-    tokens: int, warpgroups: int, split: int = 1, cluster: tuple[int, int] = (1, 1), blocks: int = 0
-) -> MmaConfig:
+def wgmma_config(tokens: int, warpgroups: int, split: int = 1, cluster: tuple[int, int] = (1, 1)) -> MmaConfig:
     """The configuration of the warpgroup kernel with that tile (tokens per block, consumer warpgroups), cluster
-    (token tiles sharing W, row tiles sharing x: each 1 or 2), split, and stream-K grid (``blocks`` > 0)."""
+    (token tiles sharing W, row tiles sharing x: each 1 or 2) and split."""
     if len(cluster) != 2 or any(c not in (1, 2) for c in cluster):
         raise ValueError(f"a warpgroup cluster is (token tiles, row tiles), each 1 or 2, got {cluster}")
     return MmaConfig(rows=16, tokens=tokens, stages=0, split=split, warps=4 * warpgroups, wgmma=True,
-                     wgmma_cluster=tuple(cluster), blocks=blocks)  # fmt: skip
-
-
-def stream_k_fits(config: MmaConfig) -> bool:
-    """Whether the warpgroup kernel runs this tile as a stream-K grid: split 1, no cluster, 1-2 warpgroups, up to
-    128 tokens (the 4-warpgroup and 256-token tiles have no registers to spare for it)."""
-    return config.split == 1 and config.wgmma_cluster == (1, 1) and config.warpgroups < 4 and config.tokens < 256
+                     wgmma_cluster=tuple(cluster))  # fmt: skip
 
 
 def _index(device: torch.device) -> int:
@@ -273,7 +261,7 @@ def bound(values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None, c
     if config.wgmma:
         fn = load_wgmma_extension().spmm24_wgmma
         policy = wgmma_w_policy(m, values.nbytes + meta.nbytes, _l2_bytes(_index(values.device)))
-        args = (*config.wgmma_tile, config.split, *policy, config.blocks)
+        args = (*config.wgmma_tile, config.split, *policy)
     else:
         fn = load_mma_extension().spmm24_mma
         args = (config.rows, config.tokens, config.split, config.stages, config.warps, config.cluster)
@@ -305,14 +293,13 @@ def _spmm24_mma_op(
     wgmma: bool,
     cluster_tokens: int,
     cluster_rows: int,
-    blocks: int,
 ) -> torch.Tensor:
-    config = MmaConfig(rows, tokens, stages, split, warps, cluster, wgmma, (cluster_tokens, cluster_rows), blocks)
+    config = MmaConfig(rows, tokens, stages, split, warps, cluster, wgmma, (cluster_tokens, cluster_rows))
     return _launch(x, values, meta, bias, config)
 
 
 @_spmm24_mma_op.register_fake
-def _(x, values, meta, bias, rows, tokens, stages, split, warps, cluster, wgmma, cluster_tokens, cluster_rows, blocks):
+def _(x, values, meta, bias, rows, tokens, stages, split, warps, cluster, wgmma, cluster_tokens, cluster_rows):
     return x.new_empty(x.shape[0], values.shape[0])
 
 
@@ -355,13 +342,8 @@ def check_config(m: int, n: int, k: int, config: MmaConfig, device: torch.device
                              f"by {_wgmma_rows(config)}, got {k} and {n}")  # fmt: skip
         if check_device and not wgmma_usable(device):
             raise ValueError("the warpgroup kernel needs an H100/H200 (compute capability 9.0) and its extension")
-        if config.blocks < 0 or (config.blocks > 0 and not stream_k_fits(config)):
-            raise ValueError(f"a stream-K grid (blocks > 0) takes split 1, no cluster, 1-2 warpgroups and up to 128 "
-                             f"tokens; blocks must be >= 0, got {config}")  # fmt: skip
     elif (config.rows, config.tokens, config.stages, config.warps) not in TILES or config.wgmma_cluster != (1, 1):
         raise ValueError(f"no sparse tensor-core kernel for {config}; tiles: {sorted(TILES)}")
-    elif config.blocks:
-        raise ValueError(f"a stream-K grid (blocks > 0) is the warpgroup kernel's only, got {config}")
     chunk = WGMMA_CHUNK if config.wgmma else PIPE_CHUNK if config.stages >= 3 else CHUNK
     if not 1 <= config.split <= k // chunk:
         raise ValueError(f"split must be 1 to {k // chunk} (chunks of {chunk} of the {k} input features) for {config}")
@@ -376,6 +358,5 @@ def run_checked(
         return x.new_empty(0, values.shape[0])
     if torch.compiler.is_compiling():
         return _spmm24_mma_op(x, values, meta, bias, config.rows, config.tokens, config.stages, config.split,
-                              config.warps, config.cluster, config.wgmma, *config.wgmma_cluster,
-                              config.blocks)  # fmt: skip
+                              config.warps, config.cluster, config.wgmma, *config.wgmma_cluster)  # fmt: skip
     return _launch(x, values, meta, bias, config)  # eager: skip the custom-op dispatcher (microseconds at decode)

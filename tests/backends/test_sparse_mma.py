@@ -131,43 +131,6 @@ def test_wgmma_config_checks_before_any_launch():
         sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.MmaConfig(32, 8, 1, 3, 4), check=False)
 
 
-def test_stream_k_config_checks_before_any_launch():
-    """A stream-K grid (blocks > 0): split 1, no cluster, 1-2 warpgroups, up to 128 tokens, warpgroup kernel only."""
-    values = torch.zeros(256, 256, dtype=torch.bfloat16)
-    meta = torch.zeros(256, 32, dtype=torch.int16)
-    x = torch.zeros(4, 512, dtype=torch.bfloat16)
-    bad = [sparse_mma.wgmma_config(64, 1, 2, blocks=132), sparse_mma.wgmma_config(128, 2, 1, (1, 2), blocks=132),
-           sparse_mma.wgmma_config(64, 4, blocks=132), sparse_mma.wgmma_config(256, 1, blocks=132),
-           sparse_mma.wgmma_config(64, 1, blocks=-1)]  # fmt: skip
-    for cfg in bad:
-        with pytest.raises(ValueError, match="stream-K grid"):
-            sparse_mma.spmm24_mma(x, values, meta, None, cfg, check=False)
-    with pytest.raises(ValueError, match="warpgroup kernel's only"):
-        sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.MmaConfig(32, 8, blocks=132), check=False)
-    assert sparse_mma.stream_k_fits(sparse_mma.wgmma_config(128, 2, blocks=132))
-    cfg = sparse_mma.wgmma_config(128, 2, blocks=132)
-    assert sparse_mma.MmaConfig(**json.loads(json.dumps(cfg.as_dict()))) == cfg
-    # a table tuned before stream-K (no "blocks" key) still loads, as the plain grid
-    old = {k: v for k, v in sparse_mma.wgmma_config(64, 1, 2).as_dict().items() if k != "blocks"}
-    assert sparse_mma.MmaConfig(**old).blocks == 0
-
-
-@pytest.mark.parametrize("m,n,k", [(128, 11008, 4096), (64, 8192, 8192), (1, 1024, 4096), (512, 1024, 4096)])
-def test_wgmma_candidates_add_a_stream_k_grid_where_tiles_leave_a_wave_part_idle(monkeypatch, m, n, k):
-    """One block per SM (132 here) for every near tile that runs as a stream-K grid and whose tile count is not a
-    whole number of waves (11008 rows in 128-row tiles: 86 tiles), and for no other."""
-    monkeypatch.setattr(sparse_mma, "_num_sms", lambda index: 132)
-    monkeypatch.setattr(sparse_mma, "wgmma_usable", lambda device: True)
-    cands = tune.wgmma_candidates(m, n, k, torch.device("cuda", 0))
-    got = {(c.tokens, c.warpgroups) for c in cands if c.blocks}
-    assert all(c.blocks == 132 and c.split == 1 and c.wgmma_cluster == (1, 1) for c in cands if c.blocks)
-    want = {(t, w) for t, w, ct, cr in sparse_mma.wgmma_tiles_near(m, n)
-            if (ct, cr) == (1, 1) and w < 4 and t < 256 and (-(-m // t) * (n // (64 * w))) % 132}  # fmt: skip
-    assert got == want and want
-    if (m, n) == (128, 11008):
-        assert (128, 2) in got  # 86 tiles of 128 x 128
-
-
 def test_wgmma_cluster_round_trips_through_the_tuned_table():
     cfg = sparse_mma.wgmma_config(128, 4, 1, (2, 1))
     back = sparse_mma.MmaConfig(**json.loads(json.dumps(cfg.as_dict())))
