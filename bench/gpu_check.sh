@@ -10,7 +10,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
 python bench/pack.py --out "$OUT"
 workers=()
 if [ "${GPU_TEST_WORKERS:-1}" -gt 1 ]; then workers=(-n "$GPU_TEST_WORKERS"); fi
-python -m pytest -q -m gpu tests --ignore=tests/backends/test_triton_small.py -p no:cacheprovider "${workers[@]}" 2>&1 \
+python -m pytest -v -m gpu tests --ignore=tests/backends/test_triton_small.py -p no:cacheprovider "${workers[@]}" 2>&1 \
   | tee "$OUT/gpu_tests.log" | tail -15
 python -m pytest -q tests/backends/test_triton_small.py -p no:cacheprovider "${workers[@]}" 2>&1 \
   | tee -a "$OUT/gpu_tests.log" | tail -5
