@@ -43,9 +43,10 @@ void check_operands(const char* op, const torch::Tensor& x, const torch::Tensor&
 // run at the same time on two streams get two buffers.) A stream being captured into a CUDA graph cannot zero a
 // buffer now (a memset would only run at replay), so each captured call gets counters of its own: a slice of a
 // zeroed reserve of the device, made by a call outside any capture and never handed out twice (the kernel leaves the
-// slice at 0, so it is 0 at every replay, whatever order graphs are replayed in). Only when no reserve has room
-// (the first split call of the process is captured, or kReserveInts are used up) does the call get a new zeroed
-// buffer, zeroed by a memset node of the graph at every replay (one more node per call).
+// slice at 0, so it is 0 at every replay, whatever order graphs are replayed in). The call that makes a reserve waits
+// for its zeros (once per reserve), so that no graph captured later on another stream can replay before them. Only
+// when no reserve has room (the first split call of the process is captured, or kReserveInts are used up) does the
+// call get a new zeroed buffer, zeroed by a memset node of the graph at every replay (one more node per call).
 constexpr int64_t kReserveInts = int64_t{1} << 20;  // 4 MB per reserve
 
 int* tile_counters(const torch::Tensor& like, cudaStream_t stream, int64_t tiles, torch::Tensor& per_call) {
@@ -69,6 +70,7 @@ int* tile_counters(const torch::Tensor& like, cudaStream_t stream, int64_t tiles
   if (made.empty() || next > made.back().numel() / 2) {  // a fresh reserve for the captures to come
     made.push_back(torch::zeros({kReserveInts}, like.options().dtype(at::kInt)));
     next = 0;
+    C10_CUDA_CHECK(cudaStreamSynchronize(stream));
   }
   const auto found = buffers.find({like.get_device(), stream});
   if (found != buffers.end() && found->second.numel() >= tiles) return found->second.data_ptr<int>();
