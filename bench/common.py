@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from sparse_llm import Sparse24Weight, tune
-from sparse_llm.benchmark import LLAMA_SHAPES, _random_24, environment
+from sparse_llm.benchmark import LLAMA_SHAPES, _random_24, distinct_shapes, environment
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # The tuning tables measured by ``sparse-llm tune`` on the H100 and on the H200 (the grids' backend choices).
@@ -24,7 +24,7 @@ COMMITTED_TABLES = [RESULTS / "crossover_h100.json", RESULTS / "h200" / "crossov
 
 def llama_shapes() -> list[tuple[int, int]]:
     """The distinct (N, K) of the Llama-2-7B, Llama-2-70B and Llama-3-8B linears (``benchmark.LLAMA_SHAPES``)."""
-    return sorted({(n, k) for layers in LLAMA_SHAPES.values() for _, n, k in layers})
+    return distinct_shapes(LLAMA_SHAPES)
 
 
 def random_packed(n: int, k: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -46,8 +46,7 @@ def main() -> None:
         use_tables(args.tables or COMMITTED_TABLES)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.tune:
-        distinct = sorted({(n, k) for layers in shapes.values() for _, n, k in layers})
-        entries = tune.tune(distinct, dtype)
+        entries = tune.tune(benchmark.distinct_shapes(shapes), dtype)
         (args.out / "crossover.json").write_text(json.dumps(entries, indent=1))
         for e in entries:
             print(f"tuned {e['n']}x{e['k']}: crossover M={e['crossover']}")

@@ -21,12 +21,12 @@ import torch.nn.functional as F
 import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
+from common import llama_shapes, write_result  # noqa: E402
 
 from sparse_llm import Sparse24Weight  # noqa: E402
 from sparse_llm.backends import cusparselt  # noqa: E402
 from sparse_llm.backends.triton_small import SmallConfig, _split_k_for, spmm24_small  # noqa: E402
-from sparse_llm.benchmark import LLAMA_SHAPES, time_graph_us  # noqa: E402
+from sparse_llm.benchmark import time_graph_us  # noqa: E402
 
 MS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    shapes = sorted({(n, k) for layers in LLAMA_SHAPES.values() for _, n, k in layers})
+    shapes = llama_shapes()
     rows, table = [], []
     for n, k in shapes:
         w = torch.randn(n, k, device="cuda", dtype=dtype)

@@ -55,19 +55,27 @@ QUICK_SHAPES = {
 QUICK_MS = (1, 7, 16, 64, 256, 1024, 4096)
 
 
+def parse_shape(text: str) -> tuple[int, int]:
+    """(N, K) from "NxK"; ValueError names a string that is not that."""
+    try:
+        n, k = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"shape {text!r} is not NxK (e.g. 4096x11008)") from None
+    return n, k
+
+
+def distinct_shapes(shapes: dict[str, list[tuple[str, int, int]]]) -> list[tuple[int, int]]:
+    """The distinct (N, K) of ``shapes``' layers, sorted."""
+    return sorted({(n, k) for layers in shapes.values() for _, n, k in layers})
+
+
 def select_shapes(shapes: dict[str, list[tuple[str, int, int]]], wanted: list[str]) -> dict:
     """The layers of ``shapes`` whose (N, K) is one of ``wanted`` ("NxK" strings); ValueError names a string that is
     not NxK or a shape that is not in ``shapes``."""
-    keys = set()
-    for w in wanted:
-        try:
-            n, k = (int(v) for v in w.lower().split("x"))
-        except ValueError:
-            raise ValueError(f"a shape is NxK (two integers), got {w!r}") from None
-        keys.add((n, k))
-    have = {(n, k) for layers in shapes.values() for _, n, k in layers}
-    if missing := sorted(keys - have):
-        raise ValueError(f"shapes {missing} are not in the grid; it has {sorted(have)}")
+    keys = {parse_shape(w) for w in wanted}
+    have = distinct_shapes(shapes)
+    if missing := sorted(keys - set(have)):
+        raise ValueError(f"shapes {missing} are not in the grid; it has {have}")
     picked = {model: [layer for layer in layers if layer[1:] in keys] for model, layers in shapes.items()}
     return {model: layers for model, layers in picked.items() if layers}
 

@@ -333,21 +333,13 @@ def _tune_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _parse_shape(text: str) -> tuple[int, int]:
-    try:
-        n, k = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"shape {text!r} is not NxK (e.g. 4096x11008)") from None
-    return n, k
-
-
 def cmd_tune(args: argparse.Namespace) -> int:
     from sparse_llm import benchmark, tune
 
     if args.shapes:
-        shapes = [_parse_shape(s) for s in args.shapes]
+        shapes = [benchmark.parse_shape(s) for s in args.shapes]
     else:
-        shapes = sorted({(n, k) for layers in benchmark.LLAMA_SHAPES.values() for _, n, k in layers})
+        shapes = benchmark.distinct_shapes(benchmark.LLAMA_SHAPES)
     ms = tuple(sorted(set(args.ms))) if args.ms else tune.TUNE_MS
     if any(m < 1 for m in ms):
         raise ValueError(f"--ms takes token counts of 1 or more, got {list(ms)}")
