@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One device call: install (the build's seconds into $OUT/build_seconds.txt), time the pack kernel, run every GPU
-# test. Usage: OUT=dir bash bench/gpu_check.sh   (GPU_TEST_WORKERS=n runs the tests in n processes, pytest-xdist)
+# test; the built extensions are copied to $OUT/so. Usage: OUT=dir bash bench/gpu_check.sh   (GPU_TEST_WORKERS=n runs the tests in n processes, pytest-xdist)
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 start=$(date +%s)
 python -m pip install -q -e . --no-deps --no-build-isolation 2>&1 | grep -v WARNING
 echo "$(( $(date +%s) - start ))" | tee "$OUT/build_seconds.txt"
+mkdir -p "$OUT/so" && cp sparse_llm/_*.so "$OUT/so/" 2>/dev/null  # a later call can carry them and skip the build
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
 python bench/pack.py --out "$OUT"
 workers=()
