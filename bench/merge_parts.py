@@ -46,8 +46,10 @@ def merge(parts: list[dict], names: list[str]) -> dict:
         "rows": rows,
         "summary": {key: benchmark.summarize(rows, *col) for key, col in SUMMARY_COLUMNS.items()},
         "crossover_table": parts[0].get("crossover_table"),
-        "parts": [{"file": name, "env": p["env"], "ceilings": p["ceilings"], "shapes": list(p["shapes"])}
-                  for p, name in zip(parts, names, strict=True)],
+        "parts": [
+            {"file": name, "env": p["env"], "ceilings": p["ceilings"], "shapes": list(p["shapes"])}
+            for p, name in zip(parts, names, strict=True)
+        ],
     }
 
 
