@@ -370,6 +370,52 @@ def summarize(rows: list[dict], provider: str = "ours_auto", column: str = "spee
     return out
 
 
+SUMMARIES = {  # summary key: (provider, column)
+    "eager": ("ours_auto", "speedup"),
+    "graph": ("ours_auto", "graph_speedup"),
+    "stream": ("ours_auto", "stream_speedup"),
+    "torch_semi_eager": ("torch_semi", "speedup"),
+    "torch_semi_graph": ("torch_semi", "graph_speedup"),
+}
+
+
+def summaries(rows: list[dict]) -> dict:
+    """Every summary a grid reports: ``summarize`` per (provider, column) of ``SUMMARIES``."""
+    return {key: summarize(rows, provider, column) for key, (provider, column) in SUMMARIES.items()}
+
+
+def merge_parts(parts: list[dict], names: list[str]) -> dict:
+    """One grid from the results of ``run`` over disjoint sets of shapes (a grid run in parts): rows concatenated,
+    summary recomputed over all of them, each part's environment and ceilings kept under ``parts``. The parts must
+    come from one commit on one GPU, and no shape may be in two parts."""
+    if not parts or len(parts) != len(names):
+        raise ValueError(f"merge_parts needs one name per part, got {len(parts)} parts and {len(names)} names")
+    for key in ("git_sha", "gpu"):
+        seen = sorted({str(p["env"].get(key)) for p in parts})
+        if len(seen) > 1:
+            raise ValueError(f"the parts differ in {key}: {seen}; a grid is one commit on one GPU")
+    rows, shapes, owner = [], {}, {}
+    for part, name in zip(parts, names, strict=True):
+        for shape, layers in part["shapes"].items():
+            if shape in owner:
+                raise ValueError(f"shape {shape} is in both {owner[shape]} and {name}")
+            owner[shape] = name
+            shapes[shape] = layers
+        rows += part["rows"]
+    return {
+        "env": parts[0]["env"],
+        "ceilings": parts[0]["ceilings"],
+        "shapes": shapes,
+        "rows": rows,
+        "summary": summaries(rows),
+        "crossover_table": parts[0].get("crossover_table"),
+        "parts": [
+            {"file": name, "env": p["env"], "ceilings": p["ceilings"], "shapes": list(p["shapes"])}
+            for p, name in zip(parts, names, strict=True)
+        ],
+    }
+
+
 def run(
     shapes: dict[str, list[tuple[str, int, int]]] | None = None,
     ms: tuple[int, ...] | None = None,
@@ -405,13 +451,7 @@ def run(
             "ceilings": ceilings,
             "shapes": {f"{nn}x{kk}": v for (nn, kk), v in users.items() if any(r["n"] == nn for r in rows)},
             "rows": rows,
-            "summary": {
-                "eager": summarize(rows, "ours_auto", "speedup"),
-                "graph": summarize(rows, "ours_auto", "graph_speedup"),
-                "stream": summarize(rows, "ours_auto", "stream_speedup"),
-                "torch_semi_eager": summarize(rows, "torch_semi", "speedup"),
-                "torch_semi_graph": summarize(rows, "torch_semi", "graph_speedup"),
-            },
+            "summary": summaries(rows),
         }
         if checkpoint is not None:
             checkpoint(result)

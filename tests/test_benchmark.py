@@ -77,3 +77,35 @@ def test_select_shapes_keeps_the_layers_of_the_named_shapes():
         benchmark.select_shapes(benchmark.LLAMA_SHAPES, ["1024-4096"])
     with pytest.raises(ValueError, match=r"\[\(1000, 4096\)\] are not in the grid"):
         benchmark.select_shapes(benchmark.LLAMA_SHAPES, ["1000x4096"])
+
+
+def _part(sha: str, gpu: str, shape: str, speedups: dict[int, float]) -> dict:
+    n, k = benchmark.parse_shape(shape)
+    rows = [
+        {"provider": "ours_auto", "n": n, "k": k, "m": m, "speedup": s, "graph_speedup": s, "stream_speedup": s}
+        for m, s in speedups.items()
+    ]
+    return {"env": {"git_sha": sha, "gpu": gpu}, "ceilings": {"copy_tb_s": 4.0}, "shapes": {shape: ["L"]}, "rows": rows}
+
+
+def test_merge_parts_recomputes_the_summary_over_every_part():
+    a = _part("abc", "H200", "1024x4096", {1: 1.2, 16: 1.0, 512: 0.8})
+    b = _part("abc", "H200", "4096x4096", {1: 1.6, 16: 1.5, 2048: 1.7})
+    merged = benchmark.merge_parts([a, b], ["a.json", "b.json"])
+    assert list(merged["shapes"]) == ["1024x4096", "4096x4096"]
+    assert len(merged["rows"]) == 6
+    assert merged["summary"]["graph"] == {"M<=16": 1.35, "M 32-256": None, "M>=1024": 1.7, "min_any_m": 0.8}
+    assert [p["file"] for p in merged["parts"]] == ["a.json", "b.json"]
+
+
+@pytest.mark.parametrize(
+    ("second", "match"),
+    [
+        (_part("def", "H200", "4096x4096", {1: 1.5}), "differ in git_sha"),
+        (_part("abc", "H100", "4096x4096", {1: 1.5}), "differ in gpu"),
+        (_part("abc", "H200", "1024x4096", {1: 1.5}), "1024x4096 is in both"),
+    ],
+)
+def test_merge_parts_refuses_parts_of_two_runs_or_a_shape_twice(second, match):
+    with pytest.raises(ValueError, match=match):
+        benchmark.merge_parts([_part("abc", "H200", "1024x4096", {1: 1.2}), second], ["a.json", "b.json"])
