@@ -45,6 +45,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <tuple>
 #include <type_traits>
 
@@ -83,6 +84,19 @@ constexpr int kMaxStages = SPARSE_LLM_WGMMA_MAX_STAGES;
 constexpr int kGroupsInFlight = SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT;
 static_assert(kMaxStages >= 2 && kMaxStages <= 32, "SPARSE_LLM_WGMMA_MAX_STAGES must be in [2, 32]");
 static_assert(kGroupsInFlight == 1 || kGroupsInFlight == 2, "SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT must be 1 or 2");
+
+// How a call is launched (set_launch_mode; the default from SPARSE_LLM_PDL, else both bits): kLaunchProgrammatic =
+// programmatic dependent launch (the kernel's blocks may start, and set up, while the previous kernel of the stream
+// runs; they wait for it before touching global memory), kLaunchPrefetchW = before that wait, the producer prefetches
+// its first stages of W into L2. Neither changes a bit of the result.
+constexpr int kLaunchProgrammatic = 1, kLaunchPrefetchW = 2;
+int launch_mode_from_env() {
+  const char* env = std::getenv("SPARSE_LLM_PDL");
+  if (env == nullptr || *env == '\0') return kLaunchProgrammatic | kLaunchPrefetchW;
+  const int mode = std::atoi(env);
+  return (mode >= 0 && mode <= 3) ? mode : (kLaunchProgrammatic | kLaunchPrefetchW);
+}
+std::atomic<int> g_launch_mode{launch_mode_from_env()};
 
 template <int TOKENS, int CWG>
 struct WgLayout {
@@ -163,6 +177,14 @@ __device__ __forceinline__ void tma_load_hint(uint32_t dst, const CUtensorMap* m
       "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "l"(policy)
       : "memory");
 }
+// One 2-D box of a tensor map into L2 only (a hint: nothing waits for it, and a later copy reads whatever L2 then
+// holds, so it can never give stale bytes).
+__device__ __forceinline__ void tma_prefetch_l2(const CUtensorMap* map, int c0, int c1) {
+  asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(c0), "r"(c1)
+               : "memory");
+}
 // The same box into the same shared-memory offset of every block of `mask` in the cluster, completion counted on
 // each one's mbarrier at offset `bar`.
 __device__ __forceinline__ void tma_load_multicast(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1,
@@ -201,7 +223,7 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     const __grid_constant__ CUtensorMap map_values, const __grid_constant__ CUtensorMap map_meta,
     const __grid_constant__ CUtensorMap map_x, const T* __restrict__ bias, T* __restrict__ y,
     float* __restrict__ partial, int* __restrict__ counters, int M, int N, int num_chunks, int chunks_per_split,
-    int x_rows, int w_evict_first) {
+    int x_rows, int w_evict_first, int w_prefetch) {
 #ifdef SPARSE_LLM_WGMMA
   using L = WgLayout<TOKENS, CWG>;
   constexpr int S = L::kStages;
@@ -238,12 +260,26 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    if (w_prefetch) {  // the first stages' W into L2 while the previous kernel may still run (see below)
+      const int r = row0 + (CT > 1 ? cx * (L::kRows / 2) : 0);
+      for (int c = c_begin; c < min(c_begin + S, c_end); ++c) {
+        tma_prefetch_l2(&map_values, c * (kChunk / 2), r);
+        tma_prefetch_l2(&map_meta, c * (kChunk / 16), r);
+      }
+    }
   }
   if constexpr (kCluster) {
     cluster_sync();  // the peers' barriers exist before anything is copied into them
   } else {
     __syncthreads();
   }
+  // Programmatic dependent launch (launch(): a launch attribute, off with SPARSE_LLM_PDL=0): this kernel's blocks
+  // may start while the previous kernel of the stream still runs. Nothing above touched global memory but the L2
+  // prefetch hint; here every thread waits until that kernel has finished and its writes are visible (x may be its
+  // output, y may reuse memory it reads), then lets the next kernel's blocks start their own setup. Without the
+  // attribute both instructions return at once.
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 
   if (wg == 0) {  // producer
     if constexpr (CWG == 2) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
@@ -472,17 +508,29 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   if (split > 1) std::tie(partial, counters) = workspace.get(split, grid.x * grid.y, L::kConsumerThreads * TOKENS / 2);
   const T* bias_ptr = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
   T* y_ptr = reinterpret_cast<T*>(y.data_ptr());
-  if constexpr (CT * CR == 1) {
-    kernel<<<grid, L::kThreads, L::kSmem, stream>>>(map_values, map_meta, map_x, bias_ptr, y_ptr, partial, counters,
-                                                    M, N, num_chunks, per_split, x_rows, w_evict_first);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  } else {  // clusters of CT token tiles x CR row tiles
-    cudaLaunchAttribute attribute{};
-    const cudaLaunchConfig_t config =
-        cluster_launch_config(grid, dim3(L::kThreads), L::kSmem, stream, dim3(CT, CR, 1), &attribute);
-    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, map_values, map_meta, map_x, bias_ptr, y_ptr, partial,
-                                      counters, M, N, num_chunks, per_split, x_rows, w_evict_first));
+  const int mode = g_launch_mode.load(std::memory_order_relaxed);
+  cudaLaunchAttribute attributes[2] = {};
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = dim3(L::kThreads);
+  config.dynamicSmemBytes = L::kSmem;
+  config.stream = stream;
+  config.attrs = attributes;
+  if constexpr (CT * CR > 1) {  // clusters of CT token tiles x CR row tiles
+    attributes[config.numAttrs].id = cudaLaunchAttributeClusterDimension;
+    attributes[config.numAttrs].val.clusterDim.x = CT;
+    attributes[config.numAttrs].val.clusterDim.y = CR;
+    attributes[config.numAttrs].val.clusterDim.z = 1;
+    ++config.numAttrs;
   }
+  if (mode & kLaunchProgrammatic) {
+    attributes[config.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[config.numAttrs].val.programmaticStreamSerializationAllowed = 1;
+    ++config.numAttrs;
+  }
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, map_values, map_meta, map_x, bias_ptr, y_ptr, partial, counters,
+                                    M, N, num_chunks, per_split, x_rows, w_evict_first,
+                                    (mode & kLaunchPrefetchW) ? 1 : 0));
 }
 
 // The instantiated tiles: (tokens per block, consumer warpgroups of 64 rows each, cluster blocks along tokens sharing
@@ -572,6 +620,13 @@ torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, 
   return y;
 }
 
+// Sets how later calls launch (bits kLaunchProgrammatic, kLaunchPrefetchW); returns the previous mode.
+int64_t set_launch_mode(int64_t mode) {
+  TORCH_CHECK(mode >= 0 && mode <= 3, "spmm24_wgmma: launch mode must be in [0, 3] (bit 1 programmatic launch, "
+              "bit 2 W prefetch), got ", mode);
+  return g_launch_mode.exchange(static_cast<int>(mode));
+}
+
 // Pipeline depth of a tile (what fits in shared memory), for reports.
 int64_t wgmma_stages(int64_t tokens, int64_t warpgroups) {
   return stages_of(static_cast<int>(tokens), static_cast<int>(warpgroups));
@@ -583,4 +638,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("cluster_tokens"), py::arg("cluster_rows"), py::arg("split"), py::arg("w_evict_first") = false,
         py::arg("w_promote") = true);
   m.def("stages", &wgmma_stages, "shared-memory stages of a tile", py::arg("tokens"), py::arg("warpgroups"));
+  m.def("set_launch_mode", &set_launch_mode,
+        "how later calls launch: bit 1 programmatic dependent launch, bit 2 W prefetched into L2 before the wait; "
+        "returns the previous mode",
+        py::arg("mode"));
 }

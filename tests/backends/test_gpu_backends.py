@@ -412,6 +412,50 @@ def test_wgmma_l2_policy_of_w_changes_no_bit():
                 assert _rel_err(outs[0], _ref(x, dense, bias)) < 1e-2, (m, tile, split)
 
 
+@pytest.mark.parametrize("mode", [0, 1, 2, 3])
+def test_wgmma_launch_modes_give_the_eager_bits_of_a_chain(mode):
+    """Programmatic dependent launch (bit 1) and W prefetched into L2 before the wait (bit 2): a chain of layers, each
+    reading the previous one's output, while freed outputs are reused by later ones (a kernel that wrote before its
+    wait, or read x before it, would see or clobber the previous kernel's data), eager and in a CUDA graph, gives the
+    bits of the chain launched plainly; for every tile (clusters included), split 1 and 3."""
+    sparse_mma = _wgmma_or_skip()
+    from sparse_llm.backends._build import load_wgmma_extension
+
+    ext = load_wgmma_extension()
+    layers = [_layer(512, 512, torch.bfloat16, True)[0] for _ in range(3)]
+    for layer in layers:
+        layer.values.mul_(1 / 16)  # keeps a chain of 3 products finite
+    tiles = sorted(sparse_mma.WGMMA_TILES)
+
+    def chain(x):
+        for i, tile in enumerate(tiles):
+            layer = layers[i % len(layers)]
+            x = ext.spmm24_wgmma(x, layer.values, layer.meta, layer.bias, *tile, 1 + 2 * (i % 2), i % 3 == 0, True)
+        return x
+
+    x = torch.randn(77, 512, device="cuda", dtype=torch.bfloat16)
+    previous = ext.set_launch_mode(0)
+    try:
+        plain = chain(x)
+        ext.set_launch_mode(mode)
+        eager = chain(x)
+        graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.graph(graph, stream=stream):
+            captured = chain(x)
+        for _ in range(3):
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(captured, plain), mode
+    finally:
+        ext.set_launch_mode(previous)
+    assert torch.isfinite(plain).all() and plain.abs().max() > 0
+    assert torch.equal(eager, plain), mode
+    with pytest.raises(RuntimeError, match="launch mode must be in"):
+        ext.set_launch_mode(4)
+
+
 def test_wgmma_takes_misaligned_and_strided_x():
     """The tensor maps need 16-byte aligned rows: a view 2 bytes off, and rows of a wider tensor, still work."""
     sparse_mma = _wgmma_or_skip()
