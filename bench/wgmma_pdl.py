@@ -28,7 +28,7 @@ from common import COMMITTED_TABLES, llama_shapes, use_tables, write_result  # n
 from sparse_llm import Sparse24Weight, SparseLinear, backends, benchmark  # noqa: E402
 from sparse_llm.backends._build import load_wgmma_extension  # noqa: E402
 
-MODES = {"plain": 0, "pdl": 1, "pdl_prefetch": 3}
+MODES = {"plain": 0, "pdl": 1, "pdl_small_grids": 5}
 MS = (1, 16, 64, 128, 256, 512, 1024)
 
 

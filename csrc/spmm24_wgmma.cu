@@ -89,12 +89,13 @@ static_assert(kGroupsInFlight == 1 || kGroupsInFlight == 2, "SPARSE_LLM_WGMMA_GR
 // programmatic dependent launch (the kernel's blocks may start, and set up, while the previous kernel of the stream
 // runs; they wait for it before touching global memory), kLaunchPrefetchW = before that wait, the producer prefetches
 // its first stages of W into L2. Neither changes a bit of the result.
-constexpr int kLaunchProgrammatic = 1, kLaunchPrefetchW = 2;
+// kLaunchSmallGridsOnly: programmatic launch only for grids of at most half the SMs' blocks.
+constexpr int kLaunchProgrammatic = 1, kLaunchPrefetchW = 2, kLaunchSmallGridsOnly = 4;
 int launch_mode_from_env() {
   const char* env = std::getenv("SPARSE_LLM_PDL");
   if (env == nullptr || *env == '\0') return kLaunchProgrammatic | kLaunchPrefetchW;
   const int mode = std::atoi(env);
-  return (mode >= 0 && mode <= 3) ? mode : (kLaunchProgrammatic | kLaunchPrefetchW);
+  return (mode >= 0 && mode <= 7) ? mode : (kLaunchProgrammatic | kLaunchPrefetchW);
 }
 std::atomic<int> g_launch_mode{launch_mode_from_env()};
 
@@ -523,7 +524,9 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
     attributes[config.numAttrs].val.clusterDim.z = 1;
     ++config.numAttrs;
   }
-  if (mode & kLaunchProgrammatic) {
+  const bool small_grid = 2 * static_cast<int64_t>(grid.x) * grid.y * grid.z <=
+                          at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  if ((mode & kLaunchProgrammatic) && (!(mode & kLaunchSmallGridsOnly) || small_grid)) {
     attributes[config.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attributes[config.numAttrs].val.programmaticStreamSerializationAllowed = 1;
     ++config.numAttrs;
@@ -622,8 +625,8 @@ torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, 
 
 // Sets how later calls launch (bits kLaunchProgrammatic, kLaunchPrefetchW); returns the previous mode.
 int64_t set_launch_mode(int64_t mode) {
-  TORCH_CHECK(mode >= 0 && mode <= 3, "spmm24_wgmma: launch mode must be in [0, 3] (bit 1 programmatic launch, "
-              "bit 2 W prefetch), got ", mode);
+  TORCH_CHECK(mode >= 0 && mode <= 7, "spmm24_wgmma: launch mode must be in [0, 7] (bit 1 programmatic launch, "
+              "bit 2 W prefetch, bit 4 programmatic launch of small grids only), got ", mode);
   return g_launch_mode.exchange(static_cast<int>(mode));
 }
 
