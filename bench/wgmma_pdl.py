@@ -1,6 +1,6 @@
 """The warpgroup kernel's launch modes side by side (H100/H200): plain, programmatic dependent launch (PDL: a call's
-blocks start and set up while the previous kernel of the stream runs), and PDL with the first stages of W prefetched
-into L2 before the wait (``set_launch_mode`` of the extension; ``SPARSE_LLM_PDL`` sets the default).
+blocks start and set up while the previous kernel of the stream runs) for every launch, and for decode launches only
+(``sparse_mma.set_launch_mode``; ``SPARSE_LLM_PDL`` sets it for a process).
 
     python bench/wgmma_pdl.py --out DIR [--shapes 1024x4096 ...] [--ms 1 16 ...]
 
@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import COMMITTED_TABLES, llama_shapes, use_tables, write_result  # noqa: E402
 
 from sparse_llm import Sparse24Weight, SparseLinear, backends, benchmark  # noqa: E402
-from sparse_llm.backends._build import load_wgmma_extension  # noqa: E402
+from sparse_llm.backends import sparse_mma  # noqa: E402
 
-MODES = {"plain": 0, "pdl": 1, "pdl_small_grids": 5}
+MODES = {"plain": 0, "pdl": 1, "pdl_decode": 3}
 MS = (1, 16, 64, 128, 256, 512, 1024)
 
 
@@ -38,10 +38,8 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="*", default=None, help="NxK (default: the 10 Llama shapes)")
     parser.add_argument("--ms", type=int, nargs="*", default=list(MS))
     args = parser.parse_args()
-    ext = load_wgmma_extension()  # before use_tables points the cache dir (and a JIT build's) elsewhere
+    default_mode = sparse_mma.set_launch_mode(0)  # loads the extension before use_tables moves the cache dir
     use_tables(COMMITTED_TABLES)
-    default_mode = ext.set_launch_mode(0)
-    ext.set_launch_mode(default_mode)
     shapes = [benchmark.parse_shape(s) for s in args.shapes] if args.shapes else llama_shapes()
     dtype = torch.bfloat16
     rows = []
@@ -59,7 +57,7 @@ def main() -> None:
             calls = [lambda layer=layer, x=x: layer(x) for layer in layers]
             outs = {}
             for name, mode in MODES.items():  # each mode's stream gives the plain launch's bits
-                ext.set_launch_mode(mode)
+                sparse_mma.set_launch_mode(mode)
                 graph, out = benchmark.capture_graph(lambda calls=calls: [fn() for fn in calls])
                 graph.replay()
                 torch.cuda.synchronize()
@@ -69,13 +67,13 @@ def main() -> None:
             stream: dict[str, list[float]] = {name: [] for name in MODES}
             for _ in range(2):
                 for name, mode in MODES.items():
-                    ext.set_launch_mode(mode)
+                    sparse_mma.set_launch_mode(mode)
                     stream[name].append(benchmark.time_stream_us(calls))
             single = {}
             for name, mode in MODES.items():
-                ext.set_launch_mode(mode)
+                sparse_mma.set_launch_mode(mode)
                 single[name] = benchmark.time_graph_us(calls[0])
-            ext.set_launch_mode(default_mode)
+            sparse_mma.set_launch_mode(default_mode)
             dense_stream = benchmark.time_stream_us([lambda w=w, x=x: F.linear(x, w) for w in denses])
             dense_single = benchmark.time_graph_us(lambda x=x, w=denses[0]: F.linear(x, w))
             row = {

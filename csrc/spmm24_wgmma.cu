@@ -45,7 +45,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
 #include <tuple>
 #include <type_traits>
 
@@ -85,19 +84,14 @@ constexpr int kGroupsInFlight = SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT;
 static_assert(kMaxStages >= 2 && kMaxStages <= 32, "SPARSE_LLM_WGMMA_MAX_STAGES must be in [2, 32]");
 static_assert(kGroupsInFlight == 1 || kGroupsInFlight == 2, "SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT must be 1 or 2");
 
-// How a call is launched (set_launch_mode; the default from SPARSE_LLM_PDL, else both bits): kLaunchProgrammatic =
+// How a call is launched (set_launch_mode; 0 until set, sparse_mma applies SPARSE_LLM_PDL): kLaunchProgrammatic =
 // programmatic dependent launch (the kernel's blocks may start, and set up, while the previous kernel of the stream
-// runs; they wait for it before touching global memory), kLaunchPrefetchW = before that wait, the producer prefetches
-// its first stages of W into L2. Neither changes a bit of the result.
-// kLaunchSmallGridsOnly: programmatic launch only for grids of at most half the SMs' blocks.
-constexpr int kLaunchProgrammatic = 1, kLaunchPrefetchW = 2, kLaunchSmallGridsOnly = 4;
-int launch_mode_from_env() {
-  const char* env = std::getenv("SPARSE_LLM_PDL");
-  if (env == nullptr || *env == '\0') return kLaunchProgrammatic | kLaunchPrefetchW;
-  const int mode = std::atoi(env);
-  return (mode >= 0 && mode <= 7) ? mode : (kLaunchProgrammatic | kLaunchPrefetchW);
-}
-std::atomic<int> g_launch_mode{launch_mode_from_env()};
+// runs; they wait for it before touching global memory); with kLaunchDecodeOnly only launches of at most
+// kDecodeTokens tokens whose blocks fit on the SMs at once get it. Neither changes a bit of the result. H200
+// (bench/results/h200/wgmma_pdl_*.json, the stream of layer copies): 3-17% faster at M <= 16 on the layers whose
+// grid is one wave, 5% slower on a 1.3-wave one, 9-14% slower at M = 64-256 on the layers of 4096+ rows.
+constexpr int kLaunchProgrammatic = 1, kLaunchDecodeOnly = 2, kDecodeTokens = 16;
+std::atomic<int> g_launch_mode{0};
 
 template <int TOKENS, int CWG>
 struct WgLayout {
@@ -178,14 +172,6 @@ __device__ __forceinline__ void tma_load_hint(uint32_t dst, const CUtensorMap* m
       "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "l"(policy)
       : "memory");
 }
-// One 2-D box of a tensor map into L2 only (a hint: nothing waits for it, and a later copy reads whatever L2 then
-// holds, so it can never give stale bytes).
-__device__ __forceinline__ void tma_prefetch_l2(const CUtensorMap* map, int c0, int c1) {
-  asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];\n" ::"l"(
-                   reinterpret_cast<uint64_t>(map)),
-               "r"(c0), "r"(c1)
-               : "memory");
-}
 // The same box into the same shared-memory offset of every block of `mask` in the cluster, completion counted on
 // each one's mbarrier at offset `bar`.
 __device__ __forceinline__ void tma_load_multicast(uint32_t dst, const CUtensorMap* map, uint32_t bar, int c0, int c1,
@@ -224,7 +210,7 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     const __grid_constant__ CUtensorMap map_values, const __grid_constant__ CUtensorMap map_meta,
     const __grid_constant__ CUtensorMap map_x, const T* __restrict__ bias, T* __restrict__ y,
     float* __restrict__ partial, int* __restrict__ counters, int M, int N, int num_chunks, int chunks_per_split,
-    int x_rows, int w_evict_first, int w_prefetch) {
+    int x_rows, int w_evict_first) {
 #ifdef SPARSE_LLM_WGMMA
   using L = WgLayout<TOKENS, CWG>;
   constexpr int S = L::kStages;
@@ -261,24 +247,16 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    if (w_prefetch) {  // the first stages' W into L2 while the previous kernel may still run (see below)
-      const int r = row0 + (CT > 1 ? cx * (L::kRows / 2) : 0);
-      for (int c = c_begin; c < min(c_begin + S, c_end); ++c) {
-        tma_prefetch_l2(&map_values, c * (kChunk / 2), r);
-        tma_prefetch_l2(&map_meta, c * (kChunk / 16), r);
-      }
-    }
   }
   if constexpr (kCluster) {
     cluster_sync();  // the peers' barriers exist before anything is copied into them
   } else {
     __syncthreads();
   }
-  // Programmatic dependent launch (launch(): a launch attribute, off with SPARSE_LLM_PDL=0): this kernel's blocks
-  // may start while the previous kernel of the stream still runs. Nothing above touched global memory but the L2
-  // prefetch hint; here every thread waits until that kernel has finished and its writes are visible (x may be its
-  // output, y may reuse memory it reads), then lets the next kernel's blocks start their own setup. Without the
-  // attribute both instructions return at once.
+  // Programmatic dependent launch (launch(): a launch attribute, see kLaunchProgrammatic): this kernel's blocks may
+  // start while the previous kernel of the stream still runs. Nothing above touched global memory; here every thread
+  // waits until that kernel has finished and its writes are visible (x may be its output, y may reuse memory it
+  // reads), then lets the next kernel's blocks start their own setup. Without the attribute both return at once.
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 
@@ -524,16 +502,15 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
     attributes[config.numAttrs].val.clusterDim.z = 1;
     ++config.numAttrs;
   }
-  const bool small_grid = 2 * static_cast<int64_t>(grid.x) * grid.y * grid.z <=
-                          at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  if ((mode & kLaunchProgrammatic) && (!(mode & kLaunchSmallGridsOnly) || small_grid)) {
+  const bool decode = M <= kDecodeTokens && static_cast<int64_t>(grid.x) * grid.y * grid.z <=
+                                                at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  if ((mode & kLaunchProgrammatic) && (!(mode & kLaunchDecodeOnly) || decode)) {
     attributes[config.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attributes[config.numAttrs].val.programmaticStreamSerializationAllowed = 1;
     ++config.numAttrs;
   }
   C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, map_values, map_meta, map_x, bias_ptr, y_ptr, partial, counters,
-                                    M, N, num_chunks, per_split, x_rows, w_evict_first,
-                                    (mode & kLaunchPrefetchW) ? 1 : 0));
+                                    M, N, num_chunks, per_split, x_rows, w_evict_first));
 }
 
 // The instantiated tiles: (tokens per block, consumer warpgroups of 64 rows each, cluster blocks along tokens sharing
@@ -623,10 +600,10 @@ torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, 
   return y;
 }
 
-// Sets how later calls launch (bits kLaunchProgrammatic, kLaunchPrefetchW); returns the previous mode.
+// Sets how later calls launch (bits kLaunchProgrammatic, kLaunchDecodeOnly) and returns the previous mode; a mode
+// outside [0, 3] changes nothing and returns -1 (sparse_mma.set_launch_mode checks it first and raises).
 int64_t set_launch_mode(int64_t mode) {
-  TORCH_CHECK(mode >= 0 && mode <= 7, "spmm24_wgmma: launch mode must be in [0, 7] (bit 1 programmatic launch, "
-              "bit 2 W prefetch, bit 4 programmatic launch of small grids only), got ", mode);
+  if (mode < 0 || mode > 3) return -1;
   return g_launch_mode.exchange(static_cast<int>(mode));
 }
 
@@ -642,7 +619,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("w_promote") = true);
   m.def("stages", &wgmma_stages, "shared-memory stages of a tile", py::arg("tokens"), py::arg("warpgroups"));
   m.def("set_launch_mode", &set_launch_mode,
-        "how later calls launch: bit 1 programmatic dependent launch, bit 2 W prefetched into L2 before the wait; "
-        "returns the previous mode",
+        "how later calls launch: bit 1 programmatic dependent launch, bit 2 only for decode launches; returns the "
+        "previous mode (-1: not in [0, 3], nothing changed)",
         py::arg("mode"));
 }

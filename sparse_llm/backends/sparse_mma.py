@@ -21,6 +21,7 @@ row tiles): each block loads its part of a stage into all of them (tensor-map mu
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import asdict, dataclass
 
 import torch
@@ -250,6 +251,47 @@ def why_not(x: torch.Tensor, values: torch.Tensor) -> str | None:
     return None
 
 
+# Launch modes of the warpgroup kernel (csrc/spmm24_wgmma.cu): bit 1 = programmatic dependent launch (a call's blocks
+# start and set up while the previous kernel of the stream runs, then wait for it), bit 2 = only for decode launches
+# (at most 16 tokens, all blocks on the SMs at once). Off by default: on the H200 (bench/results/h200/wgmma_pdl_*.json,
+# a stream of layer copies in one CUDA graph) every launch programmatic was 3-17% faster at M <= 16 on 7 of the 10
+# Llama shapes but 9-14% slower at M = 64-256 on the layers of 4096+ rows; mode 3 (decode only) is not yet measured.
+LAUNCH_MODES = (0, 1, 2, 3)
+
+
+def launch_mode_from_env(value: str | None) -> int | None:
+    """The launch mode ``SPARSE_LLM_PDL`` asks for (None: unset or empty); a value that is not one of
+    :data:`LAUNCH_MODES` raises ValueError."""
+    if value is None or value.strip() == "":
+        return None
+    try:
+        mode = int(value)
+    except ValueError:
+        mode = -1
+    if mode not in LAUNCH_MODES:
+        raise ValueError(f"SPARSE_LLM_PDL must be one of {LAUNCH_MODES} (0 off, 1 programmatic launch, 3 for decode "
+                         f"launches only), got {value!r}")  # fmt: skip
+    return mode
+
+
+def set_launch_mode(mode: int) -> int:
+    """How later calls of the warpgroup kernel launch (:data:`LAUNCH_MODES`, process-wide); returns the previous
+    mode. Changes no bit of any result."""
+    if mode not in LAUNCH_MODES:
+        raise ValueError(f"launch mode must be one of {LAUNCH_MODES}, got {mode!r}")
+    return _wgmma_extension().set_launch_mode(mode)
+
+
+@functools.cache
+def _wgmma_extension():
+    """The warpgroup extension, with ``SPARSE_LLM_PDL``'s launch mode applied once."""
+    ext = load_wgmma_extension()
+    mode = launch_mode_from_env(os.environ.get("SPARSE_LLM_PDL"))
+    if mode is not None:
+        ext.set_launch_mode(mode)
+    return ext
+
+
 def bound(values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None, config: MmaConfig, m: int):
     """The product as a function of a 2-D ``x`` of ``m`` rows alone, for a ``config`` that :func:`check_config`
     accepted: the extension's entry and every argument but x resolved once (what each eager call runs, and what
@@ -259,7 +301,7 @@ def bound(values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None, c
     # contiguous but misaligned view). Here, on the real tensors: under torch.compile this runs inside the custom op.
     align = 16 if config.stages >= 3 or config.wgmma else 4
     if config.wgmma:
-        fn = load_wgmma_extension().spmm24_wgmma
+        fn = _wgmma_extension().spmm24_wgmma
         policy = wgmma_w_policy(m, values.nbytes + meta.nbytes, _l2_bytes(_index(values.device)))
         args = (*config.wgmma_tile, config.split, *policy)
     else:

@@ -147,3 +147,20 @@ def test_wgmma_streams_w_evict_first_up_to_m_256_and_two_l2_caches_of_weight(m, 
     """Evict-first without promotion for W's copies up to M = 256 and a W of at most 2 L2 caches (of 50 MB here),
     else the defaults."""
     assert sparse_mma.wgmma_w_policy(m, w_mb << 20, 50 << 20) == policy
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, None), ("", None), (" ", None), ("0", 0), ("1", 1), ("3", 3)])
+def test_launch_mode_from_env(value, expected):
+    assert sparse_mma.launch_mode_from_env(value) == expected
+
+
+@pytest.mark.parametrize("value", ["4", "-1", "yes", "1.5"])
+def test_launch_mode_from_env_names_a_bad_value(value):
+    with pytest.raises(ValueError, match="SPARSE_LLM_PDL must be one of"):
+        sparse_mma.launch_mode_from_env(value)
+
+
+@pytest.mark.parametrize("mode", [4, -1, "1"])
+def test_set_launch_mode_refuses_what_is_not_a_mode(mode):
+    with pytest.raises(ValueError, match="launch mode must be one of"):
+        sparse_mma.set_launch_mode(mode)
