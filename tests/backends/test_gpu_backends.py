@@ -2,6 +2,9 @@
 dense weight."""
 
 import io
+import subprocess
+import sys
+import textwrap
 from dataclasses import replace
 
 import pytest
@@ -306,6 +309,35 @@ def test_extension_status_and_wrong_inputs():
         layer(torch.randn(4, 512, dtype=torch.bfloat16))
     with pytest.raises(RuntimeError, match="CUDA input"):
         backends.linear(layer.cpu(), torch.randn(4, 512, dtype=torch.bfloat16), backend="cusparselt")
+
+
+def test_extension_checks_raise_instead_of_crashing():
+    """A failed check inside the CUDA extensions (TORCH_CHECK) reaches Python as a RuntimeError that names the
+    problem. One raised by the warpgroup extension (a JIT build) ended its process with a segmentation fault in the
+    nineteenth round (bench/NOTES.md): run in a child process, so a crash fails this test and not the whole run."""
+    code = textwrap.dedent(
+        """
+        import torch
+        from sparse_llm.backends._build import load_mma_extension, load_wgmma_extension, wgmma_status
+        x = torch.zeros(4, 256, dtype=torch.bfloat16)  # on the CPU: the operand checks refuse it
+        values = torch.zeros(64, 128, dtype=torch.bfloat16, device="cuda")
+        meta = torch.zeros(64, 16, dtype=torch.int16, device="cuda")
+        calls = [("mma", load_mma_extension().spmm24_mma, (16, 8, 1, 1, 4, False))]
+        if wgmma_status()["available"]:
+            calls.append(("wgmma", load_wgmma_extension().spmm24_wgmma, (8, 1, 1, 1, 1)))
+        for name, fn, args in calls:
+            try:
+                fn(x, values, meta, None, *args)
+            except RuntimeError as err:
+                assert "must be CUDA tensors" in str(err), err
+                print(name, "raised")
+            else:
+                raise SystemExit(name + ": no error for a CPU input")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stdout[-2000:]} {done.stderr[-2000:]}"
+    assert "mma raised" in done.stdout, done.stdout
 
 
 def test_sparse_mma_split_k_first_used_inside_graph_capture():
