@@ -89,7 +89,7 @@ static_assert(kGroupsInFlight == 1 || kGroupsInFlight == 2, "SPARSE_LLM_WGMMA_GR
 // runs; they wait for it before touching global memory); with kLaunchDecodeOnly only launches of at most
 // kDecodeTokens tokens whose blocks fit on the SMs at once get it. Neither changes a bit of the result. H200
 // (bench/results/h200/wgmma_pdl_*.json, the stream of layer copies): 3-17% faster at M <= 16 on the layers whose
-// grid is one wave, 5% slower on a 1.3-wave one, 9-14% slower at M = 64-256 on the layers of 4096+ rows.
+// grid is one wave, 5% slower on a 1.3-wave one, 8-14% slower at M = 64-256 on most layers (not on 1024x4096).
 constexpr int kLaunchProgrammatic = 1, kLaunchDecodeOnly = 2, kDecodeTokens = 16;
 std::atomic<int> g_launch_mode{0};
 
@@ -502,9 +502,12 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
     attributes[config.numAttrs].val.clusterDim.z = 1;
     ++config.numAttrs;
   }
-  const bool decode = M <= kDecodeTokens && static_cast<int64_t>(grid.x) * grid.y * grid.z <=
-                                                at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  if ((mode & kLaunchProgrammatic) && (!(mode & kLaunchDecodeOnly) || decode)) {
+  bool programmatic = (mode & kLaunchProgrammatic) != 0;
+  if (programmatic && (mode & kLaunchDecodeOnly)) {  // at most kDecodeTokens tokens, every block on an SM at once
+    programmatic = M <= kDecodeTokens && static_cast<int64_t>(grid.x) * grid.y * grid.z <=
+                                             at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  }
+  if (programmatic) {
     attributes[config.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attributes[config.numAttrs].val.programmaticStreamSerializationAllowed = 1;
     ++config.numAttrs;
