@@ -1,6 +1,7 @@
-"""Build-time variants of the warpgroup kernel (csrc/spmm24_wgmma.cu), side by side on the H100: each variant is the
-same source compiled with other values of its knobs (SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT, SPARSE_LLM_WGMMA_MAX_STAGES)
-into an extension of its own.
+"""Build-time variants of the warpgroup kernel (csrc/spmm24_wgmma.cu), side by side on the H100/H200: each variant is
+the same source compiled with other values of its knobs (SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT, SPARSE_LLM_WGMMA_MAX_STAGES,
+SPARSE_LLM_WGMMA_KSPLIT) into an extension of its own. In the ``ksplit`` variant the tiles of 2 and 4 warpgroups
+without a cluster cover 64 and 128 rows, K split in two inside the block (the same tile keys, other tiles).
 
     python bench/wgmma_variants.py --out DIR [--variants base pipe ...] [--ms 1 64 ...] [--shapes 4096x4096 ...]
 
@@ -32,11 +33,12 @@ from sparse_llm.backends import _build  # noqa: E402
 from sparse_llm.backends.sparse_mma import WGMMA_CHUNK, WGMMA_TILES, wgmma_tiles_near  # noqa: E402
 from sparse_llm.benchmark import time_graph_us  # noqa: E402
 
-VARIANTS = {  # name: (groups in flight, deepest ring)
-    "base": (1, 8),
-    "deep": (1, 16),
-    "pipe": (2, 8),
-    "pipe_deep": (2, 16),
+VARIANTS = {  # name: the knobs' values that differ from what ships (csrc/spmm24_wgmma.cu)
+    "base": {},
+    "deep": {"SPARSE_LLM_WGMMA_MAX_STAGES": 16},
+    "pipe": {"SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT": 2},
+    "pipe_deep": {"SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT": 2, "SPARSE_LLM_WGMMA_MAX_STAGES": 16},
+    "ksplit": {"SPARSE_LLM_WGMMA_KSPLIT": 2},
 }
 MS = (1, 16, 64, 100, 128, 256, 512, 1024, 4096)
 
@@ -50,9 +52,7 @@ def build_with(tag: str, defines: dict[str, int]):
 
 
 def build(name: str):
-    groups, stages = VARIANTS[name]
-    return build_with(f"variant_{name}", {"SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT": groups,
-                                          "SPARSE_LLM_WGMMA_MAX_STAGES": stages})  # fmt: skip
+    return build_with(f"variant_{name}", VARIANTS[name])
 
 
 def build_only(name: str) -> None:
@@ -93,8 +93,8 @@ def sweep(exts: dict, shapes, ms, save) -> list[dict]:
                                          "error": rel_err(y, ref), "times": times}  # fmt: skip
             rows.append(row)
             print(f"{n}x{k} M={m}: dense {row['dense_us']:.1f} us; "
-                  + ", ".join(f"{v} {r['best']['us']:.1f} us ({r['speedup']:.2f}x, {r['best']['tokens']}x"
-                              f"{64 * r['best']['warpgroups']}/{r['best']['split']})"
+                  + ", ".join(f"{v} {r['best']['us']:.1f} us ({r['speedup']:.2f}x, tokens {r['best']['tokens']}, "
+                              f"{r['best']['warpgroups']} wg, split {r['best']['split']})"
                               for v, r in row["variants"].items()), flush=True)  # fmt: skip
         save(rows)  # what is measured so far survives a run cut short
     return rows
@@ -120,13 +120,13 @@ def main() -> None:
                         "failures": [r for r in rows if not r["ok"]][:20]}  # fmt: skip
         print(
             f"{name}: stages",
-            {f"{t}x{64 * w}": ext.stages(t, w) for t, w, _, _ in sorted(WGMMA_TILES)},
+            {f"{t}/{w}wg": ext.stages(t, w) for t, w, _, _ in sorted(WGMMA_TILES)},
             f"correctness {checks[name]['ok']}/{checks[name]['total']}",
             flush=True,
         )
     good = {name: ext for name, ext in exts.items() if checks[name]["ok"] == checks[name]["total"]}
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else llama_shapes()
-    knobs = {v: {"groups_in_flight": VARIANTS[v][0], "max_stages": VARIANTS[v][1]} for v in args.variants}
+    knobs = {v: VARIANTS[v] for v in args.variants}
 
     def save(rows: list[dict]) -> None:
         payload = {"variants": knobs, "build_s": build_s, "checks": checks, "sweep": rows}
