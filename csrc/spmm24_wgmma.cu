@@ -429,7 +429,8 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     sync_threads<2, L::kConsumerThreads>();
     if (ks == 1) {
 #pragma unroll
-      for (int i = 0; i < TOKENS / 2; ++i) asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(slot + i * kStride), "f"(acc[i]));
+      for (int i = 0; i < TOKENS / 2; ++i)
+        asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(slot + i * kStride), "f"(acc[i]));
     }
     sync_threads<2, L::kConsumerThreads>();
     if (ks == 1) return;
