@@ -96,6 +96,8 @@ def main() -> None:
                 + " ".join(f"{name} {single[name]:.2f}" for name in MODES)
             )
         torch.cuda.empty_cache()
+    if not rows:
+        raise SystemExit("no (shape, M) asked for is one where the dispatch takes the warpgroup kernel")
     summary = {}
     for name in MODES:
         summary[name] = {
