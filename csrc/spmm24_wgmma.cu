@@ -101,8 +101,9 @@ static_assert(kGroupsInFlight == 1 || kGroupsInFlight == 2, "SPARSE_LLM_WGMMA_GR
 // programmatic dependent launch (the kernel's blocks may start, and set up, while the previous kernel of the stream
 // runs; they wait for it before touching global memory); with kLaunchDecodeOnly only launches of at most
 // kDecodeTokens tokens whose blocks fit on the SMs at once get it. Neither changes a bit of the result. H200
-// (bench/results/h200/wgmma_pdl_*.json, the stream of layer copies): 3-17% faster at M <= 16 on the layers whose
-// grid is one wave, 5% slower on a 1.3-wave one, 8-14% slower at M = 64-256 on most layers (not on 1024x4096).
+// (bench/results/h200/wgmma_pdl_*.json, the stream of layer copies), every launch programmatic: 3-17% faster at
+// M <= 16 on 6 of the 10 Llama shapes, 0-2% on three, 5% slower on 11008x4096 (172 blocks, 1.3 waves), and 8-14%
+// slower at M = 64-256 on most shapes (not on 1024x4096).
 constexpr int kLaunchProgrammatic = 1, kLaunchDecodeOnly = 2, kDecodeTokens = 16;
 std::atomic<int> g_launch_mode{0};
 
