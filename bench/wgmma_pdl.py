@@ -1,5 +1,5 @@
 """The warpgroup kernel's launch modes side by side (H100/H200): plain, programmatic dependent launch (PDL: a call's
-blocks start and set up while the previous kernel of the stream runs) for every launch, and for decode launches only
+blocks start and set up while the previous kernel of the stream runs) for every launch, and for the selective mode 3
 (``sparse_mma.set_launch_mode``; ``SPARSE_LLM_PDL`` sets it for a process).
 
     python bench/wgmma_pdl.py --out DIR [--shapes 1024x4096 ...] [--ms 1 16 ...]
@@ -28,7 +28,7 @@ from common import COMMITTED_TABLES, llama_shapes, use_tables, write_result  # n
 from sparse_llm import Sparse24Weight, SparseLinear, backends, benchmark  # noqa: E402
 from sparse_llm.backends import sparse_mma  # noqa: E402
 
-MODES = {"plain": 0, "pdl": 1, "pdl_decode": 3}
+MODES = {"plain": 0, "pdl": 1, "pdl_selective": 3}
 MS = (1, 16, 64, 128, 256, 512, 1024)
 
 

@@ -99,12 +99,14 @@ static_assert(kGroupsInFlight == 1 || kGroupsInFlight == 2, "SPARSE_LLM_WGMMA_GR
 
 // How a call is launched (set_launch_mode; 0 until set, sparse_mma applies SPARSE_LLM_PDL): kLaunchProgrammatic =
 // programmatic dependent launch (the kernel's blocks may start, and set up, while the previous kernel of the stream
-// runs; they wait for it before touching global memory); with kLaunchDecodeOnly only launches of at most
-// kDecodeTokens tokens whose blocks fit on the SMs at once get it. Neither changes a bit of the result. H200
+// runs; they wait for it before touching global memory); with kLaunchSelective only launches of tiles of one consumer
+// warpgroup whose blocks fit on the SMs at once get it. Neither changes a bit of the result. H200
 // (bench/results/h200/wgmma_pdl_*.json, the stream of layer copies), every launch programmatic: 3-17% faster at
 // M <= 16 on 6 of the 10 Llama shapes, 0-2% on three, 5% slower on 11008x4096 (172 blocks, 1.3 waves), and 8-14%
 // slower at M = 64-256 on most shapes (not on 1024x4096).
-constexpr int kLaunchProgrammatic = 1, kLaunchDecodeOnly = 2, kDecodeTokens = 16;
+// Every loss measured (more than 2%) was a tile of 2 or 4 consumer warpgroups or a grid of more than one wave, and no
+// tile of one warpgroup in one wave lost (most gained 3-17%): kLaunchSelective keeps those; not yet run on a GPU.
+constexpr int kLaunchProgrammatic = 1, kLaunchSelective = 2;
 std::atomic<int> g_launch_mode{0};
 
 template <int TOKENS, int CWG, int KS = 1>
@@ -548,8 +550,8 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
     ++config.numAttrs;
   }
   bool programmatic = (mode & kLaunchProgrammatic) != 0;
-  if (programmatic && (mode & kLaunchDecodeOnly)) {  // at most kDecodeTokens tokens, every block on an SM at once
-    programmatic = M <= kDecodeTokens && static_cast<int64_t>(grid.x) * grid.y * grid.z <=
+  if (programmatic && (mode & kLaunchSelective)) {  // one consumer warpgroup, every block on an SM at once
+    programmatic = CWG == 1 && static_cast<int64_t>(grid.x) * grid.y * grid.z <=
                                              at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   }
   if (programmatic) {
@@ -648,7 +650,7 @@ torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, 
   return y;
 }
 
-// Sets how later calls launch (bits kLaunchProgrammatic, kLaunchDecodeOnly) and returns the previous mode; a mode
+// Sets how later calls launch (bits kLaunchProgrammatic, kLaunchSelective) and returns the previous mode; a mode
 // outside [0, 3] changes nothing and returns -1 (sparse_mma.set_launch_mode checks it first and raises).
 int64_t set_launch_mode(int64_t mode) {
   if (mode < 0 || mode > 3) return -1;
@@ -667,7 +669,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("w_promote") = true);
   m.def("stages", &wgmma_stages, "shared-memory stages of a tile", py::arg("tokens"), py::arg("warpgroups"));
   m.def("set_launch_mode", &set_launch_mode,
-        "how later calls launch: bit 1 programmatic dependent launch, bit 2 only for decode launches; returns the "
-        "previous mode (-1: not in [0, 3], nothing changed)",
+        "how later calls launch: bit 1 programmatic dependent launch, bit 2 only for one-warpgroup one-wave launches; "
+        "returns the previous mode (-1: not in [0, 3], nothing changed)",
         py::arg("mode"));
 }

@@ -252,11 +252,11 @@ def why_not(x: torch.Tensor, values: torch.Tensor) -> str | None:
 
 
 # Launch modes of the warpgroup kernel (csrc/spmm24_wgmma.cu): bit 1 = programmatic dependent launch (a call's blocks
-# start and set up while the previous kernel of the stream runs, then wait for it), bit 2 = only for decode launches
-# (at most 16 tokens, all blocks on the SMs at once). Off by default: on the H200 (bench/results/h200/wgmma_pdl_*.json,
-# a stream of layer copies in one CUDA graph) every launch programmatic was 3-17% faster at M <= 16 on 6 of the 10
-# Llama shapes (0-2% on three, 5% slower on one) but 8-14% slower at M = 64-256 on most of them (not 1024x4096);
-# mode 3 (decode only) is not yet measured.
+# start and set up while the previous kernel of the stream runs, then wait for it), bit 2 = only for launches of tiles
+# of one consumer warpgroup whose blocks are all on the SMs at once (every measured loss was another tile or grid).
+# Off by default: on the H200 (bench/results/h200/wgmma_pdl_*.json, a stream of layer copies in one CUDA graph) every
+# launch programmatic was 3-17% faster at M <= 16 on 6 of the 10 Llama shapes (0-2% on three, 5% slower on one) but
+# 8-14% slower at M = 64-256 on most of them (not 1024x4096); mode 3 (selective) is not yet measured.
 LAUNCH_MODES = (0, 1, 2, 3)
 
 
@@ -270,8 +270,8 @@ def launch_mode_from_env(value: str | None) -> int | None:
     except ValueError:
         mode = -1
     if mode not in LAUNCH_MODES:
-        raise ValueError(f"SPARSE_LLM_PDL must be one of {LAUNCH_MODES} (0 off, 1 programmatic launch, 3 for decode "
-                         f"launches only), got {value!r}")  # fmt: skip
+        raise ValueError(f"SPARSE_LLM_PDL must be one of {LAUNCH_MODES} (0 off, 1 programmatic launch, 3 for "
+                         f"one-warpgroup tiles in one wave only), got {value!r}")  # fmt: skip
     return mode
 
 

@@ -446,7 +446,7 @@ def test_wgmma_l2_policy_of_w_changes_no_bit():
 
 @pytest.mark.parametrize("mode", [0, 1, 3])
 def test_wgmma_launch_modes_give_the_eager_bits_of_a_chain(mode):
-    """Programmatic dependent launch (mode 1: every launch, 3: decode launches only): a chain of layers, each reading
+    """Programmatic dependent launch (mode 1: every launch, 3: the selective rule): a chain of layers, each reading
     the previous one's output, while freed outputs are reused by later ones (a kernel that wrote before its wait, or
     read x before it, would see or clobber the previous kernel's data), eager and in a CUDA graph, gives the bits of
     the chain launched plainly; for every tile (clusters included), split 1 and 3, at 7 tokens (decode) and 77."""
