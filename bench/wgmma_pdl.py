@@ -25,7 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import COMMITTED_TABLES, llama_shapes, use_tables, write_result  # noqa: E402
 
-from sparse_llm import Sparse24Weight, SparseLinear, backends, benchmark  # noqa: E402
+from sparse_llm import backends, benchmark  # noqa: E402
 from sparse_llm.backends import sparse_mma  # noqa: E402
 
 MODES = {"plain": 0, "pdl": 1, "pdl_selective": 3}
@@ -44,10 +44,7 @@ def main() -> None:
     dtype = torch.bfloat16
     rows = []
     for n, k in shapes:
-        denses = [benchmark._random_24(n, k, dtype)]
-        count = benchmark.stream_length(int(1.125 * n * k), benchmark._l2_bytes())
-        denses += [benchmark._random_24(n, k, dtype) for _ in range(count - 1)]
-        layers = [SparseLinear.from_weight(Sparse24Weight.from_dense(d)) for d in denses]
+        denses, layers = benchmark.stream_copies(n, k, dtype)
         for m in args.ms:
             x = torch.randn(m, k, device="cuda", dtype=dtype)
             chosen = backends.select(layers[0], x).name

@@ -98,11 +98,11 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
       configured.fetch_or(bit);
     }
   }
-  cudaLaunchAttribute attribute{};
+  cudaLaunchAttribute attributes[2] = {};
   cudaLaunchConfig_t config{};
   bool cluster = allow_cluster && split > 1 && split <= SPARSE_LLM_CLUSTER_SPLIT_MAX && cluster_capable(device);
   if (cluster) {  // only when every cluster (one per output tile) is resident at once: measured per instantiation
-    config = cluster_launch_config(grid, block, kSmem, stream, dim3(1, 1, split), &attribute);
+    config = launch_config(grid, block, kSmem, stream, dim3(1, 1, split), false, attributes);
     static std::mutex mutex;
     static std::map<std::pair<int, int>, int> resident;  // (device, split) -> most clusters at once
     const std::lock_guard<std::mutex> lock(mutex);

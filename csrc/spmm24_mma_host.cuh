@@ -79,21 +79,32 @@ int* tile_counters(const torch::Tensor& like, cudaStream_t stream, int64_t tiles
   return buf.data_ptr<int>();
 }
 
-// The launch configuration of a kernel run as thread-block clusters of `cluster` blocks (`attribute`: storage for
-// the cluster dimension the configuration points to).
-cudaLaunchConfig_t cluster_launch_config(dim3 grid, dim3 block, int smem, cudaStream_t stream, dim3 cluster,
-                                         cudaLaunchAttribute* attribute) {
+// The launch configuration of a kernel: as thread-block clusters of `cluster` blocks where that is more than one
+// block, with programmatic dependent launch where `programmatic` (its blocks may start while the previous kernel of
+// the stream runs; the kernel waits for it with griddepcontrol.wait). `attributes` holds what the configuration
+// points to.
+cudaLaunchConfig_t launch_config(dim3 grid, dim3 block, int smem, cudaStream_t stream, dim3 cluster, bool programmatic,
+                                 cudaLaunchAttribute (&attributes)[2]) {
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  attribute->id = cudaLaunchAttributeClusterDimension;
-  attribute->val.clusterDim.x = cluster.x;
-  attribute->val.clusterDim.y = cluster.y;
-  attribute->val.clusterDim.z = cluster.z;
-  config.attrs = attribute;
-  config.numAttrs = 1;
+  config.attrs = attributes;
+  if (cluster.x * cluster.y * cluster.z > 1) {
+    attributes[config.numAttrs] = {};
+    attributes[config.numAttrs].id = cudaLaunchAttributeClusterDimension;
+    attributes[config.numAttrs].val.clusterDim.x = cluster.x;
+    attributes[config.numAttrs].val.clusterDim.y = cluster.y;
+    attributes[config.numAttrs].val.clusterDim.z = cluster.z;
+    ++config.numAttrs;
+  }
+  if (programmatic) {
+    attributes[config.numAttrs] = {};
+    attributes[config.numAttrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[config.numAttrs].val.programmaticStreamSerializationAllowed = 1;
+    ++config.numAttrs;
+  }
   return config;
 }
 

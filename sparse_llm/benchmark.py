@@ -265,6 +265,15 @@ def _l2_bytes() -> int:
     return getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 50 << 20)
 
 
+def stream_copies(n: int, k: int, dtype: torch.dtype, count: int | None = None):
+    """(masked dense weights, SparseLinear layers): ``count`` distinct random 2:4 (n, k) layers on the GPU, by default
+    enough for a stream (``stream_length`` of this GPU's L2)."""
+    if count is None:
+        count = stream_length(int(1.125 * n * k), _l2_bytes())
+    denses = [_random_24(n, k, dtype) for _ in range(count)]
+    return denses, [SparseLinear.from_weight(Sparse24Weight.from_dense(d)) for d in denses]
+
+
 def _stream_times(denses: list[torch.Tensor], layers: list[SparseLinear], x: torch.Tensor) -> dict[str, float]:
     """Per-call stream times (``time_stream_us``) of dense ``F.linear`` and of SparseLinear (auto) over the copies."""
     return {
@@ -285,17 +294,13 @@ def bench_shape(
 ) -> list[dict]:
     """Rows (one per M and provider) for one (N, K) shape. ``streams``: also time dense and SparseLinear (auto)
     as a stream of distinct copies of the layer (``time_stream_us``; the ``stream_us`` column)."""
-    dense = _random_24(n, k, dtype)
-    layer = SparseLinear.from_weight(Sparse24Weight.from_dense(dense))
+    denses, layers = stream_copies(n, k, dtype, None if streams else 1)
+    dense, layer = denses[0], layers[0]
     try:
         semi = _torch_semi(dense)
     except Exception as err:  # PyTorch refuses (shape, dtype, arch): say so in every row
         semi = f"refused: {type(err).__name__}: {err}"[:300]
-    denses, layers = [dense], [layer]
     if streams:
-        for _ in range(stream_length(int(1.125 * n * k), _l2_bytes()) - 1):
-            denses.append(_random_24(n, k, dtype))
-            layers.append(SparseLinear.from_weight(Sparse24Weight.from_dense(denses[-1])))
         # One stream of the fresh copies, not recorded: the first stream of freshly made copies ran ~15% slower than
         # the same copies measured again (bench/stream_m1.py, bench/NOTES.md, tenth round). A failure here shows
         # again, recorded, in the stream of each M.
