@@ -28,7 +28,7 @@ from common import llama_shapes, random_packed, rel_err, write_result  # noqa: E
 
 from sparse_llm.backends._build import load_extension  # noqa: E402
 from sparse_llm.backends.cusparselt import compress_values, cusparselt_linear  # noqa: E402
-from sparse_llm.benchmark import time_graph_us  # noqa: E402
+from sparse_llm.benchmark import parse_shape, time_graph_us  # noqa: E402
 
 MS = (64, 128, 256, 512, 1000, 1024, 2048, 4096)
 
@@ -46,7 +46,7 @@ def main() -> None:
     if args.quick:
         shapes = [(1024, 4096), (8192, 8192), (28672, 8192)]
     if args.shapes:
-        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
+        shapes = [parse_shape(s) for s in args.shapes]
     if args.repeat > 1:
         repeat(ext, shapes, args.ms, args.repeat, args.out)
         return

@@ -32,7 +32,7 @@ from common import random_packed, rel_err, write_result  # noqa: E402
 from wgmma_variants import build_with  # noqa: E402
 
 from sparse_llm.backends.sparse_mma import WGMMA_CHUNK  # noqa: E402
-from sparse_llm.benchmark import time_graph_us  # noqa: E402
+from sparse_llm.benchmark import parse_shape, time_graph_us  # noqa: E402
 
 BUILDS = {"base": 0, "no_mma": 1, "no_copy": 2, "sync_only": 3, "no_split": 4, "no_w": 8, "no_x": 16}
 SHAPES = ("1024x4096", "1024x8192", "4096x4096")
@@ -74,7 +74,7 @@ def main() -> None:
                                                 "rows": rows})  # fmt: skip
 
     for shape in args.shapes:
-        n, k = (int(v) for v in shape.split("x"))
+        n, k = parse_shape(shape)
         dense, values, meta = random_packed(n, k, torch.bfloat16)
         for m in args.ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)

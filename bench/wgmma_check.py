@@ -29,7 +29,7 @@ from common import llama_shapes, random_packed, rel_err, write_result  # noqa: E
 
 from sparse_llm.backends import cusparselt  # noqa: E402
 from sparse_llm.backends.sparse_mma import WGMMA_TILES  # noqa: E402
-from sparse_llm.benchmark import time_graph_us  # noqa: E402
+from sparse_llm.benchmark import parse_shape, time_graph_us  # noqa: E402
 
 TILES = tuple(sorted(WGMMA_TILES))
 MS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
@@ -144,7 +144,7 @@ def main() -> None:
     ok = sum(r["ok"] for r in checks)
     print(f"correctness: {ok}/{len(checks)} ok", flush=True)
     if args.shapes:
-        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
+        shapes = [parse_shape(s) for s in args.shapes]
     else:
         shapes = [(28672, 8192), (4096, 4096), (1024, 4096)] if args.quick else llama_shapes()
 

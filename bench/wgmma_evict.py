@@ -33,7 +33,7 @@ from common import COMMITTED_TABLES, llama_shapes, random_packed, use_tables, wr
 from sparse_llm import tune  # noqa: E402
 from sparse_llm.backends._build import load_wgmma_extension  # noqa: E402
 from sparse_llm.backends.sparse_mma import wgmma_w_policy  # noqa: E402
-from sparse_llm.benchmark import _l2_bytes, stream_length, time_graph_us, time_stream_us  # noqa: E402
+from sparse_llm.benchmark import _l2_bytes, parse_shape, stream_length, time_graph_us, time_stream_us  # noqa: E402
 
 MS = (1, 16, 64, 128, 256, 512, 1024)
 # name: (evict-first policy on W's copies, L2's 256-byte promotion of W's copies)
@@ -100,7 +100,7 @@ def main() -> None:
     args = ap.parse_args()
     use_tables(args.tables)
     ext = load_wgmma_extension()
-    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else llama_shapes()
+    shapes = [parse_shape(s) for s in args.shapes] if args.shapes else llama_shapes()
     rows: list[dict] = []
     for n, k in shapes:
         # copies of the layer whose weights span several L2 caches, as in the grid's stream column

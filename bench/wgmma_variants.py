@@ -31,7 +31,7 @@ from wgmma_check import check  # noqa: E402
 
 from sparse_llm.backends import _build  # noqa: E402
 from sparse_llm.backends.sparse_mma import WGMMA_CHUNK, WGMMA_TILES, wgmma_tiles_near  # noqa: E402
-from sparse_llm.benchmark import time_graph_us  # noqa: E402
+from sparse_llm.benchmark import parse_shape, time_graph_us  # noqa: E402
 
 VARIANTS = {  # name: the knobs' values that differ from what ships (csrc/spmm24_wgmma.cu)
     "base": {},
@@ -125,7 +125,7 @@ def main() -> None:
             flush=True,
         )
     good = {name: ext for name, ext in exts.items() if checks[name]["ok"] == checks[name]["total"]}
-    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else llama_shapes()
+    shapes = [parse_shape(s) for s in args.shapes] if args.shapes else llama_shapes()
     knobs = {v: VARIANTS[v] for v in args.variants}
 
     def save(rows: list[dict]) -> None:
