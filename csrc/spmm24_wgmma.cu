@@ -98,15 +98,14 @@ constexpr int kGroupsInFlight = SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT;
 static_assert(kMaxStages >= 2 && kMaxStages <= 32, "SPARSE_LLM_WGMMA_MAX_STAGES must be in [2, 32]");
 static_assert(kGroupsInFlight == 1 || kGroupsInFlight == 2, "SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT must be 1 or 2");
 
-// How a call is launched (set_launch_mode; 0 until set, sparse_mma applies SPARSE_LLM_PDL): kLaunchProgrammatic =
-// programmatic dependent launch (the kernel's blocks may start, and set up, while the previous kernel of the stream
-// runs; they wait for it before touching global memory); with kLaunchSelective only launches of tiles of one consumer
-// warpgroup whose blocks fit on the SMs at once get it. Neither changes a bit of the result. H200
-// (bench/results/h200/wgmma_pdl_*.json, the stream of layer copies), every launch programmatic: 3-17% faster at
-// M <= 16 on 6 of the 10 Llama shapes, 0-2% on three, 5% slower on 11008x4096 (172 blocks, 1.3 waves), and 8-14%
-// slower at M = 64-256 on most shapes (not on 1024x4096).
-// Every loss measured (more than 2%) was a tile of 2 or 4 consumer warpgroups or a grid of more than one wave, and no
-// tile of one warpgroup in one wave lost (most gained 3-17%): kLaunchSelective keeps those; not yet run on a GPU.
+// How a call is launched (set_launch_mode; 0 until set, sparse_mma applies SPARSE_LLM_PDL or its default, 3):
+// kLaunchProgrammatic = programmatic dependent launch (the kernel's blocks may start, and set up, while the previous
+// kernel of the stream runs; they wait for it before touching global memory); with kLaunchSelective only launches of
+// tiles of one consumer warpgroup whose blocks fit on the SMs at once get it. Neither changes a bit of the result.
+// H200 (bench/results/h200/wgmma_pdl_*.json, the stream of layer copies): every launch programmatic was 3-17% faster
+// at M <= 16 on 6 of the 10 Llama shapes but 5% slower on 11008x4096 at M = 1 (1.3 waves) and 8-14% slower at
+// M = 64-256 on most shapes, always with tiles of 2 or 4 consumer warpgroups; selective kept the gains and lost more
+// than 1% in one row of 46 (wgmma_pdl_519ab6e.json).
 constexpr int kLaunchProgrammatic = 1, kLaunchSelective = 2;
 std::atomic<int> g_launch_mode{0};
 

@@ -253,11 +253,13 @@ def why_not(x: torch.Tensor, values: torch.Tensor) -> str | None:
 
 # Launch modes of the warpgroup kernel (csrc/spmm24_wgmma.cu): bit 1 = programmatic dependent launch (a call's blocks
 # start and set up while the previous kernel of the stream runs, then wait for it), bit 2 = only for launches of tiles
-# of one consumer warpgroup whose blocks are all on the SMs at once (every measured loss was another tile or grid).
-# Off by default: on the H200 (bench/results/h200/wgmma_pdl_*.json, a stream of layer copies in one CUDA graph) every
-# launch programmatic was 3-17% faster at M <= 16 on 6 of the 10 Llama shapes (0-2% on three, 5% slower on one) but
-# 8-14% slower at M = 64-256 on most of them (not 1024x4096); mode 3 (selective) is not yet measured.
+# of one consumer warpgroup whose blocks are all on the SMs at once. On the H200 (bench/results/h200/wgmma_pdl_*.json,
+# a stream of layer copies, the 10 Llama shapes at M = 1-256) every launch programmatic was 3-17% faster at M <= 16 on
+# 6 of the 10 shapes but 8-14% slower at M = 64-256 on most of them; the selective mode (3) kept the gains (up to 16%,
+# 1024x4096 and 1024x8192 at M <= 128) and lost more than 1% in one row of 46 (1024x8192 at M = 256, 2.3%): the
+# default. No mode changes a bit of any result, and CUDA-graph replay times are the same in every mode.
 LAUNCH_MODES = (0, 1, 2, 3)
+DEFAULT_LAUNCH_MODE = 3
 
 
 def launch_mode_from_env(value: str | None) -> int | None:
@@ -285,11 +287,11 @@ def set_launch_mode(mode: int) -> int:
 
 @functools.cache
 def _wgmma_extension():
-    """The warpgroup extension, with ``SPARSE_LLM_PDL``'s launch mode applied once."""
+    """The warpgroup extension, with ``SPARSE_LLM_PDL``'s launch mode (else :data:`DEFAULT_LAUNCH_MODE`) applied
+    once."""
     ext = load_wgmma_extension()
     mode = launch_mode_from_env(os.environ.get("SPARSE_LLM_PDL"))
-    if mode is not None:
-        ext.set_launch_mode(mode)
+    ext.set_launch_mode(DEFAULT_LAUNCH_MODE if mode is None else mode)
     return ext
 
 
