@@ -79,20 +79,7 @@ constexpr int kSmemBudget = 220 * 1024;  // the ring's share of the 227 KB a blo
 #ifndef SPARSE_LLM_WGMMA_ABLATE
 #define SPARSE_LLM_WGMMA_ABLATE 0
 #endif
-// Consumer warpgroups that split K inside the block: 1 (what ships) or 2 = the tiles of 2 or 4 consumer warpgroups
-// without a cluster cover 64 or 128 rows, their warpgroups in two halves that take every other chunk of K over the
-// same rows, the halves' sums added through shared memory at the end (no global reduction for that split).
-#ifndef SPARSE_LLM_WGMMA_KSPLIT
-#define SPARSE_LLM_WGMMA_KSPLIT 1
-#endif
 constexpr int kAblate = SPARSE_LLM_WGMMA_ABLATE;
-constexpr int kKSplit = SPARSE_LLM_WGMMA_KSPLIT;
-static_assert(kKSplit == 1 || kKSplit == 2, "SPARSE_LLM_WGMMA_KSPLIT must be 1 or 2");
-// The in-block K split of a tile: kKSplit for tiles of an even number of consumer warpgroups and no cluster, else 1.
-template <int CWG, int CT, int CR>
-__host__ __device__ constexpr int ksplit_of() {
-  return (CT * CR == 1 && CWG % kKSplit == 0) ? kKSplit : 1;
-}
 constexpr int kMaxStages = SPARSE_LLM_WGMMA_MAX_STAGES;
 constexpr int kGroupsInFlight = SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT;
 static_assert(kMaxStages >= 2 && kMaxStages <= 32, "SPARSE_LLM_WGMMA_MAX_STAGES must be in [2, 32]");
@@ -109,24 +96,20 @@ static_assert(kGroupsInFlight == 1 || kGroupsInFlight == 2, "SPARSE_LLM_WGMMA_GR
 constexpr int kLaunchProgrammatic = 1, kLaunchSelective = 2;
 std::atomic<int> g_launch_mode{0};
 
-template <int TOKENS, int CWG, int KS = 1>
+template <int TOKENS, int CWG>
 struct WgLayout {
-  static constexpr int kRows = 64 * CWG / KS;
+  static constexpr int kRows = 64 * CWG;
   static constexpr int kValues = kRows * kRowBytes;         // multiple of 1024: swizzle atoms stay aligned
   static constexpr int kXBox = TOKENS * 128;                // one 64-column box of x
   static constexpr int kX = 2 * kXBox;
   static constexpr int kMeta = kRows * kMetaRowBytes;
   static constexpr int kTxBytes = kValues + kX + kMeta;     // bytes the copies of one stage deliver (whole x boxes)
   static constexpr int kStage = (kTxBytes + 1023) / 1024 * 1024;
-  // (a multiple of KS: a stage is always read by the same half of an in-block K split, so no consumer waits on a
-  // stage's barrier while it runs a phase for the other half)
-  static constexpr int kStages = std::min(kMaxStages, kSmemBudget / kStage) / KS * KS;
+  static constexpr int kStages = std::min(kMaxStages, kSmemBudget / kStage);
   static constexpr int kSmem = kStages * kStage + 2 * 8 * kStages + 1024;  // + barriers + alignment slack
   static constexpr int kThreads = 128 * (CWG + 1);
   static constexpr int kConsumerThreads = 128 * CWG;
-  static constexpr int kOutThreads = 128 * CWG / KS;  // the consumer threads that hold the block's sums at the end
   static_assert(kStages >= 2, "a stage does not fit twice in shared memory");
-  static_assert(KS == 1 || kStages * kStage >= kOutThreads * TOKENS / 2 * 4, "the ring holds one half's sums");
 };
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -147,9 +130,7 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     float* __restrict__ partial, int* __restrict__ counters, int M, int N, int num_chunks, int chunks_per_split,
     int x_rows, int w_evict_first) {
 #ifdef SPARSE_LLM_WGMMA
-  constexpr int KS = ksplit_of<CWG, CT, CR>();
-  constexpr int RG = CWG / KS;  // consumer warpgroups per K half, 64 rows each
-  using L = WgLayout<TOKENS, CWG, KS>;
+  using L = WgLayout<TOKENS, CWG>;
   constexpr int S = L::kStages;
   static_assert(CT == 1 || CT == 2, "W is shared by 1 or 2 blocks (half of the rows each)");
   static_assert(CR == 1 || CR == 2, "x is shared by 1 or 2 blocks (one 64-column box each)");
@@ -180,7 +161,7 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_x)) : "memory");
     for (int s = 0; s < S; ++s) {
       mbar_init(full + 8 * s, 1);
-      mbar_init(empty + 8 * s, RG * (CT + CR - 1));
+      mbar_init(empty + 8 * s, CWG * (CT + CR - 1));
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -255,11 +236,9 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   if constexpr (CWG == 2) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
   const int ctid = threadIdx.x - 128;  // consumer thread 0 .. 128 CWG - 1
   const int cw = wg - 1;               // consumer warpgroup
-  // its 64 rows of the block's, its half of K (chunks ks, ks + KS, ...); without an in-block split, as before
-  const int rg = KS == 1 ? cw : cw % RG, ks = KS == 1 ? 0 : cw / RG;
   const int warp = (ctid >> 5) & 3, lane = ctid & 31, g = lane >> 2, t = lane & 3;
   const uint32_t odd = (t & 1) ? 0x7632u : 0x5410u;  // thread 0 of a quad: columns 0-15 of a step, thread 1: 16-31
-  const uint32_t meta_off = L::kValues + L::kX + kMetaRowBytes * (64 * rg + 16 * warp + g);
+  const uint32_t meta_off = L::kValues + L::kX + kMetaRowBytes * (64 * cw + 16 * warp + g);
   float acc[TOKENS / 2];
 #pragma unroll
   for (int i = 0; i < TOKENS / 2; ++i) acc[i] = 0.f;
@@ -282,7 +261,7 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       // step j: values bytes 32 j of the warpgroup's 64 rows, x columns 32 j .. 32 j + 31 (box j / 2, bytes 64 (j % 2))
-      const uint64_t a = desc_sw128(stage + 64 * rg * kRowBytes + 32 * j);
+      const uint64_t a = desc_sw128(stage + 64 * cw * kRowBytes + 32 * j);
       const uint64_t b = desc_sw128(stage + L::kValues + (j / 2) * L::kXBox + 64 * (j % 2));
       if constexpr (!(kAblate & 1)) wgmma_sp<T, TOKENS>(acc, a, b, e[j]);
     }
@@ -302,22 +281,20 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
       if constexpr (CR == 2) mbar_arrive_remote(empty + 8 * s, cx + CT * (cy ^ 1));
     }
   };
-  // This warpgroup's chunks of the piece: k = ks + KS j for j < n (all of them without an in-block split).
-  const int n = KS == 1 ? c_end - c_begin : (c_end - c_begin > ks ? (c_end - c_begin - ks + KS - 1) / KS : 0);
-  auto chunk = [&](int j) { return ks + KS * j; };
+  const int n = c_end - c_begin;
   if constexpr (kGroupsInFlight == 1) {
     uint32_t e[4];
     for (int k = 0; k < n; ++k) {
-      const int s = issue(chunk(k), e);
+      const int s = issue(k, e);
       asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
       retire(s, e);
     }
   } else {  // two register sets: even chunks in ea, odd chunks in eb; one group runs while the next is issued
     uint32_t ea[4], eb[4];
     int sa = 0, sb = 0;
-    if (n > 0) sa = issue(chunk(0), ea);
+    if (n > 0) sa = issue(0, ea);
     for (int k = 1; k < n; k += 2) {
-      sb = issue(chunk(k), eb);
+      sb = issue(k, eb);
       asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
       retire(sa, ea);
       if (k + 1 == n) {
@@ -325,7 +302,7 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
         retire(sb, eb);
         break;
       }
-      sa = issue(chunk(k + 1), ea);
+      sa = issue(k + 1, ea);
       asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
       retire(sb, eb);
     }
@@ -338,39 +315,18 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   for (int i = 0; i < TOKENS / 2; ++i) asm volatile("" : "+f"(acc[i])::"memory");  // complete before the epilogue
   // No block of a cluster leaves while its peer may still arrive on its barriers or copy into its shared memory.
   if constexpr (kCluster) cluster_sync();
-  if constexpr (KS == 2) {
-    // The second half's sums into the first's, through the ring: every stage has been consumed (each warpgroup waited
-    // for all its groups), so no copy or wgmma still uses it once all consumers meet on named barrier 2. The first
-    // half's warpgroups then go on alone (named barrier 1 and the split-K reduction count L::kOutThreads).
-    constexpr uint32_t kStride = 4 * L::kOutThreads;
-    const uint32_t slot = base + 4 * (128 * rg + (ctid & 127));
-    sync_threads<2, L::kConsumerThreads>();
-    if (ks == 1) {
-#pragma unroll
-      for (int i = 0; i < TOKENS / 2; ++i)
-        asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(slot + i * kStride), "f"(acc[i]));
-    }
-    sync_threads<2, L::kConsumerThreads>();
-    if (ks == 1) return;
-#pragma unroll
-    for (int i = 0; i < TOKENS / 2; ++i) {
-      float other;
-      asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(other) : "r"(slot + i * kStride));
-      acc[i] += other;
-    }
-  }
 
   // Accumulator i = 4 j + 2 h + q: row 16 warp + g + 8 h of the warpgroup's 64, token load0 + 8 j + 2 t + q.
   // (the producer warpgroup has left: the consumers meet on named barrier 1)
   // (4 consumer warpgroups have 96 registers per thread: no room to load several pieces at once)
   constexpr int kGroupMax = CWG == 4 ? 1 : 4;
   if constexpr (!(kAblate & 4)) {
-    if (gridDim.z > 1 && !split_sum_global<TOKENS / 2, L::kOutThreads, 1, kGroupMax>(acc, partial, counters, ctid))
+    if (gridDim.z > 1 && !split_sum_global<TOKENS / 2, L::kConsumerThreads, 1, kGroupMax>(acc, partial, counters, ctid))
       return;
   }
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    const int row = row0 + 64 * rg + 16 * warp + g + 8 * h;
+    const int row = row0 + 64 * cw + 16 * warp + g + 8 * h;
     const float b_row = bias != nullptr ? to_float(bias[row]) : 0.f;
 #pragma unroll
     for (int j = 0; j < TOKENS / 8; ++j)
@@ -388,7 +344,7 @@ template <typename T, int TOKENS, int CWG, int CT, int CR>
 void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
             const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int split,
             int w_evict_first, bool w_promote, cudaStream_t stream) {
-  using L = WgLayout<TOKENS, CWG, ksplit_of<CWG, CT, CR>()>;
+  using L = WgLayout<TOKENS, CWG>;
   const int M = x.size(0), K = x.size(1), N = values.size(0);
   const int num_chunks = K / kChunk;
   const int per_split = (num_chunks + split - 1) / split;
@@ -415,7 +371,7 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   const CUtensorMap map_x = tensor_map(x, type, 2, kXBoxColumns, x_rows, CU_TENSOR_MAP_SWIZZLE_128B);
   float* partial = nullptr;
   int* counters = nullptr;
-  if (split > 1) std::tie(partial, counters) = workspace.get(split, grid.x * grid.y, L::kOutThreads * TOKENS / 2);
+  if (split > 1) std::tie(partial, counters) = workspace.get(split, grid.x * grid.y, L::kConsumerThreads * TOKENS / 2);
   const T* bias_ptr = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
   T* y_ptr = reinterpret_cast<T*>(y.data_ptr());
   const int mode = g_launch_mode.load(std::memory_order_relaxed);
@@ -436,10 +392,12 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
 // timed 128 rows x 256 tokens with and without clusters, and 2 x 2 clusters: none was the fastest tile of a case
 // that cuSPARSELt did not win by more, so they are not built; neither are 32- and 64-token tiles sharing x (5-30%
 // slower than without a cluster on the layers of 4096-14336 rows at M = 32-256: wgmma_check_cluster_v4_h100.json).
+// The 96- and 192-token tiles give grids between the powers of two: 11008 rows are 43 tiles of 256, so at M = 256
+// 128-token tiles fill 86 of the 132 SMs and 96-token ones 129.
 #define SPARSE_LLM_WGMMA_TILES(X)                                                                     \
   X(8, 1, 1, 1) X(8, 2, 1, 1) X(16, 1, 1, 1) X(16, 2, 1, 1) X(32, 1, 1, 1) X(32, 2, 1, 1) X(64, 1, 1, 1) \
   X(64, 2, 1, 1) X(64, 4, 1, 1) X(128, 1, 1, 1) X(128, 2, 1, 1) X(128, 4, 1, 1) X(256, 1, 1, 1)         \
-  X(128, 2, 1, 2) X(128, 4, 1, 2) X(128, 4, 2, 1)
+  X(96, 2, 1, 1) X(96, 4, 1, 1) X(192, 2, 1, 1) X(128, 2, 1, 2) X(128, 4, 1, 2) X(128, 4, 2, 1)
 
 bool tile_supported(int tokens, int warpgroups, int cluster_tokens, int cluster_rows) {
 #define SPARSE_LLM_WGMMA_MATCH(T_, W_, CT_, CR_) \
@@ -451,7 +409,7 @@ bool tile_supported(int tokens, int warpgroups, int cluster_tokens, int cluster_
 
 int stages_of(int tokens, int warpgroups) {
 #define SPARSE_LLM_WGMMA_STAGES(T_, W_, CT_, CR_) \
-  if (tokens == T_ && warpgroups == W_) return WgLayout<T_, W_, ksplit_of<W_, CT_, CR_>()>::kStages;
+  if (tokens == T_ && warpgroups == W_) return WgLayout<T_, W_>::kStages;
   SPARSE_LLM_WGMMA_TILES(SPARSE_LLM_WGMMA_STAGES)
 #undef SPARSE_LLM_WGMMA_STAGES
   return 0;
