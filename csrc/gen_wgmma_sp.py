@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-TOKENS = (8, 16, 32, 64, 96, 128, 192, 256)
+TOKENS = (8, 16, 32, 64, 128, 256)
 DTYPES = (("__nv_bfloat16", "bf16"), ("__half", "f16"))
 HEADER = Path(__file__).with_name("spmm24_wgmma_sp.cuh")
 

@@ -392,12 +392,13 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
 // timed 128 rows x 256 tokens with and without clusters, and 2 x 2 clusters: none was the fastest tile of a case
 // that cuSPARSELt did not win by more, so they are not built; neither are 32- and 64-token tiles sharing x (5-30%
 // slower than without a cluster on the layers of 4096-14336 rows at M = 32-256: wgmma_check_cluster_v4_h100.json).
-// The 96- and 192-token tiles give grids between the powers of two: 11008 rows are 43 tiles of 256, so at M = 256
-// 128-token tiles fill 86 of the 132 SMs and 96-token ones 129.
+// Nor are 96- and 192-token tiles (grids between the powers of two: 11008 rows are 43 tiles of 256, so at M = 256
+// 128-token tiles fill 86 of the 132 SMs, 96-token ones 129): on the H200 they were the fastest tile only for
+// 11008x4096 at M = 256-512 (8% and 15%), 3-30% slower elsewhere (h200/wgmma_variants_tiles_8bcf6c1.json).
 #define SPARSE_LLM_WGMMA_TILES(X)                                                                     \
   X(8, 1, 1, 1) X(8, 2, 1, 1) X(16, 1, 1, 1) X(16, 2, 1, 1) X(32, 1, 1, 1) X(32, 2, 1, 1) X(64, 1, 1, 1) \
   X(64, 2, 1, 1) X(64, 4, 1, 1) X(128, 1, 1, 1) X(128, 2, 1, 1) X(128, 4, 1, 1) X(256, 1, 1, 1)         \
-  X(96, 2, 1, 1) X(96, 4, 1, 1) X(192, 2, 1, 1) X(128, 2, 1, 2) X(128, 4, 1, 2) X(128, 4, 2, 1)
+  X(128, 2, 1, 2) X(128, 4, 1, 2) X(128, 4, 2, 1)
 
 bool tile_supported(int tokens, int warpgroups, int cluster_tokens, int cluster_rows) {
 #define SPARSE_LLM_WGMMA_MATCH(T_, W_, CT_, CR_) \

@@ -46,7 +46,7 @@ TILES = frozenset(
 # instantiated in csrc/spmm24_wgmma.cu (SPARSE_LLM_WGMMA_TILES)
 WGMMA_TILES = frozenset(
     (t, w, 1, 1) for t, w in ((8, 1), (8, 2), (16, 1), (16, 2), (32, 1), (32, 2), (64, 1), (64, 2), (64, 4), (128, 1),
-                              (128, 2), (128, 4), (256, 1), (96, 2), (96, 4), (192, 2))
+                              (128, 2), (128, 4), (256, 1))
 ) | frozenset(((128, 2, 1, 2), (128, 4, 1, 2), (128, 4, 2, 1)))  # fmt: skip
 WGMMA_CHUNK = 128  # K columns per stage of the wgmma kernel
 
@@ -54,7 +54,7 @@ WGMMA_CHUNK = 128  # K columns per stage of the wgmma kernel
 @dataclass(frozen=True)
 class MmaConfig:
     rows: int = 32  # rows of W per warp (16, 32, 64)
-    tokens: int = 8  # tokens per block (8, 16, 32, 64; the warpgroup kernel: those of WGMMA_TILES)
+    tokens: int = 8  # tokens per block (8, 16, 32, 64)
     # chunks of K in flight: 1-2 in registers (2: the next one is loaded during the current mma); 3+ selects the
     # pipelined kernel, whose W and x chunks go through shared memory with cp.async, that many stages deep
     stages: int = 1
@@ -135,14 +135,11 @@ def wgmma_split(m: int, n: int, k: int, tokens: int, warpgroups: int, device: to
 def wgmma_tiles_near(m: int, n: int) -> list[tuple[int, int, int, int]]:
     """The warpgroup tiles (tokens, warpgroups, cluster token tiles, cluster row tiles) with M's token count (a power
     of two, 8-256), half and double it (and a quarter from 129 tokens on: 64-token tiles were the fastest on the
-    1024-row layers at M = 256, wgmma_check_cluster_v3_h100.json), three quarters of it from 65 tokens on (96 and
-    192: other grids than the powers of two, and 96 from 129 on), whose row clusters divide the weight's ``n``,
+    1024-row layers at M = 256, wgmma_check_cluster_v3_h100.json), whose row clusters divide the weight's ``n``,
     clusters along tokens only where M fills two token tiles: the neighbourhood the tuner (and
     bench/wgmma_variants.py) times."""
     t0 = min(max(8, triton.next_power_of_2(m)), 256)
-    sizes = (t0 // 4, 3 * t0 // 8, t0 // 2, 3 * t0 // 4, t0) if t0 == 256 else (t0 // 2, t0, 2 * t0)
-    if t0 == 128:
-        sizes += (96,)
+    sizes = (t0 // 4, t0 // 2, t0, 2 * t0) if t0 == 256 else (t0 // 2, t0, 2 * t0)
     return [(t, w, ct, cr) for t, w, ct, cr in sorted(WGMMA_TILES)
             if t in sizes and n % (64 * w * cr) == 0 and (ct == 1 or m > t)]  # fmt: skip
 
