@@ -164,3 +164,42 @@ def test_launch_mode_from_env_names_a_bad_value(value):
 def test_set_launch_mode_refuses_what_is_not_a_mode(mode):
     with pytest.raises(ValueError, match="launch mode must be one of"):
         sparse_mma.set_launch_mode(mode)
+
+
+class _FakeWgmmaExtension:
+    def __init__(self):
+        self.modes = []
+
+    def set_launch_mode(self, mode):
+        self.modes.append(mode)
+        return 0
+
+
+@pytest.mark.parametrize(("env", "applied"), [(None, sparse_mma.DEFAULT_LAUNCH_MODE), ("", 3), ("0", 0), ("1", 1)])
+def test_loading_the_warpgroup_extension_applies_the_launch_mode_once(monkeypatch, env, applied):
+    """Mode 3 (selective programmatic launch) unless SPARSE_LLM_PDL says otherwise, set once per process."""
+    fake = _FakeWgmmaExtension()
+    monkeypatch.setattr(sparse_mma, "load_wgmma_extension", lambda: fake)
+    if env is None:
+        monkeypatch.delenv("SPARSE_LLM_PDL", raising=False)
+    else:
+        monkeypatch.setenv("SPARSE_LLM_PDL", env)
+    sparse_mma._wgmma_extension.cache_clear()
+    try:
+        assert sparse_mma._wgmma_extension() is fake
+        assert sparse_mma._wgmma_extension() is fake
+        assert fake.modes == [applied]
+        assert sparse_mma.set_launch_mode(0) == 0 and fake.modes == [applied, 0]
+    finally:
+        sparse_mma._wgmma_extension.cache_clear()
+
+
+def test_a_bad_launch_mode_in_the_environment_fails_the_load_with_its_name(monkeypatch):
+    monkeypatch.setattr(sparse_mma, "load_wgmma_extension", _FakeWgmmaExtension)
+    monkeypatch.setenv("SPARSE_LLM_PDL", "2x")
+    sparse_mma._wgmma_extension.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="SPARSE_LLM_PDL must be one of .* got '2x'"):
+            sparse_mma._wgmma_extension()
+    finally:
+        sparse_mma._wgmma_extension.cache_clear()
