@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from sparse_llm import benchmark
+from sparse_llm.models import write_json
 
 
 def main() -> None:
@@ -24,9 +25,7 @@ def main() -> None:
         if not path.is_file():
             raise SystemExit(f"no such part: {path}")
     result = benchmark.merge_parts([json.loads(p.read_text()) for p in args.parts], [str(p) for p in args.parts])
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(args.out)  # a cut-short write never replaces an earlier merge
+    write_json(args.out, result)  # atomic: a cut-short write never replaces an earlier merge
     print(json.dumps(result["summary"], indent=1))
     print(f"wrote {args.out} ({len(result['shapes'])} shapes, {len(result['rows'])} rows)")
 
