@@ -2,10 +2,12 @@
 
     python bench/mma_profile.py --out DIR [--ncu /usr/local/cuda/bin/ncu] [CONFIG ...]
 
-CONFIG is N,K,M,rows,tokens,stages,warps,split (default: the 28672x8192 tiles of M = 64 and 128). Each one runs
-``bench/mma_one.py`` under ncu (boost clocks kept: ``--clock-control none``), profiling the third launch; the
-metrics (time, DRAM and L2 bytes, issue activity, tensor-pipe activity, shared-memory wavefronts and conflicts,
-and the stall reasons per issued instruction) are written to ``mma_profile.json``.
+CONFIG is ``bench/mma_one.py``'s arguments joined by commas: N,K,M,rows,tokens,stages,warps,split[,wgmma[,ct,cr]]
+or N,K,M,cusparselt (default: the 28672x8192 tiles of M = 64 and 128). Each one runs ``bench/mma_one.py`` under ncu
+(boost clocks kept: ``--clock-control none``), profiling the kernels of its last call (``--profile-from-start off``;
+cuSPARSELt's split-K reduction, where it runs one, is a second kernel); the metrics (time, clock, DRAM and L2 bytes,
+issue activity, tensor-pipe activity, shared-memory wavefronts and conflicts, and the stall reasons per issued
+instruction) are written to ``mma_profile.json``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,11 @@ METRICS = (
     "lts__t_bytes.sum",
     "smsp__inst_executed.sum",
     "smsp__issue_active.avg.pct_of_peak_sustained_active",
-    "sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active",
+    "regex:sm__pipe_tensor_op_.*_cycles_active\\.avg\\.pct_of_peak_sustained_active$",
+    "regex:sm__ops_path_tensor_src_bf16_dst_fp32.*\\.sum$",
+    "sm__cycles_elapsed.avg.per_second",
+    "l1tex__throughput.avg.pct_of_peak_sustained_active",
+    "lts__throughput.avg.pct_of_peak_sustained_elapsed",
     "sm__warps_active.avg.pct_of_peak_sustained_active",
     "l1tex__data_pipe_lsu_wavefronts_mem_shared.sum",
     "l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum",
@@ -40,31 +46,36 @@ METRICS = (
 
 
 def profile(ncu: str, config: str) -> dict:
-    cmd = [ncu, "--clock-control", "none", "--csv", "--page", "raw", "-k", "regex:spmm24", "--launch-skip", "2",
-           "--launch-count", "1", "--metrics", ",".join(METRICS), sys.executable, str(HERE / "mma_one.py"),
-           *config.split(",")]  # fmt: skip
+    cmd = [ncu, "--clock-control", "none", "--csv", "--page", "raw", "--profile-from-start", "off", "--metrics",
+           ",".join(METRICS), sys.executable, str(HERE / "mma_one.py"), *config.split(",")]  # fmt: skip
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
         return {"config": config, "error": (run.stderr or run.stdout)[-2000:]}
     lines = run.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith('"ID"'))
     table = list(csv.reader(io.StringIO("\n".join(lines[start:]))))
-    header, units, values = table[0], table[1], table[2]
-    out = {}
-    for name, unit, value in zip(header, units, values, strict=False):
-        if "__" not in name:
-            continue
-        try:
-            out[name] = float(value.replace(",", ""))
-        except ValueError:
-            out[name] = value
-        if unit:
-            out[name + ".unit"] = unit
-    stalls = {k.split("stalled_")[1].split("_per_issue")[0]: v for k, v in out.items()
-              if "issue_stalled" in k and not k.endswith(".unit") and isinstance(v, float)}  # fmt: skip
-    top = dict(sorted(stalls.items(), key=lambda kv: -kv[1])[:8])
-    print(config, {k: out.get(k) for k in METRICS[:-1]}, "stalls:", top, flush=True)
-    return {"config": config, "metrics": out, "top_stalls": top}
+    header, units = table[0], table[1]
+    kernels = []
+    for values in table[2:]:
+        out = {}
+        for name, unit, value in zip(header, units, values, strict=False):
+            if name == "Kernel Name":
+                out["kernel"] = value
+            if "__" not in name:
+                continue
+            try:
+                out[name] = float(value.replace(",", ""))
+            except ValueError:
+                out[name] = value
+            if unit:
+                out[name + ".unit"] = unit
+        stalls = {k.split("stalled_")[1].split("_per_issue")[0]: v for k, v in out.items()
+                  if "issue_stalled" in k and not k.endswith(".unit") and isinstance(v, float)}  # fmt: skip
+        top = dict(sorted(stalls.items(), key=lambda kv: -kv[1])[:8])
+        shown = {k: v for k, v in out.items() if not k.endswith(".unit") and "issue_stalled" not in k}
+        print(config, out.get("kernel", "")[:100], shown, "stalls:", top, flush=True)
+        kernels.append({"metrics": out, "top_stalls": top})
+    return {"config": config, "kernels": kernels}
 
 
 def main() -> None:

@@ -1,0 +1,84 @@
+"""Issue rate of the warpgroup MMA with both operands in shared memory: how much of the tensor cores' rate can a
+warpgroup tile reach with nothing but its wgmma (no copies, barriers or metadata loads)?
+
+    python bench/wgmma_peak.py --out DIR
+
+Builds ``bench/csrc/wgmma_peak.cu`` with nvcc (standalone, no torch extension: a few seconds) and runs, one block
+per SM, every (tokens, consumer warpgroups) tile of the warpgroup kernel with 1 and 2 groups in flight, plus dense
+m64nNk16 as the harness's own check (it must come near the dense rate). Reports each tile's share of the bf16 rate
+per SM clock (sparse: 8192 dense-equivalent FLOP per clock per SM, dense: 4096), from clock64 inside the blocks, so
+the power cap's clock does not enter it, and TFLOP/s from the wall time. Writes ``wgmma_peak.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_result  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def dense_wrapper(tokens: int) -> str:
+    """``wgmma_dense<tokens>(d, a, b)``: d (64 x tokens, fp32) += A (64 x 16) . B (16 x tokens), bf16, both from
+    shared-memory descriptors (an asm statement needs its operand list written out)."""
+    regs = tokens // 2
+    acc = ", ".join(f"%{i}" for i in range(regs))
+    outs = ", ".join(f'"+f"(d[{i}])' for i in range(regs))
+    return (
+        f"template <>\n__device__ __forceinline__ void wgmma_dense<{tokens}>(float* d, uint64_t a, uint64_t b) {{\n"
+        f'  asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{regs + 2}, 0;\\n"\n'
+        f'      "wgmma.mma_async.sync.aligned.m64n{tokens}k16.f32.bf16.bf16 {{{acc}}}, %{regs}, %{regs + 1}, '
+        f'p, 1, 1, 0, 0;\\n}}\\n"\n'
+        f'      : {outs}\n      : "l"(a), "l"(b), "r"(1));\n}}\n'
+    )
+
+
+def dense_header() -> str:
+    body = "".join(dense_wrapper(t) for t in (64, 128, 256))
+    return (
+        "#pragma once\n#include <cstdint>\nnamespace {\ntemplate <int N>\n"
+        "__device__ __forceinline__ void wgmma_dense(float* d, uint64_t a, uint64_t b);\n"
+        "#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)\n" + body + "#endif\n}  // namespace\n"
+    )
+
+
+def build(workdir: Path) -> Path:
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    if CUDA_HOME is None:
+        raise RuntimeError("wgmma_peak: no CUDA toolkit found (torch.utils.cpp_extension.CUDA_HOME is None)")
+    (workdir / "wgmma_dense.cuh").write_text(dense_header())
+    exe = workdir / "wgmma_peak"
+    cmd = [str(Path(CUDA_HOME) / "bin" / "nvcc"), "-arch=sm_90a", "-O3", "-std=c++17", f"-I{ROOT / 'csrc'}",
+           f"-I{workdir}", str(ROOT / "bench" / "csrc" / "wgmma_peak.cu"), "-o", str(exe)]  # fmt: skip
+    subprocess.run(cmd, check=True)
+    return exe
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--iters", type=int, default=2048, help="groups of 4 instructions per warpgroup")
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = build(Path(tmp))
+        out = subprocess.run([str(exe), str(args.iters), str(args.reps)], check=True, capture_output=True, text=True)
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    head, rows = lines[0], lines[1:]
+    for r in rows:
+        print(f"{r['kind']:16s} tokens {r['tokens']:3d} x {r['warpgroups']} warpgroups, {r['groups_in_flight']} in "
+              f"flight: {100 * r['share_of_peak_per_clock']:5.1f}% of the rate per clock, "
+              f"{r['dense_equiv_tflops']:7.1f} TFLOP/s  {r['error']}")  # fmt: skip
+    write_result(args.out, "wgmma_peak", {**head, "iters": args.iters, "reps": args.reps, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
