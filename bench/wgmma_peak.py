@@ -40,11 +40,32 @@ def dense_wrapper(tokens: int) -> str:
     )
 
 
-def dense_header() -> str:
-    body = "".join(dense_wrapper(t) for t in (64, 128, 256))
+def sparse_register_a_wrapper(tokens: int) -> str:
+    """``wgmma_sp_ra<tokens>(d, a0, a1, a2, a3, b, e)``: the sparse m64nNk32 bf16 instruction with A (64 x 16 kept
+    values) in four registers per thread, B from a descriptor, metadata e, selector 0."""
+    regs = tokens // 2
+    acc = ", ".join(f"%{i}" for i in range(regs))
+    outs = ", ".join(f'"+f"(d[{i}])' for i in range(regs))
+    a = ", ".join(f"%{regs + i}" for i in range(4))
+    return (
+        f"template <>\n__device__ __forceinline__ void wgmma_sp_ra<{tokens}>(float* d, uint32_t a0, uint32_t a1, "
+        f"uint32_t a2, uint32_t a3, uint64_t b, uint32_t e) {{\n"
+        f'  asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{regs + 6}, 0;\\n"\n'
+        f'      "wgmma.mma_async.sp.sync.aligned.m64n{tokens}k32.f32.bf16.bf16 {{{acc}}}, {{{a}}}, %{regs + 4}, '
+        f'%{regs + 5}, 0, p, 1, 1, 0;\\n}}\\n"\n'
+        f'      : {outs}\n      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(b), "r"(e), "r"(1));\n}}\n'
+    )
+
+
+def wrappers_header() -> str:
+    body = "".join(dense_wrapper(t) for t in (64, 128, 256)) + "".join(
+        sparse_register_a_wrapper(t) for t in (64, 128, 256)
+    )
     return (
         "#pragma once\n#include <cstdint>\nnamespace {\ntemplate <int N>\n"
         "__device__ __forceinline__ void wgmma_dense(float* d, uint64_t a, uint64_t b);\n"
+        "template <int N>\n__device__ __forceinline__ void wgmma_sp_ra(float* d, uint32_t a0, uint32_t a1, "
+        "uint32_t a2, uint32_t a3, uint64_t b, uint32_t e);\n"
         "#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)\n" + body + "#endif\n}  // namespace\n"
     )
 
@@ -54,7 +75,7 @@ def build(workdir: Path) -> Path:
 
     if CUDA_HOME is None:
         raise RuntimeError("wgmma_peak: no CUDA toolkit found (torch.utils.cpp_extension.CUDA_HOME is None)")
-    (workdir / "wgmma_dense.cuh").write_text(dense_header())
+    (workdir / "wgmma_peak_wrappers.cuh").write_text(wrappers_header())
     exe = workdir / "wgmma_peak"
     cmd = [str(Path(CUDA_HOME) / "bin" / "nvcc"), "-arch=sm_90a", "-O3", "-std=c++17", f"-I{ROOT / 'csrc'}",
            f"-I{workdir}", str(ROOT / "bench" / "csrc" / "wgmma_peak.cu"), "-o", str(exe)]  # fmt: skip
@@ -75,7 +96,7 @@ def main() -> None:
     head, rows = lines[0], lines[1:]
     for r in rows:
         print(f"{r['kind']:16s} tokens {r['tokens']:3d} x {r['warpgroups']} warpgroups, {r['groups_in_flight']} in "
-              f"flight: {100 * r['share_of_peak_per_clock']:5.1f}% of the rate per clock, "
+              f"flight, {r['mode_name']:42s}: {100 * r['share_of_peak_per_clock']:5.1f}% of the rate per clock, "
               f"{r['dense_equiv_tflops']:7.1f} TFLOP/s  {r['error']}")  # fmt: skip
     write_result(args.out, "wgmma_peak", {**head, "iters": args.iters, "reps": args.reps, "rows": rows})
 
