@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -88,17 +89,30 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--iters", type=int, default=2048, help="groups of 4 instructions per warpgroup")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--timeout", type=float, default=240, help="seconds before the benchmark is stopped")
     args = parser.parse_args()
+    lines = []
     with tempfile.TemporaryDirectory() as tmp:
         exe = build(Path(tmp))
-        out = subprocess.run([str(exe), str(args.iters), str(args.reps)], check=True, capture_output=True, text=True)
-    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+        proc = subprocess.Popen([str(exe), str(args.iters), str(args.reps)], stdout=subprocess.PIPE, text=True)
+        timer = threading.Timer(args.timeout, proc.kill)  # a configuration that never returns still leaves the rest
+        timer.start()
+        for line in proc.stdout:
+            if not line.startswith("{"):
+                continue
+            r = json.loads(line)
+            lines.append(r)
+            if "kind" in r:
+                print(f"{r['kind']:16s} tokens {r['tokens']:3d} x {r['warpgroups']} warpgroups, {r['groups_in_flight']}"
+                      f" in flight, {r['mode_name']:42s}: {100 * r['share_of_peak_per_clock']:5.1f}% of the rate per "
+                      f"clock, {r['dense_equiv_tflops']:7.1f} TFLOP/s  {r['error']}", flush=True)  # fmt: skip
+        proc.wait()
+        timer.cancel()
     head, rows = lines[0], lines[1:]
-    for r in rows:
-        print(f"{r['kind']:16s} tokens {r['tokens']:3d} x {r['warpgroups']} warpgroups, {r['groups_in_flight']} in "
-              f"flight, {r['mode_name']:42s}: {100 * r['share_of_peak_per_clock']:5.1f}% of the rate per clock, "
-              f"{r['dense_equiv_tflops']:7.1f} TFLOP/s  {r['error']}")  # fmt: skip
-    write_result(args.out, "wgmma_peak", {**head, "iters": args.iters, "reps": args.reps, "rows": rows})
+    write_result(args.out, "wgmma_peak", {**head, "iters": args.iters, "reps": args.reps, "rows": rows,
+                                          "returncode": proc.returncode})  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(f"wgmma_peak: the benchmark exited with {proc.returncode} after {len(rows)} configurations")
 
 
 if __name__ == "__main__":
