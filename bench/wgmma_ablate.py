@@ -6,8 +6,9 @@ timed in every build side by side, with dense F.linear beside them.
 
 Builds (in parallel, JIT, sm_90a): base (0), no_mma (1: the consumers wait for each stage and release it), no_copy
 (2: the producer arrives on each stage's barrier without filling it), sync_only (3), no_split (4: every piece of a
-split stores y, no reduction), no_w (8: no copies of W), no_x (16: no copies of x). Where a part is what bounds
-the tile, taking it out takes the time down; where the time stays, the bound is elsewhere.
+split stores y, no reduction), no_w (8: no copies of W), no_x (16: no copies of x), no_store (32: no stores of y),
+setup_only (64: every block leaves after its setup, i.e. what a grid of those blocks costs with no work). Where a
+part is what bounds the tile, taking it out takes the time down; where the time stays, the bound is elsewhere.
 
 Per (shape, M, tile, split) and build: the median CUDA-graph replay after do_bench's 256 MB L2 clear (`cold`, as the
 grid's graph column). Writes ``wgmma_ablate.json``. (h200/wgmma_ablate_4be82b7.json also has a `warm` column, events
@@ -34,7 +35,8 @@ from wgmma_variants import build_with  # noqa: E402
 from sparse_llm.backends.sparse_mma import WGMMA_CHUNK  # noqa: E402
 from sparse_llm.benchmark import parse_shape, time_graph_us  # noqa: E402
 
-BUILDS = {"base": 0, "no_mma": 1, "no_copy": 2, "sync_only": 3, "no_split": 4, "no_w": 8, "no_x": 16}
+BUILDS = {"base": 0, "no_mma": 1, "no_copy": 2, "sync_only": 3, "no_split": 4, "no_w": 8, "no_x": 16,
+          "no_store": 32, "setup_only": 64}  # fmt: skip
 SHAPES = ("1024x4096", "1024x8192", "4096x4096")
 MS = (256, 512, 1024)
 TILES = ((64, 1), (128, 1), (128, 2), (128, 4), (256, 1))  # (tokens, consumer warpgroups of 64 rows), no cluster

@@ -75,7 +75,9 @@ constexpr int kSmemBudget = 220 * 1024;  // the ring's share of the 227 KB a blo
 // Ablations, for finding what bounds a tile (bench/wgmma_ablate.py; the results are wrong with any bit set, the
 // shipped build has none): 1 = no wgmma (the consumers wait for each stage and release it), 2 = no copies (the
 // producer arrives on each stage's barrier without filling it), 4 = no split-K reduction (every piece stores y),
-// 8 = no copies of W (values, metadata), 16 = no copies of x (8 and 16: not in tiles with clusters).
+// 8 = no copies of W (values, metadata), 16 = no copies of x (8 and 16: not in tiles with clusters), 32 = no stores
+// of y (the epilogue's), 64 = the block leaves right after its setup (launch, barriers, tensor-map prefetch: what a
+// wave of blocks costs with no work).
 #ifndef SPARSE_LLM_WGMMA_ABLATE
 #define SPARSE_LLM_WGMMA_ABLATE 0
 #endif
@@ -177,6 +179,10 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   // reads), then lets the next kernel's blocks start their own setup. Without the attribute both return at once.
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  if constexpr (kAblate & 64) {
+    if constexpr (kCluster) cluster_sync();  // as at the end: no block leaves before its peers are done with it
+    return;
+  }
 
   if (wg == 0) {  // producer
     if constexpr (CWG == 2) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
@@ -324,6 +330,7 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     if (gridDim.z > 1 && !split_sum_global<TOKENS / 2, L::kConsumerThreads, 1, kGroupMax>(acc, partial, counters, ctid))
       return;
   }
+  if constexpr (kAblate & 32) return;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int row = row0 + 64 * cw + 16 * warp + g + 8 * h;
