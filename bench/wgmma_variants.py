@@ -1,7 +1,7 @@
 """Build-time variants of the warpgroup kernel (csrc/spmm24_wgmma.cu), side by side on the H100/H200: each variant is
-the same source compiled with other values of its knobs (SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT, SPARSE_LLM_WGMMA_MAX_STAGES)
-into an extension of its own. (The in-block K split measured with it in the twentieth round, bench/NOTES.md, was
-slower and is gone.)
+the same source compiled with other values of its knobs (SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT, SPARSE_LLM_WGMMA_MAX_STAGES,
+SPARSE_LLM_WGMMA_STAGED_STORE) into an extension of its own. (The in-block K split measured with it in the twentieth
+round, bench/NOTES.md, was slower and is gone.)
 
     python bench/wgmma_variants.py --out DIR [--variants base pipe ...] [--ms 1 64 ...] [--shapes 4096x4096 ...]
 
@@ -38,6 +38,7 @@ VARIANTS = {  # name: the knobs' values that differ from what ships (csrc/spmm24
     "deep": {"SPARSE_LLM_WGMMA_MAX_STAGES": 16},
     "pipe": {"SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT": 2},
     "pipe_deep": {"SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT": 2, "SPARSE_LLM_WGMMA_MAX_STAGES": 16},
+    "staged": {"SPARSE_LLM_WGMMA_STAGED_STORE": 1},  # y stored through shared memory in 16-byte pieces
 }
 MS = (1, 16, 64, 100, 128, 256, 512, 1024, 4096)
 

@@ -81,6 +81,15 @@ constexpr int kSmemBudget = 220 * 1024;  // the ring's share of the 227 KB a blo
 #ifndef SPARSE_LLM_WGMMA_ABLATE
 #define SPARSE_LLM_WGMMA_ABLATE 0
 #endif
+// y's stores: 0 (what ships) = each consumer thread stores its values, 2 bytes at a time, straight from its
+// accumulators (every warp instruction writes 16 bytes in each of 4 rows of y); 1 = through shared memory: the tile
+// is written there token by token, then stored in whole 16-byte pieces of y's rows. On the H200 the direct stores
+// took 22 of the 116 us of 11008x4096 at M = 1024 with the 128 x 256 tile (the ablation without them, 32:
+// h200/wgmma_ablate_store_f6e88e2.json); variant 1 is built and measured by bench/wgmma_variants.py (`staged`).
+#ifndef SPARSE_LLM_WGMMA_STAGED_STORE
+#define SPARSE_LLM_WGMMA_STAGED_STORE 0
+#endif
+constexpr bool kStagedStore = SPARSE_LLM_WGMMA_STAGED_STORE != 0;
 constexpr int kAblate = SPARSE_LLM_WGMMA_ABLATE;
 constexpr int kMaxStages = SPARSE_LLM_WGMMA_MAX_STAGES;
 constexpr int kGroupsInFlight = SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT;
@@ -331,6 +340,36 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
       return;
   }
   if constexpr (kAblate & 32) return;
+  if constexpr (kStagedStore) {
+    // The tile through the ring (every stage has been consumed, every copy into it has completed): rows of kPitch
+    // bytes, one per token of the tile (from load0), the block's kRows values of W's rows contiguous; the 16 bytes
+    // of padding put a warp's 4 tokens of a store on different banks.
+    constexpr int kPitch = L::kRows * 2 + 16, kPieces = L::kRows * 2 / 16;  // 16-byte pieces per token
+    static_assert(TOKENS * kPitch <= L::kStages * L::kStage, "the tile's y fits in the ring");
+    uint8_t* tile = smem_raw + (base - static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)));
+    sync_threads<1, L::kConsumerThreads>();  // no consumer's wgmma still reads a stage
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = 64 * cw + 16 * warp + g + 8 * h;
+      const float b_row = bias != nullptr ? to_float(bias[row0 + r]) : 0.f;
+#pragma unroll
+      for (int j = 0; j < TOKENS / 8; ++j)
+#pragma unroll
+        for (int q = 0; q < 2; ++q)
+          *reinterpret_cast<T*>(tile + (8 * j + 2 * t + q) * kPitch + 2 * r) =
+              from_float<T>(acc[4 * j + 2 * h + q] + b_row);
+    }
+    sync_threads<1, L::kConsumerThreads>();
+    // tokens tok0 .. min(M, load0 + TOKENS) - 1 of y (those before tok0 are the previous tile's, a last tile moved
+    // back; those from M on hold stale columns of x), 16 bytes per thread and step (N and row0: multiples of 64)
+    const int first = tok0 - load0, count = min(M, load0 + TOKENS) - load0;
+    for (int i = ctid; i < (count - first) * kPieces; i += L::kConsumerThreads) {
+      const int tl = first + i / kPieces, piece = i % kPieces;
+      *reinterpret_cast<uint4*>(y + static_cast<int64_t>(load0 + tl) * N + row0 + 8 * piece) =
+          *reinterpret_cast<const uint4*>(tile + tl * kPitch + 16 * piece);
+    }
+    return;
+  }
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int row = row0 + 64 * cw + 16 * warp + g + 8 * h;
