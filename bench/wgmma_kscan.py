@@ -12,6 +12,7 @@ each chunk costs in steady state. Writes ``wgmma_kscan.json``.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -31,10 +32,8 @@ KS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)  # the package takes K in 
 
 def line(xs: list[float], ys: list[float]) -> tuple[float, float]:
     """Least-squares intercept and slope."""
-    n, mx, my = len(xs), sum(xs) / len(xs), sum(ys) / len(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if n > 1 and sxx else 0.0
-    return my - slope * mx, slope
+    fit = statistics.linear_regression(xs, ys)
+    return fit.intercept, fit.slope
 
 
 def main() -> None:

@@ -20,18 +20,17 @@ import tempfile
 import threading
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_result  # noqa: E402
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "csrc"))
+from common import write_result  # noqa: E402
+from gen_wgmma_sp import accumulators  # noqa: E402  (the accumulator operands of the kernel's own wrappers)
 
 
 def dense_wrapper(tokens: int) -> str:
     """``wgmma_dense<tokens>(d, a, b)``: d (64 x tokens, fp32) += A (64 x 16) . B (16 x tokens), bf16, both from
     shared-memory descriptors (an asm statement needs its operand list written out)."""
-    regs = tokens // 2
-    acc = ", ".join(f"%{i}" for i in range(regs))
-    outs = ", ".join(f'"+f"(d[{i}])' for i in range(regs))
+    regs, acc, outs = accumulators(tokens)
     return (
         f"template <>\n__device__ __forceinline__ void wgmma_dense<{tokens}>(float* d, uint64_t a, uint64_t b) {{\n"
         f'  asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{regs + 2}, 0;\\n"\n'
@@ -44,9 +43,7 @@ def dense_wrapper(tokens: int) -> str:
 def sparse_register_a_wrapper(tokens: int) -> str:
     """``wgmma_sp_ra<tokens>(d, a0, a1, a2, a3, b, e)``: the sparse m64nNk32 bf16 instruction with A (64 x 16 kept
     values) in four registers per thread, B from a descriptor, metadata e, selector 0."""
-    regs = tokens // 2
-    acc = ", ".join(f"%{i}" for i in range(regs))
-    outs = ", ".join(f'"+f"(d[{i}])' for i in range(regs))
+    regs, acc, outs = accumulators(tokens)
     a = ", ".join(f"%{regs + i}" for i in range(4))
     return (
         f"template <>\n__device__ __forceinline__ void wgmma_sp_ra<{tokens}>(float* d, uint32_t a0, uint32_t a1, "

@@ -15,10 +15,15 @@ DTYPES = (("__nv_bfloat16", "bf16"), ("__half", "f16"))
 HEADER = Path(__file__).with_name("spmm24_wgmma_sp.cuh")
 
 
-def wrapper(tokens: int, ctype: str, ptx: str) -> str:
+def accumulators(tokens: int) -> tuple[int, str, str]:
+    """The fp32 accumulator operands of an m64n{tokens} warpgroup instruction: their count (tokens / 2 registers per
+    thread), the asm operand list ``%0, %1, ...`` and the matching constraints on ``d[0], d[1], ...``."""
     regs = tokens // 2
-    acc = ", ".join(f"%{i}" for i in range(regs))
-    outs = ", ".join(f'"+f"(d[{i}])' for i in range(regs))
+    return regs, ", ".join(f"%{i}" for i in range(regs)), ", ".join(f'"+f"(d[{i}])' for i in range(regs))
+
+
+def wrapper(tokens: int, ctype: str, ptx: str) -> str:
+    regs, acc, outs = accumulators(tokens)
     return (
         f"template <>\n"
         f"__device__ __forceinline__ void wgmma_sp<{ctype}, {tokens}>"

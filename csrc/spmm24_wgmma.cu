@@ -125,13 +125,6 @@ struct WgLayout {
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define SPARSE_LLM_WGMMA 1
-
-// Shared-memory matrix descriptor of a K-major operand in 128-byte swizzled rows: 8-row groups 1024 bytes apart
-// (stride byte offset), the leading byte offset unused for swizzled K-major layouts, layout type 1 = 128B swizzle.
-__device__ __forceinline__ uint64_t desc_sw128(uint32_t addr) {
-  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) |
-         (uint64_t{1} << 62);
-}
 #endif
 
 template <typename T, int TOKENS, int CWG, int CT, int CR>

@@ -23,6 +23,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "spmm24_wgmma_device.cuh"  // the kernel's mbarriers and operand descriptor
 #include "spmm24_wgmma_sp.cuh"
 // written by bench/wgmma_peak.py: wgmma_dense<N>(d, a, b), m64nNk16 bf16 from two descriptors, and
 // wgmma_sp_ra<N>(d, a[4], b, e), m64nNk32 sparse bf16 with A in registers
@@ -35,19 +36,6 @@ constexpr int kLoadBufferBytes = 32 << 20;  // A's source in modes 2-3 (fits in 
 constexpr int kCopyBufferBytes = 16 << 20;  // the copies' source in modes 3-4 (128 KB between two chunks' sources)
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// K-major operand in 128-byte swizzled rows, 8-row groups 1024 bytes apart (the kernel's descriptor).
-__device__ __forceinline__ uint64_t desc_sw128(uint32_t addr) {
-  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (uint64_t{1} << 16) | (uint64_t{1024 >> 4} << 32) |
-         (uint64_t{1} << 62);
-}
-__device__ __forceinline__ void bar_wait(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred done;\nWAIT_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT_%=;\n}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-}
 // A's 16 registers of one chunk (64 bytes per thread; 8 KB per warpgroup), 16-byte loads.
 __device__ __forceinline__ void load_a(uint32_t (&a)[16], const uint4* src) {
 #pragma unroll
@@ -84,8 +72,8 @@ __global__ void __launch_bounds__(128 * CWG + (copies(MODE) ? 128 : 0), 1)
     reinterpret_cast<uint16_t*>(gbase)[i] = static_cast<uint16_t>(0x3F00u | (h >> 24) | ((h >> 8) & 0x8000u));
   }
   if (threadIdx.x == 0) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bars));
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bars + 8));
+    mbar_init(bars, 1);
+    mbar_init(bars + 8, 1);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -102,9 +90,8 @@ __global__ void __launch_bounds__(128 * CWG + (copies(MODE) ? 128 : 0), 1)
       if (threadIdx.x % 128 == 0) {
         for (int k = 0; k < iters; ++k) {
           const int s = k & 1;
-          if (k >= 2) bar_wait(bars + 8 * s, ((k >> 1) - 1) & 1);
-          asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bars + 8 * s), "r"(kCopy)
-                       : "memory");
+          if (k >= 2) mbar_wait(bars + 8 * s, ((k >> 1) - 1) & 1);
+          mbar_expect_tx(bars + 8 * s, kCopy);
           const uint8_t* src = copy_src + (static_cast<size_t>((blockIdx.x + k) % (kCopyBufferBytes >> 17)) << 17);
           for (int off = 0; off < kCopy; off += 16384) {
             const int bytes = kCopy - off < 16384 ? kCopy - off : 16384;
@@ -115,7 +102,7 @@ __global__ void __launch_bounds__(128 * CWG + (copies(MODE) ? 128 : 0), 1)
                 : "memory");
           }
         }
-        for (int k = iters < 2 ? 0 : iters - 2; k < iters; ++k) bar_wait(bars + 8 * (k & 1), (k >> 1) & 1);
+        for (int k = iters < 2 ? 0 : iters - 2; k < iters; ++k) mbar_wait(bars + 8 * (k & 1), (k >> 1) & 1);
       }
     }
     return;
