@@ -72,7 +72,8 @@ def profile(ncu: str, config: str) -> dict:
         stalls = {k.split("stalled_")[1].split("_per_issue")[0]: v for k, v in out.items()
                   if "issue_stalled" in k and not k.endswith(".unit") and isinstance(v, float)}  # fmt: skip
         top = dict(sorted(stalls.items(), key=lambda kv: -kv[1])[:8])
-        shown = {k: v for k, v in out.items() if not k.endswith(".unit") and "issue_stalled" not in k}
+        shown = {k: v for k, v in out.items() if not k.endswith(".unit") and "issue_stalled" not in k
+                 and not k.startswith(("device__", "c2clink__"))}  # fmt: skip
         print(config, out.get("kernel", "")[:100], shown, "stalls:", top, flush=True)
         kernels.append({"metrics": out, "top_stalls": top})
     return {"config": config, "kernels": kernels}
