@@ -38,7 +38,9 @@ VARIANTS = {  # name: the knobs' values that differ from what ships (csrc/spmm24
     "deep": {"SPARSE_LLM_WGMMA_MAX_STAGES": 16},
     "pipe": {"SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT": 2},
     "pipe_deep": {"SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT": 2, "SPARSE_LLM_WGMMA_MAX_STAGES": 16},
-    "staged": {"SPARSE_LLM_WGMMA_STAGED_STORE": 1},  # y stored through shared memory in 16-byte pieces
+    # y stored straight from the accumulators, 2 bytes at a time (what shipped until the staged stores measured
+    # faster: h200/wgmma_variants_staged_d9b7d94.json, where this build is `base` and the shipped one `staged`)
+    "direct": {"SPARSE_LLM_WGMMA_STAGED_STORE": 0},
 }
 MS = (1, 16, 64, 100, 128, 256, 512, 1024, 4096)
 

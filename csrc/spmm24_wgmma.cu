@@ -81,13 +81,14 @@ constexpr int kSmemBudget = 220 * 1024;  // the ring's share of the 227 KB a blo
 #ifndef SPARSE_LLM_WGMMA_ABLATE
 #define SPARSE_LLM_WGMMA_ABLATE 0
 #endif
-// y's stores: 0 (what ships) = each consumer thread stores its values, 2 bytes at a time, straight from its
-// accumulators (every warp instruction writes 16 bytes in each of 4 rows of y); 1 = through shared memory: the tile
-// is written there token by token, then stored in whole 16-byte pieces of y's rows. On the H200 the direct stores
-// took 22 of the 116 us of 11008x4096 at M = 1024 with the 128 x 256 tile (the ablation without them, 32:
-// h200/wgmma_ablate_store_f6e88e2.json); variant 1 is built and measured by bench/wgmma_variants.py (`staged`).
+// y's stores: 1 (what ships) = through shared memory: the tile is written there token by token, then stored in
+// whole 16-byte pieces of y's rows; 0 = each consumer thread stores its values, 2 bytes at a time, straight from its
+// accumulators (every warp instruction writes 16 bytes in each of 4 rows of y). On the H200 the direct stores took
+// 22 of the 116 us of 11008x4096 at M = 1024 with the 128 x 256 tile (the ablation without them, 32:
+// h200/wgmma_ablate_store_f6e88e2.json); staged, that layer took 102.9 us, and the staged build was faster in 59 of
+// 60 rows of bench/wgmma_variants.py (h200/wgmma_variants_staged_d9b7d94.json, `base` there is 0).
 #ifndef SPARSE_LLM_WGMMA_STAGED_STORE
-#define SPARSE_LLM_WGMMA_STAGED_STORE 0
+#define SPARSE_LLM_WGMMA_STAGED_STORE 1
 #endif
 constexpr bool kStagedStore = SPARSE_LLM_WGMMA_STAGED_STORE != 0;
 constexpr int kAblate = SPARSE_LLM_WGMMA_ABLATE;
