@@ -1,7 +1,8 @@
 """Build-time variants of the warpgroup kernel (csrc/spmm24_wgmma.cu), side by side on the H100/H200: each variant is
 the same source compiled with other values of its knobs (SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT, SPARSE_LLM_WGMMA_MAX_STAGES,
-SPARSE_LLM_WGMMA_STAGED_STORE) into an extension of its own. (The in-block K split measured with it in the twentieth
-round, bench/NOTES.md, was slower and is gone.)
+SPARSE_LLM_WGMMA_STAGED_STORE, SPARSE_LLM_WGMMA_EXTRA_TILES) into an extension of its own; `extra` adds tiles the
+package does not ship (EXTRA_TILES below), which it checks and times beside the shipped ones. (The in-block K split
+measured with it in the twentieth round, bench/NOTES.md, was slower and is gone.)
 
     python bench/wgmma_variants.py --out DIR [--variants base pipe ...] [--ms 1 64 ...] [--shapes 4096x4096 ...]
 
@@ -41,7 +42,10 @@ VARIANTS = {  # name: the knobs' values that differ from what ships (csrc/spmm24
     # y stored straight from the accumulators, 2 bytes at a time (what shipped until the staged stores measured
     # faster: h200/wgmma_variants_staged_d9b7d94.json, where this build is `base` and the shipped one `staged`)
     "direct": {"SPARSE_LLM_WGMMA_STAGED_STORE": 0},
+    "extra": {"SPARSE_LLM_WGMMA_EXTRA_TILES": 1},  # the shipped build with EXTRA_TILES too
 }
+# The tiles SPARSE_LLM_WGMMA_EXTRA_TILES=1 adds (csrc/spmm24_wgmma.cu): checked and timed in the `extra` variant only
+EXTRA_TILES = frozenset(((64, 2, 2, 1), (64, 2, 1, 2), (128, 1, 1, 2), (128, 1, 2, 1), (256, 2, 1, 1)))
 MS = (1, 16, 64, 100, 128, 256, 512, 1024, 4096)
 
 
@@ -61,16 +65,22 @@ def build_only(name: str) -> None:
     build(name)
 
 
-def candidates(m: int, n: int, k: int) -> list[tuple[int, int, tuple[int, int], int]]:
+def tiles_of(name: str) -> frozenset:
+    """The tiles variant ``name`` is built with."""
+    return WGMMA_TILES | EXTRA_TILES if VARIANTS[name].get("SPARSE_LLM_WGMMA_EXTRA_TILES") else WGMMA_TILES
+
+
+def candidates(m: int, n: int, k: int, tiles=WGMMA_TILES) -> list[tuple[int, int, tuple[int, int], int]]:
     splits = [s for s in (1, 2, 4) if s == 1 or k // (WGMMA_CHUNK * s) >= 4]
-    return [(tokens, wgs, (ct, cr), s) for tokens, wgs, ct, cr in wgmma_tiles_near(m, n) for s in splits]
+    return [(tokens, wgs, (ct, cr), s) for tokens, wgs, ct, cr in wgmma_tiles_near(m, n, tiles) for s in splits]
 
 
 def time_tile(ext, x, values, meta, tokens: int, wgs: int, cluster: tuple[int, int], split: int) -> float:
     return time_graph_us(lambda: ext.spmm24_wgmma(x, values, meta, None, tokens, wgs, *cluster, split))
 
 
-def sweep(exts: dict, shapes, ms, save) -> list[dict]:
+def sweep(exts: dict, tiles: dict, shapes, ms, save) -> list[dict]:
+    """Dense and each variant's best of its candidate ``tiles[name]`` per shape and M, saved after every shape."""
     rows = []
     for n, k in shapes:
         dense, values, meta = random_packed(n, k, torch.bfloat16)
@@ -87,7 +97,7 @@ def sweep(exts: dict, shapes, ms, save) -> list[dict]:
             for name, ext in exts.items():
                 times = [{"tokens": t, "warpgroups": w, "cluster": list(c), "split": s,
                           "us": time_tile(ext, x, values, meta, t, w, c, s)}
-                         for t, w, c, s in candidates(m, n, k)]  # fmt: skip
+                         for t, w, c, s in candidates(m, n, k, tiles[name])]  # fmt: skip
                 best = min(times, key=lambda r: r["us"])
                 y = ext.spmm24_wgmma(x, values, meta, None, best["tokens"], best["warpgroups"], *best["cluster"],
                                      best["split"])  # fmt: skip
@@ -96,7 +106,8 @@ def sweep(exts: dict, shapes, ms, save) -> list[dict]:
             rows.append(row)
             print(f"{n}x{k} M={m}: dense {row['dense_us']:.1f} us; "
                   + ", ".join(f"{v} {r['best']['us']:.1f} us ({r['speedup']:.2f}x, tokens {r['best']['tokens']}, "
-                              f"{r['best']['warpgroups']} wg, split {r['best']['split']})"
+                              f"{r['best']['warpgroups']} wg, cluster {r['best']['cluster']}, "
+                              f"split {r['best']['split']})"
                               for v, r in row["variants"].items()), flush=True)  # fmt: skip
         save(rows)  # what is measured so far survives a run cut short
     return rows
@@ -115,18 +126,20 @@ def main() -> None:
     exts = {name: build(name) for name in args.variants}
     build_s = time.time() - t0
     print(f"built {len(exts)} variants in {build_s:.0f} s", flush=True)
-    checks = {}
+    checks, tiles = {}, {}
     for name, ext in exts.items():
-        rows = check(ext, quick=True)
-        checks[name] = {"ok": sum(r["ok"] for r in rows), "total": len(rows),
+        rows = check(ext, quick=True, tiles=tuple(sorted(tiles_of(name))))
+        wrong = {(r["tokens"], r["warpgroups"], *r["cluster"]) for r in rows if not r["ok"]}
+        tiles[name] = tiles_of(name) - wrong  # a wrong extra tile is left out of the sweep, the variant kept
+        checks[name] = {"ok": sum(r["ok"] for r in rows), "total": len(rows), "wrong_tiles": sorted(wrong),
                         "failures": [r for r in rows if not r["ok"]][:20]}  # fmt: skip
         print(
             f"{name}: stages",
-            {f"{t}/{w}wg": ext.stages(t, w) for t, w, _, _ in sorted(WGMMA_TILES)},
+            {f"{t}/{w}wg": ext.stages(t, w) for t, w, _, _ in sorted(tiles_of(name))},
             f"correctness {checks[name]['ok']}/{checks[name]['total']}",
             flush=True,
         )
-    good = {name: ext for name, ext in exts.items() if checks[name]["ok"] == checks[name]["total"]}
+    good = {name: ext for name, ext in exts.items() if tiles[name] >= WGMMA_TILES}  # every shipped tile right
     shapes = [parse_shape(s) for s in args.shapes] if args.shapes else llama_shapes()
     knobs = {v: VARIANTS[v] for v in args.variants}
 
@@ -134,7 +147,7 @@ def main() -> None:
         payload = {"variants": knobs, "build_s": build_s, "checks": checks, "sweep": rows}
         write_result(args.out, "wgmma_variants", payload | {"summary": summarize(rows, args.ms, good)})
 
-    rows = sweep(good, shapes, args.ms, save) if good else []
+    rows = sweep(good, tiles, shapes, args.ms, save) if good else []
     save(rows)
     print("median speedup over dense:", summarize(rows, args.ms, good))
 

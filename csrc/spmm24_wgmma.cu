@@ -438,7 +438,23 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
 #define SPARSE_LLM_WGMMA_TILES(X)                                                                     \
   X(8, 1, 1, 1) X(8, 2, 1, 1) X(16, 1, 1, 1) X(16, 2, 1, 1) X(32, 1, 1, 1) X(32, 2, 1, 1) X(64, 1, 1, 1) \
   X(64, 2, 1, 1) X(64, 4, 1, 1) X(128, 1, 1, 1) X(128, 2, 1, 1) X(128, 4, 1, 1) X(256, 1, 1, 1)         \
-  X(128, 2, 1, 2) X(128, 4, 1, 2) X(128, 4, 2, 1)
+  X(128, 2, 1, 2) X(128, 4, 1, 2) X(128, 4, 2, 1) SPARSE_LLM_WGMMA_EXTRA_TILES_LIST(X)
+
+// Tiles built only to be measured (SPARSE_LLM_WGMMA_EXTRA_TILES=1: bench/wgmma_variants.py `extra`, which checks
+// them against F.linear before timing; the package's WGMMA_TILES does not list them, so no dispatch reaches them).
+// For the 1024-row layers at M = 512-1024, the only rows below 1.0x on the H200, where the tuned 64 x 128 tile reads
+// ~34 KB from L2 per block and chunk: 64 x 128 tiles sharing W or x (25-26 KB), 128 tokens x 64 rows sharing x or W
+// (128-token instructions, 25 KB), and 256 tokens x 128 rows (two 82 KB stages: what a 256-token tile of two
+// consumer warpgroups gives with 128-column chunks).
+#ifndef SPARSE_LLM_WGMMA_EXTRA_TILES
+#define SPARSE_LLM_WGMMA_EXTRA_TILES 0
+#endif
+#if SPARSE_LLM_WGMMA_EXTRA_TILES
+#define SPARSE_LLM_WGMMA_EXTRA_TILES_LIST(X) \
+  X(64, 2, 2, 1) X(64, 2, 1, 2) X(128, 1, 1, 2) X(128, 1, 2, 1) X(256, 2, 1, 1)
+#else
+#define SPARSE_LLM_WGMMA_EXTRA_TILES_LIST(X)
+#endif
 
 bool tile_supported(int tokens, int warpgroups, int cluster_tokens, int cluster_rows) {
 #define SPARSE_LLM_WGMMA_MATCH(T_, W_, CT_, CR_) \

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -132,15 +133,17 @@ def wgmma_split(m: int, n: int, k: int, tokens: int, warpgroups: int, device: to
     return split
 
 
-def wgmma_tiles_near(m: int, n: int) -> list[tuple[int, int, int, int]]:
-    """The warpgroup tiles (tokens, warpgroups, cluster token tiles, cluster row tiles) with M's token count (a power
-    of two, 8-256), half and double it (and a quarter from 129 tokens on: 64-token tiles were the fastest on the
-    1024-row layers at M = 256, wgmma_check_cluster_v3_h100.json), whose row clusters divide the weight's ``n``,
-    clusters along tokens only where M fills two token tiles: the neighbourhood the tuner (and
+def wgmma_tiles_near(
+    m: int, n: int, tiles: Iterable[tuple[int, int, int, int]] = WGMMA_TILES
+) -> list[tuple[int, int, int, int]]:
+    """The warpgroup tiles (tokens, warpgroups, cluster token tiles, cluster row tiles) of ``tiles`` with M's token
+    count (a power of two, 8-256), half and double it (and a quarter from 129 tokens on: 64-token tiles were the
+    fastest on the 1024-row layers at M = 256, wgmma_check_cluster_v3_h100.json), whose row clusters divide the
+    weight's ``n``, clusters along tokens only where M fills two token tiles: the neighbourhood the tuner (and
     bench/wgmma_variants.py) times."""
     t0 = min(max(8, triton.next_power_of_2(m)), 256)
     sizes = (t0 // 4, t0 // 2, t0, 2 * t0) if t0 == 256 else (t0 // 2, t0, 2 * t0)
-    return [(t, w, ct, cr) for t, w, ct, cr in sorted(WGMMA_TILES)
+    return [(t, w, ct, cr) for t, w, ct, cr in sorted(tiles)
             if t in sizes and n % (64 * w * cr) == 0 and (ct == 1 or m > t)]  # fmt: skip
 
 
