@@ -76,6 +76,10 @@ def test_wgmma_tiles_are_the_instantiated_ones():
     macro = source[source.index("#define SPARSE_LLM_WGMMA_TILES") :].split("\n\n")[0]
     listed = {tuple(int(v) for v in tile) for tile in re.findall(r"X\((\d+), (\d+), (\d+), (\d+)\)", macro)}
     assert listed == set(sparse_mma.WGMMA_TILES)
+    # the tiles built only to be measured (SPARSE_LLM_WGMMA_EXTRA_TILES) are none of the shipped ones
+    extra = source[source.index("#define SPARSE_LLM_WGMMA_EXTRA_TILES_LIST(X) \\") :].split("#else")[0]
+    extra = {tuple(int(v) for v in tile) for tile in re.findall(r"X\((\d+), (\d+), (\d+), (\d+)\)", extra)}
+    assert extra and not extra & listed
 
 
 def test_wgmma_is_off_without_an_h100(monkeypatch):
