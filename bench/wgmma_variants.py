@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import re
 import statistics
 import sys
 import time
@@ -44,8 +45,17 @@ VARIANTS = {  # name: the knobs' values that differ from what ships (csrc/spmm24
     "direct": {"SPARSE_LLM_WGMMA_STAGED_STORE": 0},
     "extra": {"SPARSE_LLM_WGMMA_EXTRA_TILES": 1},  # the shipped build with EXTRA_TILES too
 }
-# The tiles SPARSE_LLM_WGMMA_EXTRA_TILES=1 adds (csrc/spmm24_wgmma.cu): checked and timed in the `extra` variant only
-EXTRA_TILES = frozenset(((64, 2, 2, 1), (64, 2, 1, 2), (128, 1, 1, 2), (128, 1, 2, 1), (256, 2, 1, 1)))
+
+
+def _extra_tiles() -> frozenset:
+    """The tiles SPARSE_LLM_WGMMA_EXTRA_TILES=1 adds, read from the source's list (checked and timed in the `extra`
+    variant only)."""
+    source = _build.WGMMA_SOURCE.read_text()
+    listed = source[source.index("#define SPARSE_LLM_WGMMA_EXTRA_TILES_LIST(X) \\") :].split("#else")[0]
+    return frozenset(tuple(int(v) for v in t) for t in re.findall(r"X\((\d+), (\d+), (\d+), (\d+)\)", listed))
+
+
+EXTRA_TILES = _extra_tiles()
 MS = (1, 16, 64, 100, 128, 256, 512, 1024, 4096)
 
 

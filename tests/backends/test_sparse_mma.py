@@ -73,12 +73,14 @@ def test_wgmma_tiles_are_the_instantiated_ones():
     from pathlib import Path
 
     source = (Path(__file__).resolve().parents[2] / "csrc" / "spmm24_wgmma.cu").read_text()
-    macro = source[source.index("#define SPARSE_LLM_WGMMA_TILES") :].split("\n\n")[0]
-    listed = {tuple(int(v) for v in tile) for tile in re.findall(r"X\((\d+), (\d+), (\d+), (\d+)\)", macro)}
+
+    def tiles_in(text: str) -> set[tuple[int, ...]]:
+        return {tuple(int(v) for v in tile) for tile in re.findall(r"X\((\d+), (\d+), (\d+), (\d+)\)", text)}
+
+    listed = tiles_in(source[source.index("#define SPARSE_LLM_WGMMA_TILES") :].split("\n\n")[0])
     assert listed == set(sparse_mma.WGMMA_TILES)
     # the tiles built only to be measured (SPARSE_LLM_WGMMA_EXTRA_TILES) are none of the shipped ones
-    extra = source[source.index("#define SPARSE_LLM_WGMMA_EXTRA_TILES_LIST(X) \\") :].split("#else")[0]
-    extra = {tuple(int(v) for v in tile) for tile in re.findall(r"X\((\d+), (\d+), (\d+), (\d+)\)", extra)}
+    extra = tiles_in(source[source.index("#define SPARSE_LLM_WGMMA_EXTRA_TILES_LIST(X) \\") :].split("#else")[0])
     assert extra and not extra & listed
 
 
