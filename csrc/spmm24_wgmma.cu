@@ -435,23 +435,26 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
 // Nor are 96- and 192-token tiles (grids between the powers of two: 11008 rows are 43 tiles of 256, so at M = 256
 // 128-token tiles fill 86 of the 132 SMs, 96-token ones 129): on the H200 they were the fastest tile only for
 // 11008x4096 at M = 256-512 (8% and 15%), 3-30% slower elsewhere (h200/wgmma_variants_tiles_8bcf6c1.json).
+// 64 tokens x 128 rows sharing x (64, 2, 1, 2) is the fastest tile of 1024x4096 at M = 1000-1024 on the H200: 9%
+// faster than without the cluster (20.2 -> 18.5 us, 0.91x -> 0.99x of cuBLAS), the only row where one of the five
+// extra tiles of h200/wgmma_variants_extra_c08ed3a.json won; it sharing W (2, 1), 128 tokens x 64 rows sharing
+// either, and 256 tokens x 128 rows (two 82 KB stages) were 1-60% slower than the shipped tiles everywhere.
 #define SPARSE_LLM_WGMMA_TILES(X)                                                                     \
   X(8, 1, 1, 1) X(8, 2, 1, 1) X(16, 1, 1, 1) X(16, 2, 1, 1) X(32, 1, 1, 1) X(32, 2, 1, 1) X(64, 1, 1, 1) \
   X(64, 2, 1, 1) X(64, 4, 1, 1) X(128, 1, 1, 1) X(128, 2, 1, 1) X(128, 4, 1, 1) X(256, 1, 1, 1)         \
-  X(128, 2, 1, 2) X(128, 4, 1, 2) X(128, 4, 2, 1) SPARSE_LLM_WGMMA_EXTRA_TILES_LIST(X)
+  X(64, 2, 1, 2) X(128, 2, 1, 2) X(128, 4, 1, 2) X(128, 4, 2, 1) SPARSE_LLM_WGMMA_EXTRA_TILES_LIST(X)
 
 // Tiles built only to be measured (SPARSE_LLM_WGMMA_EXTRA_TILES=1: bench/wgmma_variants.py `extra`, which checks
 // them against F.linear before timing; the package's WGMMA_TILES does not list them, so no dispatch reaches them).
-// For the 1024-row layers at M = 512-1024, the only rows below 1.0x on the H200, where the tuned 64 x 128 tile reads
-// ~34 KB from L2 per block and chunk: 64 x 128 tiles sharing W or x (25-26 KB), 128 tokens x 64 rows sharing x or W
-// (128-token instructions, 25 KB), and 256 tokens x 128 rows (two 82 KB stages: what a 256-token tile of two
-// consumer warpgroups gives with 128-column chunks).
+// For 1024x4096 at M = 256-512 (0.97x of cuBLAS on the H200 with 64 x 64 tiles, split 2 and 1), where the 64 x 128
+// tile sharing x won at M = 1024: 64 x 64 tiles sharing x (16 KB from L2 per block and chunk against 24) or W (20 KB).
+// On the H100 at M = 256 (an older kernel: wgmma_check_cluster_v4_h100.json) sharing x was 10% slower.
 #ifndef SPARSE_LLM_WGMMA_EXTRA_TILES
 #define SPARSE_LLM_WGMMA_EXTRA_TILES 0
 #endif
 #if SPARSE_LLM_WGMMA_EXTRA_TILES
 #define SPARSE_LLM_WGMMA_EXTRA_TILES_LIST(X) \
-  X(64, 2, 2, 1) X(64, 2, 1, 2) X(128, 1, 1, 2) X(128, 1, 2, 1) X(256, 2, 1, 1)
+  X(64, 1, 1, 2) X(64, 1, 2, 1)
 #else
 #define SPARSE_LLM_WGMMA_EXTRA_TILES_LIST(X)
 #endif

@@ -48,7 +48,7 @@ TILES = frozenset(
 WGMMA_TILES = frozenset(
     (t, w, 1, 1) for t, w in ((8, 1), (8, 2), (16, 1), (16, 2), (32, 1), (32, 2), (64, 1), (64, 2), (64, 4), (128, 1),
                               (128, 2), (128, 4), (256, 1))
-) | frozenset(((128, 2, 1, 2), (128, 4, 1, 2), (128, 4, 2, 1)))  # fmt: skip
+) | frozenset(((64, 2, 1, 2), (128, 2, 1, 2), (128, 4, 1, 2), (128, 4, 2, 1)))  # fmt: skip
 WGMMA_CHUNK = 128  # K columns per stage of the wgmma kernel
 
 
