@@ -448,7 +448,8 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
 // them against F.linear before timing; the package's WGMMA_TILES does not list them, so no dispatch reaches them).
 // For 1024x4096 at M = 256-512 (0.97x of cuBLAS on the H200 with 64 x 64 tiles, split 2 and 1), where the 64 x 128
 // tile sharing x won at M = 1024: 64 x 64 tiles sharing x (16 KB from L2 per block and chunk against 24) or W (20 KB).
-// On the H100 at M = 256 (an older kernel: wgmma_check_cluster_v4_h100.json) sharing x was 10% slower.
+// Measured 0-18% slower than without a cluster at M = 128-768 on 1024x4096 and 1024x8192
+// (h200/wgmma_variants_extra64_9c92232.json), as sharing x was on the H100 at M = 256 (wgmma_check_cluster_v4_h100.json).
 #ifndef SPARSE_LLM_WGMMA_EXTRA_TILES
 #define SPARSE_LLM_WGMMA_EXTRA_TILES 0
 #endif
