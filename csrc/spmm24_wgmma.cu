@@ -435,10 +435,11 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
 // Nor are 96- and 192-token tiles (grids between the powers of two: 11008 rows are 43 tiles of 256, so at M = 256
 // 128-token tiles fill 86 of the 132 SMs, 96-token ones 129): on the H200 they were the fastest tile only for
 // 11008x4096 at M = 256-512 (8% and 15%), 3-30% slower elsewhere (h200/wgmma_variants_tiles_8bcf6c1.json).
-// 64 tokens x 128 rows sharing x (64, 2, 1, 2) is the fastest tile of 1024x4096 at M = 1000-1024 on the H200: 9%
-// faster than without the cluster (20.2 -> 18.5 us, 0.91x -> 0.99x of cuBLAS), the only row where one of the five
-// extra tiles of h200/wgmma_variants_extra_c08ed3a.json won; it sharing W (2, 1), 128 tokens x 64 rows sharing
-// either, and 256 tokens x 128 rows (two 82 KB stages) were 1-60% slower than the shipped tiles everywhere.
+// 64 tokens x 128 rows sharing x (64, 2, 1, 2) is the fastest tile of 1024x4096 at M = 1000-1024 on the H200: 8-9%
+// faster than the other shipped tiles (20.2 -> 18.5 us, 0.91x -> 0.99x of cuBLAS;
+// h200/wgmma_variants_extra_c08ed3a.json). The other tiles timed there did less well: the same tile sharing W (2, 1)
+// was 3% faster than the shipped tiles on those two rows only, 128 tokens x 64 rows sharing x or W and 256 tokens x
+// 128 rows (two 82 KB stages) tied them at best and were up to 2.3x slower.
 #define SPARSE_LLM_WGMMA_TILES(X)                                                                     \
   X(8, 1, 1, 1) X(8, 2, 1, 1) X(16, 1, 1, 1) X(16, 2, 1, 1) X(32, 1, 1, 1) X(32, 2, 1, 1) X(64, 1, 1, 1) \
   X(64, 2, 1, 1) X(64, 4, 1, 1) X(128, 1, 1, 1) X(128, 2, 1, 1) X(128, 4, 1, 1) X(256, 1, 1, 1)         \
