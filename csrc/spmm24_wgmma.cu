@@ -450,7 +450,8 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
 // For 1024x4096 at M = 256-512 (0.97x of cuBLAS on the H200 with 64 x 64 tiles, split 2 and 1), where the 64 x 128
 // tile sharing x won at M = 1024: 64 x 64 tiles sharing x (16 KB from L2 per block and chunk against 24) or W (20 KB).
 // Measured 0-18% slower than without a cluster at M = 128-768 on 1024x4096 and 1024x8192
-// (h200/wgmma_variants_extra64_9c92232.json), as sharing x was on the H100 at M = 256 (wgmma_check_cluster_v4_h100.json).
+// (h200/wgmma_variants_extra64_9c92232.json), as sharing x was on the H100 at M = 256
+// (wgmma_check_cluster_v4_h100.json).
 #ifndef SPARSE_LLM_WGMMA_EXTRA_TILES
 #define SPARSE_LLM_WGMMA_EXTRA_TILES 0
 #endif
