@@ -33,7 +33,7 @@ from common import COMMITTED_TABLES, llama_shapes, random_packed, use_tables, wr
 from sparse_llm import tune  # noqa: E402
 from sparse_llm.backends._build import load_wgmma_extension  # noqa: E402
 from sparse_llm.backends.sparse_mma import wgmma_w_policy  # noqa: E402
-from sparse_llm.benchmark import _l2_bytes, parse_shape, stream_length, time_graph_us, time_stream_us  # noqa: E402
+from sparse_llm.benchmark import _l2_bytes, parse_shape, stream_count, time_graph_us, time_stream_us  # noqa: E402
 
 MS = (1, 16, 64, 128, 256, 512, 1024)
 # name: (evict-first policy on W's copies, L2's 256-byte promotion of W's copies)
@@ -104,7 +104,7 @@ def main() -> None:
     rows: list[dict] = []
     for n, k in shapes:
         # copies of the layer whose weights span several L2 caches, as in the grid's stream column
-        weights = [random_packed(n, k, torch.bfloat16) for _ in range(stream_length(int(1.125 * n * k), _l2_bytes()))]
+        weights = [random_packed(n, k, torch.bfloat16) for _ in range(stream_count(n, k))]
         for m in args.ms:
             row = bench_m(ext, weights, m)
             if row is None:

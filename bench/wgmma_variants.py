@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import re
 import statistics
 import sys
 import time
@@ -47,15 +46,8 @@ VARIANTS = {  # name: the knobs' values that differ from what ships (csrc/spmm24
 }
 
 
-def _extra_tiles() -> frozenset:
-    """The tiles SPARSE_LLM_WGMMA_EXTRA_TILES=1 adds, read from the source's list (checked and timed in the `extra`
-    variant only)."""
-    source = _build.WGMMA_SOURCE.read_text()
-    listed = source[source.index("#define SPARSE_LLM_WGMMA_EXTRA_TILES_LIST(X) \\") :].split("#else")[0]
-    return frozenset(tuple(int(v) for v in t) for t in re.findall(r"X\((\d+), (\d+), (\d+), (\d+)\)", listed))
-
-
-EXTRA_TILES = _extra_tiles()
+# The tiles SPARSE_LLM_WGMMA_EXTRA_TILES=1 adds (checked and timed in the `extra` variant only)
+EXTRA_TILES = _build.wgmma_source_tiles("SPARSE_LLM_WGMMA_EXTRA_TILES_LIST(X)")
 MS = (1, 16, 64, 100, 128, 256, 512, 1024, 4096)
 
 

@@ -265,11 +265,17 @@ def _l2_bytes() -> int:
     return getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 50 << 20)
 
 
+def stream_count(n: int, k: int) -> int:
+    """How many distinct copies of a 2:4 (n, k) layer a stream takes on this GPU (``stream_length`` of its packed
+    bytes, 1.125 n k, and this GPU's L2)."""
+    return stream_length(int(1.125 * n * k), _l2_bytes())
+
+
 def stream_copies(n: int, k: int, dtype: torch.dtype, count: int | None = None):
     """(masked dense weights, SparseLinear layers): ``count`` distinct random 2:4 (n, k) layers on the GPU, by default
-    enough for a stream (``stream_length`` of this GPU's L2)."""
+    enough for a stream (:func:`stream_count`)."""
     if count is None:
-        count = stream_length(int(1.125 * n * k), _l2_bytes())
+        count = stream_count(n, k)
     denses = [_random_24(n, k, dtype) for _ in range(count)]
     return denses, [SparseLinear.from_weight(Sparse24Weight.from_dense(d)) for d in denses]
 

@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -36,6 +37,17 @@ WGMMA_ARCH_FLAG = "-gencode=arch=compute_90a,code=sm_90a"
 # 87 of the warpgroup source's 214 s. The machine code came out the same but for 4 swapped pairs of independent
 # instructions (cuobjdump -sass, sm_90a, bench/NOTES.md, fourteenth round).
 NVCC_FLAGS = ["-O3", "--split-compile=0"]
+
+
+def wgmma_source_tiles(macro: str) -> frozenset[tuple[int, int, int, int]]:
+    """The tiles ``X(tokens, warpgroups, cluster tokens, cluster rows)`` that the ``#define`` of ``macro`` in the
+    warpgroup source lists (``SPARSE_LLM_WGMMA_TILES``: the shipped ones; ``SPARSE_LLM_WGMMA_EXTRA_TILES_LIST``: those
+    built only to be measured), read from its text up to the next blank line or ``#else``."""
+    source = WGMMA_SOURCE.read_text()
+    if f"#define {macro}" not in source:
+        raise ValueError(f"{WGMMA_SOURCE} has no #define {macro}")
+    listed = re.split(r"\n\n|#else", source[source.index(f"#define {macro}") :])[0]
+    return frozenset(tuple(int(v) for v in t) for t in re.findall(r"X\((\d+), (\d+), (\d+), (\d+)\)", listed))
 
 
 class ExtensionUnavailable(RuntimeError):

@@ -69,18 +69,12 @@ def test_wgmma_header_is_what_the_generator_writes():
 
 
 def test_wgmma_tiles_are_the_instantiated_ones():
-    import re
-    from pathlib import Path
+    from sparse_llm.backends import _build
 
-    source = (Path(__file__).resolve().parents[2] / "csrc" / "spmm24_wgmma.cu").read_text()
-
-    def tiles_in(text: str) -> set[tuple[int, ...]]:
-        return {tuple(int(v) for v in tile) for tile in re.findall(r"X\((\d+), (\d+), (\d+), (\d+)\)", text)}
-
-    listed = tiles_in(source[source.index("#define SPARSE_LLM_WGMMA_TILES") :].split("\n\n")[0])
+    listed = _build.wgmma_source_tiles("SPARSE_LLM_WGMMA_TILES(X)")
     assert listed == set(sparse_mma.WGMMA_TILES)
     # the tiles built only to be measured (SPARSE_LLM_WGMMA_EXTRA_TILES) are none of the shipped ones
-    extra = tiles_in(source[source.index("#define SPARSE_LLM_WGMMA_EXTRA_TILES_LIST(X) \\") :].split("#else")[0])
+    extra = _build.wgmma_source_tiles("SPARSE_LLM_WGMMA_EXTRA_TILES_LIST(X)")
     assert extra and not extra & listed
 
 
