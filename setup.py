@@ -10,7 +10,8 @@ is installed, ``sparse_llm._cusparselt``. Otherwise, or if a
 build fails, it is skipped and the package builds it lazily on first GPU use (``sparse_llm/backends/_build.py``).
 ``SPARSE_LLM_BUILD_EXTENSIONS=0`` skips the build too: an install in seconds, the extensions built on first use, or
 taken from ``sparse_llm/_*.so`` where an earlier editable install left them (nothing checks that those were built
-from the present ``csrc/``: use it only where they were).
+from the present ``csrc/``: use it only where they were). ``SPARSE_LLM_BUILD_ONLY=_wgmma`` (a comma-separated list
+of ``_mma``, ``_wgmma``, ``_cusparselt``) builds only those, e.g. after a change to one source.
 """
 
 import glob
@@ -61,6 +62,12 @@ def _cuda_extensions() -> dict:
     cusparselt = _cusparselt_extension()
     if cusparselt is not None:
         extensions.append(cusparselt)
+    only = [name.strip() for name in os.environ.get("SPARSE_LLM_BUILD_ONLY", "").split(",") if name.strip()]
+    known = {"_mma", "_wgmma", "_cusparselt"}
+    if set(only) - known:
+        raise SystemExit(f"SPARSE_LLM_BUILD_ONLY names {sorted(set(only) - known)}: the extensions are {sorted(known)}")
+    if only:
+        extensions = [e for e in extensions if e.name.split(".")[-1] in only]
     return {"ext_modules": extensions, "cmdclass": {"build_ext": OptionalBuild}}
 
 
