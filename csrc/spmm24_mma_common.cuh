@@ -92,19 +92,20 @@ __device__ __forceinline__ void add4(float* out, float4 p) {
 // 128; kGroupMax = 1 for callers without those registers to spare) before it adds them: one round trip to L2 per
 // group of pieces. (The reduction costs the H200 3.5-10 us of a 14-30 us call; this and the single fence below took
 // only 0.3-2 us of it: bench/NOTES.md, seventeenth round.)
-// `pieces_sum_global` is the same for any tile (of `tiles`), piece (of `split` pieces of that tile) and counter: the
-// persistent grid of the warpgroup kernel (stream-K) tells it which; `split_sum_global` reads them from the grid.
 template <int kValues, int kThreads, int BARRIER, int kGroupMax = 1>
-__device__ __forceinline__ bool pieces_sum_global(float* flat, float* __restrict__ partial, int* __restrict__ counters,
-                                                  int tid, int tile, int64_t tiles, int mine_z, int split) {
+__device__ __forceinline__ bool split_sum_global(float* flat, float* __restrict__ partial, int* __restrict__ counters,
+                                                 int tid) {
   static_assert(kValues % 4 == 0, "the partial tile is stored in 16-byte pieces");
   constexpr int kVec = kValues / 4;
   constexpr int kFit = kValues <= 32 ? 4 : (kValues <= 64 ? 2 : 1);
   constexpr int kGroup = kFit < kGroupMax ? kFit : kGroupMax;
+  const int tile = blockIdx.y * gridDim.x + blockIdx.x;
+  const int64_t tiles = static_cast<int64_t>(gridDim.x) * gridDim.y;
+  const int split = static_cast<int>(gridDim.z);
   auto piece = [&](int z) {
     return reinterpret_cast<float4*>(partial + (z * tiles + tile) * kValues * kThreads) + tid;
   };
-  float4* mine = piece(mine_z);
+  float4* mine = piece(blockIdx.z);
 #pragma unroll
   for (int v = 0; v < kVec; ++v)
     __stcg(mine + v * kThreads, make_float4(flat[4 * v], flat[4 * v + 1], flat[4 * v + 2], flat[4 * v + 3]));
@@ -150,14 +151,6 @@ __device__ __forceinline__ bool pieces_sum_global(float* flat, float* __restrict
   }
   if (tid == 0) counters[tile] = 0;
   return true;
-}
-
-template <int kValues, int kThreads, int BARRIER, int kGroupMax = 1>
-__device__ __forceinline__ bool split_sum_global(float* flat, float* __restrict__ partial, int* __restrict__ counters,
-                                                 int tid) {
-  return pieces_sum_global<kValues, kThreads, BARRIER, kGroupMax>(
-      flat, partial, counters, tid, blockIdx.y * gridDim.x + blockIdx.x, static_cast<int64_t>(gridDim.x) * gridDim.y,
-      blockIdx.z, static_cast<int>(gridDim.z));
 }
 
 // The end of every kernel: with split-K (grid.z > 1) the partial tiles of a tile's pieces are added, through

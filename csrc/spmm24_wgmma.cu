@@ -128,7 +128,7 @@ struct WgLayout {
 #define SPARSE_LLM_WGMMA 1
 #endif
 
-template <typename T, int TOKENS, int CWG, int CT, int CR, bool SK>
+template <typename T, int TOKENS, int CWG, int CT, int CR>
 __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     const __grid_constant__ CUtensorMap map_values, const __grid_constant__ CUtensorMap map_meta,
     const __grid_constant__ CUtensorMap map_x, const T* __restrict__ bias, T* __restrict__ y,
@@ -139,7 +139,6 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   constexpr int S = L::kStages;
   static_assert(CT == 1 || CT == 2, "W is shared by 1 or 2 blocks (half of the rows each)");
   static_assert(CR == 1 || CR == 2, "x is shared by 1 or 2 blocks (one 64-column box each)");
-  static_assert(!SK || (CT == 1 && CR == 1 && kGroupsInFlight == 1), "the persistent grid: no clusters, one group");
   constexpr bool kCluster = CT * CR > 1;
   extern __shared__ uint8_t smem_raw[];
   const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023u) & ~1023u;
@@ -154,31 +153,6 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   const int load0 = M >= TOKENS ? min(tok0, M - TOKENS) : 0;
   const int c_begin = blockIdx.z * chunks_per_split;
   const int c_end = min(c_begin + chunks_per_split, num_chunks);
-  // The persistent grid (SK, stream-K; split 1): the tiles' chunks are units, tile after tile (a row tile's token
-  // tiles next to each other), and block b takes units [b U / G, (b + 1) U / G) of all U on a grid of G blocks. Its
-  // units are pieces of up to n_pieces tiles, walked in the order piece_tile gives: the last tile's piece first, then
-  // the first tile's, then the whole tiles between, so that the pieces a tile shares with other blocks are done early
-  // and their partial sums meet in the workspace while the ring keeps streaming; the last block of a shared tile to
-  // arrive adds the pieces in block order (the same bits on every run).
-  const int token_tiles = (M + TOKENS - 1) / TOKENS;
-  const int64_t units = SK ? static_cast<int64_t>(token_tiles) * (N / L::kRows) * num_chunks : 0;
-  const int64_t u_begin = SK ? blockIdx.x * units / gridDim.x : 0;
-  const int64_t u_end = SK ? (blockIdx.x + 1) * units / gridDim.x : 0;
-  const int t_first = SK ? static_cast<int>(u_begin / num_chunks) : 0;
-  const int n_pieces = SK ? static_cast<int>((u_end - 1) / num_chunks) - t_first + 1 : 1;
-  auto piece_tile = [&](int i) { return n_pieces == 1 ? t_first : (i == 0 ? t_first + n_pieces - 1 : t_first + i - 1); };
-  // Chunks [c0, c1) of tile t in this block's share.
-  auto piece_chunks = [&](int t, int& c0, int& c1) {
-    const int64_t t0 = static_cast<int64_t>(t) * num_chunks;
-    c0 = static_cast<int>(max(u_begin, t0) - t0);
-    c1 = static_cast<int>(min(u_end, t0 + num_chunks) - t0);
-  };
-  // First row of W, first token of y and first token of x loaded (see load0) of tile t.
-  auto tile_origin = [&](int t, int& r0, int& y0, int& x0) {
-    r0 = (t / token_tiles) * L::kRows;
-    y0 = (t % token_tiles) * TOKENS;
-    x0 = M >= TOKENS ? min(y0, M - TOKENS) : 0;
-  };
   const int wg = threadIdx.x / 128;
   // Cluster position (cx, cy): rank cx + CT cy. This block's stage receives W from the blocks (0 .. CT-1, cy) and x
   // from (cx, 0 .. CR-1), which are also the blocks this block's producer copies into: a consumer warpgroup frees a
@@ -217,14 +191,13 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     if constexpr (CWG == 2) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
     if (threadIdx.x == 0) {
       const uint64_t w_policy = w_evict_first ? evict_first_policy() : 0;
-      // Chunk c of the tile whose W rows start at r0 (x at token x0) into the ring's k-th stage.
-      auto copy_chunk = [&](int k, int c, int r0, int x0) {
-        const int s = k % S;
+      for (int c = c_begin; c < c_end; ++c) {
+        const int k = c - c_begin, s = k % S;
         if (k >= S) mbar_wait(empty + 8 * s, ((k / S) - 1) & 1);
         const uint32_t stage = base + s * L::kStage, bar = full + 8 * s;
         if constexpr (kAblate & 2) {
           mbar_arrive(bar);
-          return;
+          continue;
         }
         constexpr bool kCopyW = !(kAblate & 8) || kCluster, kCopyX = !(kAblate & 16) || kCluster;
         mbar_expect_tx(bar, (kCopyW ? L::kValues + L::kMeta : 0) + (kCopyX ? 2 * x_rows * kRowBytes : 0));
@@ -232,18 +205,18 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
         } else if constexpr (CT == 1) {
           const uint32_t dst_meta = stage + L::kValues + L::kX;
           if (w_evict_first) {
-            tma_load_hint(stage, &map_values, bar, c * (kChunk / 2), r0, w_policy);
-            tma_load_hint(dst_meta, &map_meta, bar, c * (kChunk / 16), r0, w_policy);
+            tma_load_hint(stage, &map_values, bar, c * (kChunk / 2), row0, w_policy);
+            tma_load_hint(dst_meta, &map_meta, bar, c * (kChunk / 16), row0, w_policy);
           } else {
-            tma_load(stage, &map_values, bar, c * (kChunk / 2), r0);
-            tma_load(dst_meta, &map_meta, bar, c * (kChunk / 16), r0);
+            tma_load(stage, &map_values, bar, c * (kChunk / 2), row0);
+            tma_load(dst_meta, &map_meta, bar, c * (kChunk / 16), row0);
           }
         } else {  // rows cx * kRows / 2 .. of W into both token blocks (0, cy) and (1, cy)
           constexpr int kHalf = L::kRows / 2;
           const uint16_t mask = static_cast<uint16_t>(0x3u << (CT * cy));
           const uint32_t dst_values = stage + cx * kHalf * kRowBytes;
           const uint32_t dst_meta = stage + L::kValues + L::kX + cx * kHalf * kMetaRowBytes;
-          const int r = r0 + cx * kHalf;
+          const int r = row0 + cx * kHalf;
           if (w_evict_first) {
             tma_load_multicast_hint(dst_values, &map_values, bar, c * (kChunk / 2), r, mask, w_policy);
             tma_load_multicast_hint(dst_meta, &map_meta, bar, c * (kChunk / 16), r, mask, w_policy);
@@ -254,24 +227,13 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
         }
         if constexpr (!kCopyX) {
         } else if constexpr (CR == 1) {
-          tma_load(stage + L::kValues, &map_x, bar, c * kChunk, x0);
-          tma_load(stage + L::kValues + L::kXBox, &map_x, bar, c * kChunk + kXBoxColumns, x0);
+          tma_load(stage + L::kValues, &map_x, bar, c * kChunk, load0);
+          tma_load(stage + L::kValues + L::kXBox, &map_x, bar, c * kChunk + kXBoxColumns, load0);
         } else {  // box cy of x into both row blocks (cx, 0) and (cx, 1)
           const uint16_t mask = static_cast<uint16_t>((1u | (1u << CT)) << cx);
-          tma_load_multicast(stage + L::kValues + cy * L::kXBox, &map_x, bar, c * kChunk + cy * kXBoxColumns, x0, mask);
+          tma_load_multicast(stage + L::kValues + cy * L::kXBox, &map_x, bar, c * kChunk + cy * kXBoxColumns, load0,
+                             mask);
         }
-      };
-      if constexpr (SK) {
-        int k = 0;
-        for (int i = 0; i < n_pieces; ++i) {
-          const int t = piece_tile(i);
-          int c0, c1, r0, y0, x0;
-          piece_chunks(t, c0, c1);
-          tile_origin(t, r0, y0, x0);
-          for (int c = c0; c < c1; ++c) copy_chunk(k++, c, r0, x0);
-        }
-      } else {
-        for (int c = c_begin; c < c_end; ++c) copy_chunk(c - c_begin, c, row0, load0);
       }
     }
     if constexpr (kCluster) cluster_sync();  // see the consumers' end of the main loop
@@ -328,55 +290,6 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
       if constexpr (CR == 2) mbar_arrive_remote(empty + 8 * s, cx + CT * (cy ^ 1));
     }
   };
-  // y of the tile at rows r0, tokens y0 (x from token x0), stored by each consumer thread from its accumulators:
-  // accumulator i = 4 j + 2 h + q is row 16 warp + g + 8 h of the warpgroup's 64, token x0 + 8 j + 2 t + q.
-  auto store_direct = [&](int r0, int y0, int x0) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = r0 + 64 * cw + 16 * warp + g + 8 * h;
-      const float b_row = bias != nullptr ? to_float(bias[row]) : 0.f;
-#pragma unroll
-      for (int j = 0; j < TOKENS / 8; ++j)
-#pragma unroll
-        for (int q = 0; q < 2; ++q) {
-          const int tok = x0 + 8 * j + 2 * t + q;
-          if (tok >= y0 && tok < M)  // tokens before y0: the previous tile's (a last tile moved back)
-            y[static_cast<int64_t>(tok) * N + row] = from_float<T>(acc[4 * j + 2 * h + q] + b_row);
-        }
-    }
-  };
-  // (4 consumer warpgroups have 96 registers per thread: no room to load several pieces at once)
-  constexpr int kGroupMax = CWG == 4 ? 1 : 4;
-  if constexpr (SK) {  // the persistent grid: piece after piece (see piece_tile), the ring's position running on
-    // (y's stores straight from the accumulators: the ring is still being filled with the next piece's chunks)
-    const int64_t tiles = units / num_chunks;
-    // the block whose share holds unit u
-    auto owner = [&](int64_t u) { return static_cast<int>(((u + 1) * gridDim.x - 1) / units); };
-    int k = 0;
-    for (int i = 0; i < n_pieces; ++i) {
-      const int tile = piece_tile(i);
-      int c0, c1, r0, y0, x0;
-      piece_chunks(tile, c0, c1);
-      tile_origin(tile, r0, y0, x0);
-#pragma unroll
-      for (int v = 0; v < TOKENS / 2; ++v) acc[v] = 0.f;
-      uint32_t e[4];
-      for (int c = c0; c < c1; ++c, ++k) {
-        const int s = issue(k, e);
-        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-        retire(s, e);
-      }
-#pragma unroll
-      for (int v = 0; v < TOKENS / 2; ++v) asm volatile("" : "+f"(acc[v])::"memory");
-      const int first = owner(static_cast<int64_t>(tile) * num_chunks);
-      const int pieces = owner(static_cast<int64_t>(tile + 1) * num_chunks - 1) - first + 1;
-      if (pieces > 1 && !pieces_sum_global<TOKENS / 2, L::kConsumerThreads, 1, kGroupMax>(
-                            acc, partial, counters, ctid, tile, tiles, static_cast<int>(blockIdx.x) - first, pieces))
-        continue;
-      store_direct(r0, y0, x0);
-    }
-    return;
-  }
   const int n = c_end - c_begin;
   if constexpr (kGroupsInFlight == 1) {
     uint32_t e[4];
@@ -412,7 +325,10 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   // No block of a cluster leaves while its peer may still arrive on its barriers or copy into its shared memory.
   if constexpr (kCluster) cluster_sync();
 
+  // Accumulator i = 4 j + 2 h + q: row 16 warp + g + 8 h of the warpgroup's 64, token load0 + 8 j + 2 t + q.
   // (the producer warpgroup has left: the consumers meet on named barrier 1)
+  // (4 consumer warpgroups have 96 registers per thread: no room to load several pieces at once)
+  constexpr int kGroupMax = CWG == 4 ? 1 : 4;
   if constexpr (!(kAblate & 4)) {
     if (gridDim.z > 1 && !split_sum_global<TOKENS / 2, L::kConsumerThreads, 1, kGroupMax>(acc, partial, counters, ctid))
       return;
@@ -448,15 +364,26 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     }
     return;
   }
-  store_direct(row0, tok0, load0);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = row0 + 64 * cw + 16 * warp + g + 8 * h;
+    const float b_row = bias != nullptr ? to_float(bias[row]) : 0.f;
+#pragma unroll
+    for (int j = 0; j < TOKENS / 8; ++j)
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const int tok = load0 + 8 * j + 2 * t + q;
+        if (tok >= tok0 && tok < M)  // tokens before tok0: the previous tile's (a last tile moved back)
+          y[static_cast<int64_t>(tok) * N + row] = from_float<T>(acc[4 * j + 2 * h + q] + b_row);
+      }
+  }
 #endif
 }
 
-// `blocks` > 0 (SK, split 1): the persistent grid of that many blocks (at most one per chunk of all tiles).
-template <typename T, int TOKENS, int CWG, int CT, int CR, bool SK>
+template <typename T, int TOKENS, int CWG, int CT, int CR>
 void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
             const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int split,
-            int blocks, int w_evict_first, bool w_promote, cudaStream_t stream) {
+            int w_evict_first, bool w_promote, cudaStream_t stream) {
   using L = WgLayout<TOKENS, CWG>;
   const int M = x.size(0), K = x.size(1), N = values.size(0);
   const int num_chunks = K / kChunk;
@@ -464,11 +391,8 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   // Token tiles rounded up to whole clusters: a last block past M computes the last tile again (its load0) for the
   // W it shares and writes nothing.
   const int token_tiles = ((M + TOKENS - 1) / TOKENS + CT - 1) / CT * CT;
-  const int64_t tiles = static_cast<int64_t>(token_tiles) * (N / L::kRows);
-  const int64_t units = tiles * num_chunks;
-  const int sk_blocks = static_cast<int>(std::min<int64_t>(blocks, units));
-  const dim3 grid = SK ? dim3(sk_blocks) : dim3(token_tiles, N / L::kRows, split);
-  const auto kernel = spmm24_wgmma_kernel<T, TOKENS, CWG, CT, CR, SK>;
+  const dim3 grid(token_tiles, N / L::kRows, split);
+  const auto kernel = spmm24_wgmma_kernel<T, TOKENS, CWG, CT, CR>;
   const int device = x.get_device();
   static std::atomic<uint64_t> configured{0};  // once per device and instantiation
   const uint64_t bit = uint64_t{1} << (device & 63);
@@ -487,13 +411,7 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   const CUtensorMap map_x = tensor_map(x, type, 2, kXBoxColumns, x_rows, CU_TENSOR_MAP_SWIZZLE_128B);
   float* partial = nullptr;
   int* counters = nullptr;
-  if (SK) {  // a tile's pieces: at most one per block whose share it overlaps (every share >= units / blocks chunks)
-    const int64_t share = units / sk_blocks;
-    const int64_t pieces = std::min<int64_t>(sk_blocks, (num_chunks + share - 1) / share + 1);
-    std::tie(partial, counters) = workspace.get(pieces, tiles, L::kConsumerThreads * TOKENS / 2);
-  } else if (split > 1) {
-    std::tie(partial, counters) = workspace.get(split, grid.x * grid.y, L::kConsumerThreads * TOKENS / 2);
-  }
+  if (split > 1) std::tie(partial, counters) = workspace.get(split, grid.x * grid.y, L::kConsumerThreads * TOKENS / 2);
   const T* bias_ptr = bias.has_value() ? reinterpret_cast<const T*>(bias->data_ptr()) : nullptr;
   T* y_ptr = reinterpret_cast<T*>(y.data_ptr());
   const int mode = g_launch_mode.load(std::memory_order_relaxed);
@@ -544,20 +462,10 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
 #define SPARSE_LLM_WGMMA_EXTRA_TILES_LIST(X)
 #endif
 
-// Tiles also built with the persistent grid (`blocks` > 0, stream-K): the small-M ones, where a layer's tiles are
-// often not whole waves of the SMs (11008 rows in 128-row tiles: 86 blocks on 132 SMs; 28672 rows in 64-row tiles:
-// 448 blocks, 1.7 waves of two per SM) and a tile's partial sums are small (64 rows x 8-64 tokens).
-#define SPARSE_LLM_WGMMA_PERSISTENT_TILES(X) \
-  X(8, 1, 1, 1) X(8, 2, 1, 1) X(16, 1, 1, 1) X(16, 2, 1, 1) X(32, 1, 1, 1) X(64, 1, 1, 1)
-
-bool tile_supported(int tokens, int warpgroups, int cluster_tokens, int cluster_rows, bool persistent) {
+bool tile_supported(int tokens, int warpgroups, int cluster_tokens, int cluster_rows) {
 #define SPARSE_LLM_WGMMA_MATCH(T_, W_, CT_, CR_) \
   if (tokens == T_ && warpgroups == W_ && cluster_tokens == CT_ && cluster_rows == CR_) return true;
-  if (persistent) {
-    SPARSE_LLM_WGMMA_PERSISTENT_TILES(SPARSE_LLM_WGMMA_MATCH)
-  } else {
-    SPARSE_LLM_WGMMA_TILES(SPARSE_LLM_WGMMA_MATCH)
-  }
+  SPARSE_LLM_WGMMA_TILES(SPARSE_LLM_WGMMA_MATCH)
 #undef SPARSE_LLM_WGMMA_MATCH
   return false;
 }
@@ -573,26 +481,14 @@ int stages_of(int tokens, int warpgroups) {
 template <typename T>
 void dispatch(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
               const c10::optional<torch::Tensor>& bias, torch::Tensor& y, SplitWorkspace& workspace, int tokens,
-              int warpgroups, int cluster_tokens, int cluster_rows, int split, int blocks, int w_evict_first,
-              bool w_promote, cudaStream_t stream) {
-#define SPARSE_LLM_WGMMA_CASE(T_, W_, CT_, CR_)                                                                    \
-  if (tokens == T_ && warpgroups == W_ && cluster_tokens == CT_ && cluster_rows == CR_) {                            \
-    launch<T, T_, W_, CT_, CR_, false>(x, values, meta, bias, y, workspace, split, 0, w_evict_first, w_promote,     \
-                                       stream);                                                                    \
-    return;                                                                                                        \
+              int warpgroups, int cluster_tokens, int cluster_rows, int split, int w_evict_first, bool w_promote,
+              cudaStream_t stream) {
+#define SPARSE_LLM_WGMMA_CASE(T_, W_, CT_, CR_)                                                                \
+  if (tokens == T_ && warpgroups == W_ && cluster_tokens == CT_ && cluster_rows == CR_) {                        \
+    launch<T, T_, W_, CT_, CR_>(x, values, meta, bias, y, workspace, split, w_evict_first, w_promote, stream); \
+    return;                                                                                                    \
   }
-#define SPARSE_LLM_WGMMA_PERSISTENT_CASE(T_, W_, CT_, CR_)                                                        \
-  if (tokens == T_ && warpgroups == W_ && cluster_tokens == CT_ && cluster_rows == CR_) {                         \
-    launch<T, T_, W_, CT_, CR_, true>(x, values, meta, bias, y, workspace, 1, blocks, w_evict_first, w_promote,  \
-                                      stream);                                                                  \
-    return;                                                                                                     \
-  }
-  if (blocks > 0) {
-    SPARSE_LLM_WGMMA_PERSISTENT_TILES(SPARSE_LLM_WGMMA_PERSISTENT_CASE)
-  } else {
-    SPARSE_LLM_WGMMA_TILES(SPARSE_LLM_WGMMA_CASE)
-  }
-#undef SPARSE_LLM_WGMMA_PERSISTENT_CASE
+  SPARSE_LLM_WGMMA_TILES(SPARSE_LLM_WGMMA_CASE)
 #undef SPARSE_LLM_WGMMA_CASE
 }
 
@@ -605,23 +501,18 @@ bool aligned16(const torch::Tensor& t) {
 // y (M, N) = x (M, K) @ W.T + bias with tiles of `tokens` tokens x 64 * `warpgroups` rows of W, clusters of
 // `cluster_tokens` token tiles (sharing their copies of W) x `cluster_rows` row tiles (sharing x), each 1 or 2; split
 // > 1 splits K; `w_evict_first` gives W's copies the evict-first L2 policy, `w_promote` = false copies W without
-// L2's 256-byte promotion (neither changes a bit of the result); `blocks` > 0 (split 1, no cluster, a tile of
-// SPARSE_LLM_WGMMA_PERSISTENT_TILES) runs the persistent grid of that many blocks, each an equal share of all tiles'
-// chunks (the results are the same on every run, and differ from split 1's only in the order of fp32 additions).
+// L2's 256-byte promotion (neither changes a bit of the result).
 torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
                            const c10::optional<torch::Tensor>& bias, int64_t tokens, int64_t warpgroups,
                            int64_t cluster_tokens, int64_t cluster_rows, int64_t split, bool w_evict_first,
-                           bool w_promote, int64_t blocks) {
+                           bool w_promote) {
   check_operands("spmm24_wgmma", x, values, meta, bias);
   const int64_t M = x.size(0), K = x.size(1), N = values.size(0);
   TORCH_CHECK(K % kChunk == 0, "spmm24_wgmma: K must be a multiple of ", kChunk, ", got ", K);
-  TORCH_CHECK(blocks >= 0 && blocks <= (int64_t{1} << 20), "spmm24_wgmma: blocks must be in [0, 2^20], got ", blocks);
   TORCH_CHECK(tile_supported(static_cast<int>(tokens), static_cast<int>(warpgroups), static_cast<int>(cluster_tokens),
-                             static_cast<int>(cluster_rows), blocks > 0),
+                             static_cast<int>(cluster_rows)),
               "spmm24_wgmma: no kernel for tokens=", tokens, " warpgroups=", warpgroups, " cluster=", cluster_tokens,
-              "x", cluster_rows, blocks > 0 ? " with the persistent grid" : "");
-  TORCH_CHECK(blocks == 0 || split == 1, "spmm24_wgmma: the persistent grid (blocks=", blocks,
-              ") shares K among its blocks itself: split must be 1, got ", split);
+              "x", cluster_rows);
   TORCH_CHECK(N % (64 * warpgroups * cluster_rows) == 0, "spmm24_wgmma: the weight's ", N,
               " rows are not a multiple of the cluster's ", 64 * warpgroups * cluster_rows);
   TORCH_CHECK(aligned16(x) && aligned16(values) && aligned16(meta),
@@ -638,12 +529,12 @@ torch::Tensor spmm24_wgmma(const torch::Tensor& x, const torch::Tensor& values, 
   if (x.scalar_type() == at::kBFloat16) {
     dispatch<__nv_bfloat16>(x, values, meta, bias, y, workspace, static_cast<int>(tokens),
                             static_cast<int>(warpgroups), static_cast<int>(cluster_tokens),
-                            static_cast<int>(cluster_rows), static_cast<int>(split), static_cast<int>(blocks),
-                            w_evict_first, w_promote, stream);
+                            static_cast<int>(cluster_rows), static_cast<int>(split), w_evict_first, w_promote,
+                            stream);
   } else {
     dispatch<__half>(x, values, meta, bias, y, workspace, static_cast<int>(tokens), static_cast<int>(warpgroups),
                      static_cast<int>(cluster_tokens), static_cast<int>(cluster_rows), static_cast<int>(split),
-                     static_cast<int>(blocks), w_evict_first, w_promote, stream);
+                     w_evict_first, w_promote, stream);
   }
   return y;
 }
@@ -664,7 +555,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("spmm24_wgmma", &spmm24_wgmma, "y = x @ W.T (+ bias) for a canonical 2:4 W on Hopper's wgmma.sp",
         py::arg("x"), py::arg("values"), py::arg("meta"), py::arg("bias"), py::arg("tokens"), py::arg("warpgroups"),
         py::arg("cluster_tokens"), py::arg("cluster_rows"), py::arg("split"), py::arg("w_evict_first") = false,
-        py::arg("w_promote") = true, py::arg("blocks") = 0);
+        py::arg("w_promote") = true);
   m.def("stages", &wgmma_stages, "shared-memory stages of a tile", py::arg("tokens"), py::arg("warpgroups"));
   m.def("set_launch_mode", &set_launch_mode,
         "how later calls launch: bit 1 programmatic dependent launch, bit 2 only for one-warpgroup one-wave launches; "

@@ -158,40 +158,21 @@ def mma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
 def wgmma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
     """The warpgroup kernel's tiles of M's token count (a power of two, 8-256), half and double it, with 64, 128 and
     256 rows per block and W or x shared in clusters (``wgmma_tiles_near``), each with no split, its
-    automatic split (``wgmma_split``), half and double that (clusters: no split and the automatic one); and the tiles
-    of these that have the persistent grid, with one block per SM and (``persistent_grids``) two; none where the
+    automatic split (``wgmma_split``), half and double that (clusters: no split and the automatic one); none where the
     kernel does not run (not an H100/H200, or no toolkit to build it)."""
-    from sparse_llm.backends.sparse_mma import (
-        WGMMA_CHUNK,
-        WGMMA_PERSISTENT_TILES,
-        sm_count,
-        wgmma_config,
-        wgmma_split,
-        wgmma_tiles_near,
-        wgmma_usable,
-    )
+    from sparse_llm.backends.sparse_mma import WGMMA_CHUNK, wgmma_config, wgmma_split, wgmma_tiles_near, wgmma_usable
 
     if not wgmma_usable(device) or k % WGMMA_CHUNK:
         return []
-    sms = sm_count(device)
     out = []
-    for tile in wgmma_tiles_near(m, n):
-        tokens, warpgroups, cluster_tokens, cluster_rows = tile
+    for tokens, warpgroups, cluster_tokens, cluster_rows in wgmma_tiles_near(m, n):
         split = wgmma_split(m, n, k, tokens, warpgroups, device)
         # (clusters: no split and the automatic one only, to keep the tuning short)
         splits = {1, split} if cluster_tokens * cluster_rows > 1 else {1, max(1, split // 2), split, 2 * split}
         for s in sorted(splits):
             if s == 1 or k // (WGMMA_CHUNK * s) >= 4:
                 out.append(wgmma_config(tokens, warpgroups, s, (cluster_tokens, cluster_rows)))
-        if tile in WGMMA_PERSISTENT_TILES:
-            out += [wgmma_config(tokens, warpgroups, blocks=g) for g in persistent_grids(tokens, warpgroups, sms)]
     return out
-
-
-def persistent_grids(tokens: int, warpgroups: int, sms: int) -> tuple[int, ...]:
-    """Sizes of the warpgroup kernel's persistent grid worth timing for a tile: one block per SM, and two where two
-    fit on an SM (one consumer warpgroup and up to 16 tokens: 89-107 KB of ring and 54-94 registers per thread)."""
-    return (sms, 2 * sms) if warpgroups == 1 and tokens <= 16 else (sms,)
 
 
 def candidate_configs(m: int, n: int, k: int, device: torch.device) -> list[SmallConfig]:

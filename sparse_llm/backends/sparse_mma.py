@@ -15,10 +15,7 @@ on every run). ``MmaConfig.wgmma`` selects the warpgroup kernel: 64 rows of W pe
 4 per warpgroup, ``rows`` = 16 per warp), ``tokens`` per block, W and x through a shared-memory ring filled by
 tensor-map copies as deep as fits (``stages`` is 0: not a choice); ``wgmma_cluster`` (token tiles, row tiles), each
 1 or 2, makes neighbouring blocks a thread-block cluster that shares its copies of W (two token tiles) and of x (two
-row tiles): each block loads its part of a stage into all of them (tensor-map multicast). ``blocks`` > 0 (small-M
-tiles, split 1) launches the warpgroup kernel as a persistent grid of that many blocks (stream-K): each block takes an
-equal share of all tiles' 128-column chunks, and the pieces of a tile that falls to several blocks are added in a fixed
-order, so that layers whose tiles are not whole waves of the SMs keep every SM streaming.
+row tiles): each block loads its part of a stage into all of them (tensor-map multicast).
 """
 
 from __future__ import annotations
@@ -52,9 +49,6 @@ WGMMA_TILES = frozenset(
     (t, w, 1, 1) for t, w in ((8, 1), (8, 2), (16, 1), (16, 2), (32, 1), (32, 2), (64, 1), (64, 2), (64, 4), (128, 1),
                               (128, 2), (128, 4), (256, 1))
 ) | frozenset(((64, 2, 1, 2), (128, 2, 1, 2), (128, 4, 1, 2), (128, 4, 2, 1)))  # fmt: skip
-# the tiles also built with the persistent grid (csrc/spmm24_wgmma.cu, SPARSE_LLM_WGMMA_PERSISTENT_TILES)
-WGMMA_PERSISTENT_TILES = frozenset(((8, 1, 1, 1), (8, 2, 1, 1), (16, 1, 1, 1), (16, 2, 1, 1), (32, 1, 1, 1),
-                                    (64, 1, 1, 1)))  # fmt: skip
 WGMMA_CHUNK = 128  # K columns per stage of the wgmma kernel
 
 
@@ -74,9 +68,6 @@ class MmaConfig:
     wgmma: bool = False
     # warpgroup kernel: blocks of a thread-block cluster along tokens (sharing W) and along rows (sharing x)
     wgmma_cluster: tuple[int, int] = (1, 1)
-    # warpgroup kernel, split 1, a tile of WGMMA_PERSISTENT_TILES: > 0 launches a persistent grid of that many blocks
-    # (at most one per chunk of all tiles), each an equal share of every tile's chunks; 0: one block per tile and piece
-    blocks: int = 0
 
     def __post_init__(self) -> None:  # a tuned table stores the pair as a JSON list
         object.__setattr__(self, "wgmma_cluster", tuple(self.wgmma_cluster))
@@ -95,15 +86,13 @@ class MmaConfig:
         return (self.tokens, self.warpgroups, *self.wgmma_cluster)
 
 
-def wgmma_config(
-    tokens: int, warpgroups: int, split: int = 1, cluster: tuple[int, int] = (1, 1), blocks: int = 0
-) -> MmaConfig:
+def wgmma_config(tokens: int, warpgroups: int, split: int = 1, cluster: tuple[int, int] = (1, 1)) -> MmaConfig:
     """The configuration of the warpgroup kernel with that tile (tokens per block, consumer warpgroups), cluster
-    (token tiles sharing W, row tiles sharing x: each 1 or 2), split, and persistent grid (``blocks`` > 0)."""
+    (token tiles sharing W, row tiles sharing x: each 1 or 2) and split."""
     if len(cluster) != 2 or any(c not in (1, 2) for c in cluster):
         raise ValueError(f"a warpgroup cluster is (token tiles, row tiles), each 1 or 2, got {cluster}")
     return MmaConfig(rows=16, tokens=tokens, stages=0, split=split, warps=4 * warpgroups, wgmma=True,
-                     wgmma_cluster=tuple(cluster), blocks=blocks)  # fmt: skip
+                     wgmma_cluster=tuple(cluster))  # fmt: skip
 
 
 def _index(device: torch.device) -> int:
@@ -113,11 +102,6 @@ def _index(device: torch.device) -> int:
 @functools.lru_cache(maxsize=8)
 def _num_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA ``device`` (cached per device)."""
-    return _num_sms(_index(device))
 
 
 @functools.lru_cache(maxsize=8)
@@ -325,7 +309,7 @@ def bound(values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None, c
     if config.wgmma:
         fn = _wgmma_extension().spmm24_wgmma
         policy = wgmma_w_policy(m, values.nbytes + meta.nbytes, _l2_bytes(_index(values.device)))
-        args = (*config.wgmma_tile, config.split, *policy, config.blocks)
+        args = (*config.wgmma_tile, config.split, *policy)
     else:
         fn = load_mma_extension().spmm24_mma
         args = (config.rows, config.tokens, config.split, config.stages, config.warps, config.cluster)
@@ -357,14 +341,13 @@ def _spmm24_mma_op(
     wgmma: bool,
     cluster_tokens: int,
     cluster_rows: int,
-    blocks: int,
 ) -> torch.Tensor:
-    config = MmaConfig(rows, tokens, stages, split, warps, cluster, wgmma, (cluster_tokens, cluster_rows), blocks)
+    config = MmaConfig(rows, tokens, stages, split, warps, cluster, wgmma, (cluster_tokens, cluster_rows))
     return _launch(x, values, meta, bias, config)
 
 
 @_spmm24_mma_op.register_fake
-def _(x, values, meta, bias, rows, tokens, stages, split, warps, cluster, wgmma, cluster_tokens, cluster_rows, blocks):
+def _(x, values, meta, bias, rows, tokens, stages, split, warps, cluster, wgmma, cluster_tokens, cluster_rows):
     return x.new_empty(x.shape[0], values.shape[0])
 
 
@@ -405,17 +388,10 @@ def check_config(m: int, n: int, k: int, config: MmaConfig, device: torch.device
         if not wgmma_fits(n, k, config):
             raise ValueError(f"the warpgroup kernel needs in_features divisible by {WGMMA_CHUNK} and out_features "
                              f"by {_wgmma_rows(config)}, got {k} and {n}")  # fmt: skip
-        if config.blocks < 0:
-            raise ValueError(f"blocks must be 0 (one block per tile) or a persistent grid's size, got {config.blocks}")
-        if config.blocks and (config.wgmma_tile not in WGMMA_PERSISTENT_TILES or config.split != 1):
-            raise ValueError(f"the persistent grid (blocks={config.blocks}) needs split 1 and one of the tiles "
-                             f"{sorted(WGMMA_PERSISTENT_TILES)}, got {config}")  # fmt: skip
         if check_device and not wgmma_usable(device):
             raise ValueError("the warpgroup kernel needs an H100/H200 (compute capability 9.0) and its extension")
     elif (config.rows, config.tokens, config.stages, config.warps) not in TILES or config.wgmma_cluster != (1, 1):
         raise ValueError(f"no sparse tensor-core kernel for {config}; tiles: {sorted(TILES)}")
-    elif config.blocks:
-        raise ValueError(f"only the warpgroup kernel has a persistent grid (blocks={config.blocks}): {config}")
     chunk = WGMMA_CHUNK if config.wgmma else PIPE_CHUNK if config.stages >= 3 else CHUNK
     if not 1 <= config.split <= k // chunk:
         raise ValueError(f"split must be 1 to {k // chunk} (chunks of {chunk} of the {k} input features) for {config}")
@@ -430,6 +406,5 @@ def run_checked(
         return x.new_empty(0, values.shape[0])
     if torch.compiler.is_compiling():
         return _spmm24_mma_op(x, values, meta, bias, config.rows, config.tokens, config.stages, config.split,
-                              config.warps, config.cluster, config.wgmma, *config.wgmma_cluster,
-                              config.blocks)  # fmt: skip
+                              config.warps, config.cluster, config.wgmma, *config.wgmma_cluster)  # fmt: skip
     return _launch(x, values, meta, bias, config)  # eager: skip the custom-op dispatcher (microseconds at decode)

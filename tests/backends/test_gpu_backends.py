@@ -426,52 +426,6 @@ def test_wgmma_every_tile_and_split(dtype):
                     assert torch.equal(out, sparse_mma.spmm24_mma(x, layer.values, layer.meta, b, cfg)), cfg
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_wgmma_persistent_grid_every_tile(dtype):
-    """The persistent grid (stream-K) of every tile that has it, at odd M (13 token tiles of 8 at M = 100), on grids
-    of 1 block, of 5 and 7 (shares that end inside tiles), 64 (one chunk each for the 64-row tiles: 8 pieces of every
-    tile added), 132, and more blocks than chunks (clamped), with and without bias: against F.linear, the same bits on
-    a second run, and within fp32 rounding of the plain grid's result."""
-    sparse_mma = _wgmma_or_skip()
-    layer, dense, bias = _layer(512, 1024, dtype, True)
-    for m in (1, 9, 40, 100):
-        x = torch.randn(m, 1024, device="cuda", dtype=dtype)
-        for b in (None, layer.bias):
-            ref = _ref(x, dense, None if b is None else bias)
-            for tokens, warpgroups, _, _ in sorted(sparse_mma.WGMMA_PERSISTENT_TILES):
-                plain_cfg = sparse_mma.wgmma_config(tokens, warpgroups)
-                plain = sparse_mma.spmm24_mma(x, layer.values, layer.meta, b, plain_cfg)
-                for blocks in (1, 5, 7, 64, 132, 100_000):
-                    cfg = sparse_mma.wgmma_config(tokens, warpgroups, blocks=blocks)
-                    out = sparse_mma.spmm24_mma(x, layer.values, layer.meta, b, cfg)
-                    assert _rel_err(out, ref) < TOL[dtype], (m, cfg, b is None)
-                    assert _rel_err(out, plain) < TOL[dtype] / 4, (m, cfg, b is None)
-                    assert torch.equal(out, sparse_mma.spmm24_mma(x, layer.values, layer.meta, b, cfg)), cfg
-
-
-def test_wgmma_persistent_grid_replays_from_a_graph():
-    """A persistent-grid call captured into a CUDA graph, first used inside the capture (fresh counters) and after an
-    eager call (a slice of the reserve), replays the eager bits again and again (its shared tiles' counters go back
-    to 0 every time)."""
-    sparse_mma = _wgmma_or_skip()
-    layer, dense, _ = _layer(1024, 4096, torch.bfloat16, False)
-    x = torch.randn(5, 4096, device="cuda", dtype=torch.bfloat16)
-    stream = torch.cuda.Stream()
-    for cfg, eager_first in ((sparse_mma.wgmma_config(8, 1, blocks=7), False),
-                             (sparse_mma.wgmma_config(16, 2, blocks=132), True)):  # fmt: skip
-        eager = sparse_mma.spmm24_mma(x, layer.values, layer.meta, None, cfg) if eager_first else None
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
-            out = sparse_mma.spmm24_mma(x, layer.values, layer.meta, None, cfg)
-        if eager is None:
-            eager = sparse_mma.spmm24_mma(x, layer.values, layer.meta, None, cfg)
-        for _ in range(3):
-            graph.replay()
-            torch.cuda.synchronize()
-            assert torch.equal(out, eager), cfg
-        assert _rel_err(out, _ref(x, dense, None)) < 1e-2, cfg
-
-
 def test_wgmma_l2_policy_of_w_changes_no_bit():
     """W's copies with the evict-first L2 policy or the default one, with and without L2's 256-byte promotion: the
     same bits, for every tile (clusters that multicast W included), split 1 and 3."""
@@ -495,8 +449,7 @@ def test_wgmma_launch_modes_give_the_eager_bits_of_a_chain(mode):
     """Programmatic dependent launch (mode 1: every launch, 3: the selective rule): a chain of layers, each reading
     the previous one's output, while freed outputs are reused by later ones (a kernel that wrote before its wait, or
     read x before it, would see or clobber the previous kernel's data), eager and in a CUDA graph, gives the bits of
-    the chain launched plainly; for every tile (clusters included), split 1 and 3, and the persistent grids, at 7
-    tokens (decode) and 77."""
+    the chain launched plainly; for every tile (clusters included), split 1 and 3, at 7 tokens (decode) and 77."""
     sparse_mma = _wgmma_or_skip()
     from sparse_llm.backends._build import load_wgmma_extension
 
@@ -505,16 +458,11 @@ def test_wgmma_launch_modes_give_the_eager_bits_of_a_chain(mode):
     for layer in layers:
         layer.values.mul_(1 / 16)  # keeps a chain of 16 products finite
     tiles = sorted(sparse_mma.WGMMA_TILES)
-    persistent = sorted(sparse_mma.WGMMA_PERSISTENT_TILES)
 
     def chain(x):
         for i, tile in enumerate(tiles):
             layer = layers[i % len(layers)]
             x = ext.spmm24_wgmma(x, layer.values, layer.meta, layer.bias, *tile, 1 + 2 * (i % 2), i % 3 == 0, True)
-        for i, tile in enumerate(persistent):  # persistent grids of 7 and of 132 blocks
-            layer = layers[i % len(layers)]
-            x = ext.spmm24_wgmma(x, layer.values, layer.meta, layer.bias, *tile, 1, i % 3 == 0, True,
-                                 7 if i % 2 else 132)  # fmt: skip
         return x
 
     previous = sparse_mma.set_launch_mode(0)

@@ -76,9 +76,6 @@ def test_wgmma_tiles_are_the_instantiated_ones():
     # the tiles built only to be measured (SPARSE_LLM_WGMMA_EXTRA_TILES) are none of the shipped ones
     extra = _build.wgmma_source_tiles("SPARSE_LLM_WGMMA_EXTRA_TILES_LIST(X)")
     assert extra and not extra & listed
-    # the tiles with a persistent grid: the Python list, all of them shipped tiles too
-    persistent = _build.wgmma_source_tiles("SPARSE_LLM_WGMMA_PERSISTENT_TILES(X)")
-    assert persistent == set(sparse_mma.WGMMA_PERSISTENT_TILES) and persistent < listed
 
 
 def test_wgmma_is_off_without_an_h100(monkeypatch):
@@ -110,14 +107,6 @@ def test_wgmma_default_and_candidates(monkeypatch, m, n, k):
     for c in candidates:
         assert c.wgmma and c.wgmma_tile in sparse_mma.WGMMA_TILES and sparse_mma.wgmma_fits(n, k, c)
         assert sparse_mma.MmaConfig(**c.as_dict()) == c
-        sparse_mma.check_config(m, n, k, c, dev, check_device=False)
-    # the persistent grid: one block per SM (and two for the small one-warpgroup tiles) of the near tiles that have it
-    persistent = {(c.wgmma_tile, c.blocks) for c in candidates if c.blocks}
-    near = set(sparse_mma.wgmma_tiles_near(m, n)) & sparse_mma.WGMMA_PERSISTENT_TILES
-    assert {tile for tile, _ in persistent} == near
-    for tile, blocks in persistent:
-        assert blocks in ((132, 264) if tile[1] == 1 and tile[0] <= 16 else (132,))
-    assert all(c.split == 1 for c in candidates if c.blocks)
 
 
 def test_wgmma_config_checks_before_any_launch():
@@ -140,15 +129,6 @@ def test_wgmma_config_checks_before_any_launch():
         sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.wgmma_config(64, 1, 5), check=False)
     with pytest.raises(ValueError, match="split must be 1 to 2"):
         sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.MmaConfig(32, 8, 1, 3, 4), check=False)
-    # the persistent grid: split 1, tiles of WGMMA_PERSISTENT_TILES, the warpgroup kernel only
-    with pytest.raises(ValueError, match="persistent grid .blocks=132. needs split 1"):
-        sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.wgmma_config(8, 1, 2, blocks=132), check=False)
-    with pytest.raises(ValueError, match="persistent grid .blocks=132. needs split 1 and one of the tiles"):
-        sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.wgmma_config(128, 1, blocks=132), check=False)
-    with pytest.raises(ValueError, match="blocks must be 0"):
-        sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.wgmma_config(8, 1, blocks=-1), check=False)
-    with pytest.raises(ValueError, match="only the warpgroup kernel has a persistent grid"):
-        sparse_mma.spmm24_mma(x, values, meta, None, sparse_mma.MmaConfig(32, 8, blocks=132), check=False)
 
 
 def test_wgmma_cluster_round_trips_through_the_tuned_table():
@@ -156,11 +136,6 @@ def test_wgmma_cluster_round_trips_through_the_tuned_table():
     back = sparse_mma.MmaConfig(**json.loads(json.dumps(cfg.as_dict())))
     assert back == cfg and hash(back) == hash(cfg) and back.wgmma_tile == (128, 4, 2, 1)
     assert back.wgmma_tile in sparse_mma.WGMMA_TILES
-    persistent = sparse_mma.wgmma_config(16, 1, blocks=264)
-    assert sparse_mma.MmaConfig(**json.loads(json.dumps(persistent.as_dict()))) == persistent
-    # a table tuned before the persistent grid existed has no "blocks": the plain grid
-    old = {k: v for k, v in cfg.as_dict().items() if k != "blocks"}
-    assert sparse_mma.MmaConfig(**old).blocks == 0
 
 
 @pytest.mark.parametrize(
