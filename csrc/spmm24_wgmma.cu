@@ -451,9 +451,9 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
 // tile sharing x won at M = 1024: 64 x 64 tiles sharing x (16 KB from L2 per block and chunk against 24) or W (20 KB).
 // Measured 0-18% slower than without a cluster at M = 128-768 on 1024x4096 and 1024x8192
 // (h200/wgmma_variants_extra64_9c92232.json), as sharing x was on the H100 at M = 256
-// (wgmma_check_cluster_v4_h100.json). For the large layers at M = 65-128, where the 64 x 128 tile's blocks read
-// 279 MB through L2 on 8192x8192 at M = 128 (W twice, x once per row tile): 64 tokens x 128 rows sharing W (2, 1)
-// (204 MB), and for M = 33-64 32 tokens x 64 rows sharing W.
+// (wgmma_check_cluster_v4_h100.json). For the large layers at M = 33-128: 64 tokens x 128 rows and 32 tokens x 64
+// rows sharing W (2, 1): 1-5% slower than the same tiles without a cluster on the H200
+// (h200/wgmma_variants_extra_w_83e70d8.json; ncu there: sharing x made L2 carry more bytes, not fewer).
 #ifndef SPARSE_LLM_WGMMA_EXTRA_TILES
 #define SPARSE_LLM_WGMMA_EXTRA_TILES 0
 #endif
