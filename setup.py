@@ -21,10 +21,15 @@ import os
 from setuptools import find_packages, setup
 
 PACKAGES = ["sparse_llm", "sparse_llm.kernels"] + [f"sparse_llm.{p}" for p in find_packages("sparse_llm")]
+EXTENSIONS = {"_mma", "_wgmma", "_cusparselt"}  # sparse_llm.<name>, what SPARSE_LLM_BUILD_ONLY may name
 
 
 def _cuda_extensions() -> dict:
     """setup() arguments that build the extensions, or {} where they cannot be built here."""
+    only = [name.strip() for name in os.environ.get("SPARSE_LLM_BUILD_ONLY", "").split(",") if name.strip()]
+    if set(only) - EXTENSIONS:
+        raise SystemExit(f"SPARSE_LLM_BUILD_ONLY names {sorted(set(only) - EXTENSIONS)}: the extensions are "
+                         f"{sorted(EXTENSIONS)}")  # fmt: skip
     if os.environ.get("SPARSE_LLM_BUILD_EXTENSIONS", "1") == "0":
         return {}
     try:
@@ -62,10 +67,6 @@ def _cuda_extensions() -> dict:
     cusparselt = _cusparselt_extension()
     if cusparselt is not None:
         extensions.append(cusparselt)
-    only = [name.strip() for name in os.environ.get("SPARSE_LLM_BUILD_ONLY", "").split(",") if name.strip()]
-    known = {"_mma", "_wgmma", "_cusparselt"}
-    if set(only) - known:
-        raise SystemExit(f"SPARSE_LLM_BUILD_ONLY names {sorted(set(only) - known)}: the extensions are {sorted(known)}")
     if only:
         extensions = [e for e in extensions if e.name.split(".")[-1] in only]
     return {"ext_modules": extensions, "cmdclass": {"build_ext": OptionalBuild}}

@@ -2,6 +2,9 @@
 replaced by a recorder, so what is checked is what happens around it."""
 
 import fcntl
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,15 @@ def test_missing_source_and_missing_toolkit_say_so(fake_build, tmp_path, monkeyp
     monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
     with pytest.raises(_build.ExtensionUnavailable, match="nvcc not found"):
         _build._jit("ext", source, "x-")
+
+
+@pytest.mark.parametrize("only, ok", [("_wgmma", True), ("_mma, _cusparselt", True), ("_wgmmx", False)])
+def test_setup_builds_only_the_extensions_asked_for(only, ok):
+    """``SPARSE_LLM_BUILD_ONLY`` names extensions of setup.py; a name that is none of them stops it with the list."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "SPARSE_LLM_BUILD_ONLY": only, "SPARSE_LLM_BUILD_EXTENSIONS": "0"}
+    done = subprocess.run([sys.executable, "setup.py", "--version"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert (done.returncode == 0) == ok, done.stderr[-500:]
+    if not ok:
+        assert "SPARSE_LLM_BUILD_ONLY names ['_wgmmx']" in done.stderr and "'_wgmma'" in done.stderr
