@@ -7,7 +7,8 @@ timed in every build side by side, with dense F.linear beside them.
 Builds (in parallel, JIT, sm_90a): base (0), no_mma (1: the consumers wait for each stage and release it), no_copy
 (2: the producer arrives on each stage's barrier without filling it), sync_only (3), no_split (4: every piece of a
 split stores y, no reduction), no_w (8: no copies of W), no_x (16: no copies of x), no_store (32: no stores of y),
-setup_only (64: every block leaves after its setup, i.e. what a grid of those blocks costs with no work). Where a
+setup_only (64: every block leaves after its setup, i.e. what a grid of those blocks costs with no work), no_meta
+(128: no copies of W's metadata, 16 bytes per row and stage, a third of the tensor-map copies' rows). Where a
 part is what bounds the tile, taking it out takes the time down; where the time stays, the bound is elsewhere.
 
 Per (shape, M, tile, split) and build: the median CUDA-graph replay after do_bench's 256 MB L2 clear (`cold`, as the
@@ -36,10 +37,11 @@ from sparse_llm.backends.sparse_mma import WGMMA_CHUNK  # noqa: E402
 from sparse_llm.benchmark import parse_shape, time_graph_us  # noqa: E402
 
 BUILDS = {"base": 0, "no_mma": 1, "no_copy": 2, "sync_only": 3, "no_split": 4, "no_w": 8, "no_x": 16,
-          "no_store": 32, "setup_only": 64}  # fmt: skip
+          "no_store": 32, "setup_only": 64, "no_meta": 128}  # fmt: skip
 SHAPES = ("1024x4096", "1024x8192", "4096x4096")
 MS = (256, 512, 1024)
-TILES = ((64, 1), (128, 1), (128, 2), (128, 4), (256, 1))  # (tokens, consumer warpgroups of 64 rows), no cluster
+# (tokens, consumer warpgroups of 64 rows), no cluster
+TILES = ((64, 1), (64, 2), (64, 4), (128, 1), (128, 2), (128, 4), (256, 1))
 SPLITS = (1, 2, 4)
 
 

@@ -77,7 +77,8 @@ constexpr int kSmemBudget = 220 * 1024;  // the ring's share of the 227 KB a blo
 // producer arrives on each stage's barrier without filling it), 4 = no split-K reduction (every piece stores y),
 // 8 = no copies of W (values, metadata), 16 = no copies of x (8 and 16: not in tiles with clusters), 32 = no stores
 // of y (the epilogue's), 64 = the block leaves right after its setup (launch, barriers, tensor-map prefetch: what a
-// wave of blocks costs with no work).
+// wave of blocks costs with no work), 128 = no copies of W's metadata (its values still copied; not in clusters):
+// 6% of a stage's bytes but a third of its rows of tensor-map copies (16 bytes each).
 #ifndef SPARSE_LLM_WGMMA_ABLATE
 #define SPARSE_LLM_WGMMA_ABLATE 0
 #endif
@@ -200,16 +201,18 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
           continue;
         }
         constexpr bool kCopyW = !(kAblate & 8) || kCluster, kCopyX = !(kAblate & 16) || kCluster;
-        mbar_expect_tx(bar, (kCopyW ? L::kValues + L::kMeta : 0) + (kCopyX ? 2 * x_rows * kRowBytes : 0));
+        constexpr bool kCopyMeta = !(kAblate & 128) || kCluster;
+        mbar_expect_tx(bar, (kCopyW ? L::kValues + (kCopyMeta ? L::kMeta : 0) : 0) +
+                                (kCopyX ? 2 * x_rows * kRowBytes : 0));
         if constexpr (!kCopyW) {
         } else if constexpr (CT == 1) {
           const uint32_t dst_meta = stage + L::kValues + L::kX;
           if (w_evict_first) {
             tma_load_hint(stage, &map_values, bar, c * (kChunk / 2), row0, w_policy);
-            tma_load_hint(dst_meta, &map_meta, bar, c * (kChunk / 16), row0, w_policy);
+            if constexpr (kCopyMeta) tma_load_hint(dst_meta, &map_meta, bar, c * (kChunk / 16), row0, w_policy);
           } else {
             tma_load(stage, &map_values, bar, c * (kChunk / 2), row0);
-            tma_load(dst_meta, &map_meta, bar, c * (kChunk / 16), row0);
+            if constexpr (kCopyMeta) tma_load(dst_meta, &map_meta, bar, c * (kChunk / 16), row0);
           }
         } else {  // rows cx * kRows / 2 .. of W into both token blocks (0, cy) and (1, cy)
           constexpr int kHalf = L::kRows / 2;
