@@ -70,6 +70,47 @@ def test_graph_replay_far_above_the_eager_time_is_timed_again(monkeypatch, repla
     assert len(calls) == timed
 
 
+def test_paired_rounds_alternate_the_order_and_take_medians(monkeypatch):
+    """At M >= PAIRED_MIN_M dense and ours are timed in alternating rounds (eager and replayed), each column the median
+    of its rounds; a provider whose capture failed keeps no replayed rounds."""
+    graphs = {}
+
+    def capture(fn):
+        graphs[fn] = _FakeGraph()
+        return graphs[fn], None
+
+    order = []
+    times = {"dense": iter([110.0, 105.0]), "ours": iter([70.0, 90.0]), "dense_g": iter([100.0, 95.0]),
+             "ours_g": iter([80.0, 60.0])}  # fmt: skip
+
+    def dense():
+        return None
+
+    def ours():
+        return None
+
+    names = {dense: "dense", ours: "ours"}
+
+    def time_us(fn):
+        name = names.get(fn) or next(names[f] + "_g" for f, g in graphs.items() if fn == g.replay)
+        order.append(name)
+        return next(times[name])
+
+    monkeypatch.setattr(benchmark, "capture_graph", capture)
+    monkeypatch.setattr(benchmark, "time_us", time_us)
+    results = {"dense": {"us": 100.0, "graph_us": 98.0}, "ours_auto": {"us": 60.0, "graph_us": 65.0}}
+    benchmark._paired_rounds({"dense": dense, "ours_auto": ours}, results, 3)
+    assert order == ["ours", "ours_g", "dense", "dense_g", "dense", "dense_g", "ours", "ours_g"]
+    assert results["dense"]["us_rounds"] == [100.0, 110.0, 105.0] and results["dense"]["us"] == 105.0
+    assert results["dense"]["graph_us"] == 98.0 and results["ours_auto"]["graph_us"] == 65.0
+    assert results["ours_auto"]["us"] == 70.0 and results["ours_auto"]["graph_us_rounds"] == [65.0, 80.0, 60.0]
+    no_graph = {"dense": {"us": 1.0, "graph_us": None}, "ours_auto": {"us": 2.0, "graph_us": 3.0}}
+    times.update(dense=iter([5.0]), ours=iter([4.0]), ours_g=iter([3.5]))
+    benchmark._paired_rounds({"dense": dense, "ours_auto": ours}, no_graph, 2)
+    assert no_graph["dense"]["graph_us"] is None and no_graph["dense"]["graph_us_rounds"] == []
+    assert no_graph["dense"]["us"] == 3.0 and no_graph["ours_auto"]["graph_us"] == 3.25
+
+
 def test_select_shapes_keeps_the_layers_of_the_named_shapes():
     picked = benchmark.select_shapes(benchmark.LLAMA_SHAPES, ["1024x4096", "1024X8192"])
     assert picked == {"Llama-2-70B": [("k/v_proj", 1024, 8192)], "Llama-3-8B": [("k/v_proj", 1024, 4096)]}
