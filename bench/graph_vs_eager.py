@@ -2,11 +2,12 @@
 
     python bench/graph_vs_eager.py --out DIR [--shapes 8192x8192 ...] [--ms 1024 4096 ...] [--rounds 3]
 
-The layer grid (bench/layers.py) times each provider eagerly and then replayed from a CUDA graph, one after the
-other; at M >= 1024 its graph column came out 4-5% below its eager column for SparseLinear (cuSPARSELt there) and not
-for dense F.linear (h200/layers_9c92232*.json). Here both are timed the grid's way (do_bench's median after the L2
-clear) in ``rounds`` alternating rounds, eager first in odd rounds and the graph first in even ones, so that a drift of
-the clock over a run cannot favour one column. Writes ``graph_vs_eager.json``: every time, and the medians.
+The layer grids at 9c92232 timed each provider eagerly and then replayed from a CUDA graph, one provider after the
+other; at M >= 1024 SparseLinear's (cuSPARSELt there) replays came out 4-5% slower than its eager calls and dense
+F.linear's did not (h200/layers_9c92232*.json). Here both are timed the grid's way (do_bench's median after the L2
+clear) in ``rounds`` alternating rounds, eager first in the first, third, ... round and the replay first in the
+others, so that a drift of the clock over a run cannot favour one column. Writes ``graph_vs_eager.json``: every
+time, and the medians.
 """
 
 from __future__ import annotations
