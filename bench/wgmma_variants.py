@@ -1,8 +1,8 @@
 """Build-time variants of the warpgroup kernel (csrc/spmm24_wgmma.cu), side by side on the H100/H200: each variant is
 the same source compiled with other values of its knobs (SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT, SPARSE_LLM_WGMMA_MAX_STAGES,
-SPARSE_LLM_WGMMA_STAGED_STORE, SPARSE_LLM_WGMMA_EXTRA_TILES) into an extension of its own; `extra` adds tiles the
-package does not ship (EXTRA_TILES below), which it checks and times beside the shipped ones. (The in-block K split
-measured with it in the twentieth round, bench/NOTES.md, was slower and is gone.)
+SPARSE_LLM_WGMMA_STAGED_STORE, SPARSE_LLM_WGMMA_EXTRA_TILES, SPARSE_LLM_WGMMA_SPLIT_RINGS) into an extension of its own;
+`extra` adds tiles the package does not ship (EXTRA_TILES below), which it checks and times beside the shipped ones.
+(The in-block K split measured with it in the twentieth round, bench/NOTES.md, was slower and is gone.)
 
     python bench/wgmma_variants.py --out DIR [--variants base pipe ...] [--ms 1 64 ...] [--shapes 4096x4096 ...]
 
@@ -43,6 +43,8 @@ VARIANTS = {  # name: the knobs' values that differ from what ships (csrc/spmm24
     # faster: h200/wgmma_variants_staged_d9b7d94.json, where this build is `base` and the shipped one `staged`)
     "direct": {"SPARSE_LLM_WGMMA_STAGED_STORE": 0},
     "extra": {"SPARSE_LLM_WGMMA_EXTRA_TILES": 1},  # the shipped build with EXTRA_TILES too
+    # W and x in rings of their own, W's up to 16 stages deep (tiles without clusters; bench/NOTES.md, 24th round)
+    "rings": {"SPARSE_LLM_WGMMA_SPLIT_RINGS": 1},
 }
 
 
