@@ -23,7 +23,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import COMMITTED_TABLES, use_tables, write_result  # noqa: E402
 
-from sparse_llm import Sparse24Weight, SparseLinear, backends, benchmark  # noqa: E402
+from sparse_llm import backends, benchmark  # noqa: E402
 
 SHAPES = ("8192x8192", "11008x4096", "4096x4096", "28672x8192")
 MS = (1024, 4096)
@@ -39,8 +39,7 @@ def main() -> None:
     use_tables(COMMITTED_TABLES)
     rows = []
     for n, k in (benchmark.parse_shape(s) for s in args.shapes):
-        dense = benchmark._random_24(n, k, torch.bfloat16)
-        layer = SparseLinear.from_weight(Sparse24Weight.from_dense(dense))
+        (dense,), (layer,) = benchmark.stream_copies(n, k, torch.bfloat16, count=1)
         for m in args.ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             calls = {"dense": lambda x=x, w=dense: F.linear(x, w), "ours": lambda x=x, f=layer: f(x)}

@@ -51,61 +51,10 @@
 #include "spmm24_mma_common.cuh"
 #include "spmm24_mma_host.cuh"
 #include "spmm24_wgmma_sp.cuh"
+#include "spmm24_wgmma_layout.cuh"
 #include "spmm24_wgmma_tma.cuh"
 
 namespace {
-
-constexpr int kChunk = 128;              // K columns per stage
-constexpr int kRowBytes = 128;           // values bytes per W row and stage (64 kept values)
-constexpr int kMetaRowBytes = 16;        // metadata bytes per W row and stage (8 words of 4 groups)
-constexpr int kXBoxColumns = 64;         // x columns per 128-byte swizzled box
-constexpr int kSmemBudget = 220 * 1024;  // the ring's share of the 227 KB a block may have
-
-// Build-time knobs, for measuring variants side by side (bench/wgmma_variants.py); the defaults are what ships.
-// The deepest ring a tile gets (stages of small tiles are cheap: more bytes in flight per SM).
-#ifndef SPARSE_LLM_WGMMA_MAX_STAGES
-#define SPARSE_LLM_WGMMA_MAX_STAGES 8
-#endif
-// wgmma groups a consumer leaves in flight when it moves to the next chunk: 1 waits for each chunk's group before
-// the next chunk's metadata is loaded; 2 keeps two metadata register sets, alternating between chunks, so one
-// chunk's group runs while the next is issued.
-#ifndef SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT
-#define SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT 1
-#endif
-// Ablations, for finding what bounds a tile (bench/wgmma_ablate.py; the results are wrong with any bit set, the
-// shipped build has none): 1 = no wgmma (the consumers wait for each stage and release it), 2 = no copies (the
-// producer arrives on each stage's barrier without filling it), 4 = no split-K reduction (every piece stores y),
-// 8 = no copies of W (values, metadata), 16 = no copies of x (8 and 16: not in tiles with clusters), 32 = no stores
-// of y (the epilogue's), 64 = the block leaves right after its setup (launch, barriers, tensor-map prefetch: what a
-// wave of blocks costs with no work), 128 = no copies of W's metadata (its values still copied; not in clusters):
-// 6% of a stage's bytes but a third of its rows of tensor-map copies (16 bytes each).
-#ifndef SPARSE_LLM_WGMMA_ABLATE
-#define SPARSE_LLM_WGMMA_ABLATE 0
-#endif
-// y's stores: 1 (what ships) = through shared memory: the tile is written there token by token, then stored in
-// whole 16-byte pieces of y's rows; 0 = each consumer thread stores its values, 2 bytes at a time, straight from its
-// accumulators (every warp instruction writes 16 bytes in each of 4 rows of y). On the H200 the direct stores took
-// 22 of the 116 us of 11008x4096 at M = 1024 with the 128 x 256 tile (the ablation without them, 32:
-// h200/wgmma_ablate_store_f6e88e2.json); staged, that layer took 102.9 us, and the staged build was faster in 59 of
-// 60 rows of bench/wgmma_variants.py (h200/wgmma_variants_staged_d9b7d94.json, `base` there is 0).
-#ifndef SPARSE_LLM_WGMMA_STAGED_STORE
-#define SPARSE_LLM_WGMMA_STAGED_STORE 1
-#endif
-constexpr bool kStagedStore = SPARSE_LLM_WGMMA_STAGED_STORE != 0;
-// W and x in rings of their own (1; measure-only, bench/wgmma_variants.py `rings`; tiles without clusters, no
-// ablation): W's ring (values and metadata, as deep as fits beside x's, up to 16 stages) is filled by one producer
-// thread and x's (2-4 stages) by another, so W's copies can run further ahead of the MMAs than in the shared ring
-// (64 x 128 tile: 9 stages of W against 6 shared ones). Why: at M = 64-128 the large layers wait on W's stream while
-// DRAM runs at 59% of its peak (bench/NOTES.md, twenty-fourth round).
-#ifndef SPARSE_LLM_WGMMA_SPLIT_RINGS
-#define SPARSE_LLM_WGMMA_SPLIT_RINGS 0
-#endif
-constexpr bool kSplitRingsBuild = SPARSE_LLM_WGMMA_SPLIT_RINGS != 0;
-constexpr int kAblate = SPARSE_LLM_WGMMA_ABLATE;
-constexpr int kMaxStages = SPARSE_LLM_WGMMA_MAX_STAGES;
-constexpr int kGroupsInFlight = SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT;
-static_assert(kMaxStages >= 2 && kMaxStages <= 32, "SPARSE_LLM_WGMMA_MAX_STAGES must be in [2, 32]");
-static_assert(kGroupsInFlight == 1 || kGroupsInFlight == 2, "SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT must be 1 or 2");
 
 // How a call is launched (set_launch_mode; 0 until set, sparse_mma applies SPARSE_LLM_PDL or its default, 3):
 // kLaunchProgrammatic = programmatic dependent launch (the kernel's blocks may start, and set up, while the previous
@@ -117,29 +66,6 @@ static_assert(kGroupsInFlight == 1 || kGroupsInFlight == 2, "SPARSE_LLM_WGMMA_GR
 // than 1% in one row of 46 (wgmma_pdl_519ab6e.json).
 constexpr int kLaunchProgrammatic = 1, kLaunchSelective = 2;
 std::atomic<int> g_launch_mode{0};
-
-template <int TOKENS, int CWG>
-struct WgLayout {
-  static constexpr int kRows = 64 * CWG;
-  static constexpr int kValues = kRows * kRowBytes;         // multiple of 1024: swizzle atoms stay aligned
-  static constexpr int kXBox = TOKENS * 128;                // one 64-column box of x
-  static constexpr int kX = 2 * kXBox;
-  static constexpr int kMeta = kRows * kMetaRowBytes;
-  static constexpr int kTxBytes = kValues + kX + kMeta;     // bytes the copies of one stage deliver (whole x boxes)
-  static constexpr int kStage = (kTxBytes + 1023) / 1024 * 1024;
-  static constexpr int kStages = std::min(kMaxStages, kSmemBudget / kStage);
-  static constexpr int kSmem = kStages * kStage + 2 * 8 * kStages + 1024;  // + barriers + alignment slack
-  static constexpr int kThreads = 128 * (CWG + 1);
-  static constexpr int kConsumerThreads = 128 * CWG;
-  static_assert(kStages >= 2, "a stage does not fit twice in shared memory");
-  // W and x in rings of their own (SPARSE_LLM_WGMMA_SPLIT_RINGS): W's stages first, then x's (each a multiple of 1024)
-  static constexpr int kWStage = kValues + kMeta;
-  static constexpr int kXStages = kX <= 8192 ? 4 : (kX <= 16384 ? 3 : 2);
-  static constexpr int kWStages = std::min(16, (kSmemBudget - kXStages * kX) / kWStage);
-  static constexpr int kSplitRing = kWStages * kWStage + kXStages * kX;
-  static constexpr int kSplitSmem = kSplitRing + 2 * 8 * (kWStages + kXStages) + 1024;
-  static_assert(kWStage % 1024 == 0 && kX % 1024 == 0 && kWStages >= 2, "W's or x's ring does not fit");
-};
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define SPARSE_LLM_WGMMA 1
@@ -223,6 +149,17 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
 
   if (wg == 0) {  // producer
     if constexpr (CWG == 2) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+    constexpr bool kCopyMeta = !(kAblate & 128) || kCluster;
+    // Chunk c of this block's rows of W (no cluster): values to dst, metadata to dst_meta, evict-first if asked.
+    auto copy_w = [&](uint32_t dst, uint32_t dst_meta, uint32_t bar, int c, uint64_t w_policy) {
+      if (w_evict_first) {
+        tma_load_hint(dst, &map_values, bar, c * (kChunk / 2), row0, w_policy);
+        if constexpr (kCopyMeta) tma_load_hint(dst_meta, &map_meta, bar, c * (kChunk / 16), row0, w_policy);
+      } else {
+        tma_load(dst, &map_values, bar, c * (kChunk / 2), row0);
+        if constexpr (kCopyMeta) tma_load(dst_meta, &map_meta, bar, c * (kChunk / 16), row0);
+      }
+    };
     if constexpr (kSplit) {  // thread 0 fills W's ring, thread 32 (the next warp) x's
       if (threadIdx.x == 0) {
         const uint64_t w_policy = w_evict_first ? evict_first_policy() : 0;
@@ -231,13 +168,7 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
           if (k >= SW) mbar_wait(wempty + 8 * s, ((k / SW) - 1) & 1);
           const uint32_t stage = base + s * L::kWStage, bar = wfull + 8 * s;
           mbar_expect_tx(bar, L::kWStage);
-          if (w_evict_first) {
-            tma_load_hint(stage, &map_values, bar, c * (kChunk / 2), row0, w_policy);
-            tma_load_hint(stage + L::kValues, &map_meta, bar, c * (kChunk / 16), row0, w_policy);
-          } else {
-            tma_load(stage, &map_values, bar, c * (kChunk / 2), row0);
-            tma_load(stage + L::kValues, &map_meta, bar, c * (kChunk / 16), row0);
-          }
+          copy_w(stage, stage + L::kValues, bar, c, w_policy);
         }
       } else if (threadIdx.x == 32) {
         for (int c = c_begin; c < c_end; ++c) {
@@ -262,19 +193,11 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
           continue;
         }
         constexpr bool kCopyW = !(kAblate & 8) || kCluster, kCopyX = !(kAblate & 16) || kCluster;
-        constexpr bool kCopyMeta = !(kAblate & 128) || kCluster;
         mbar_expect_tx(bar, (kCopyW ? L::kValues + (kCopyMeta ? L::kMeta : 0) : 0) +
                                 (kCopyX ? 2 * x_rows * kRowBytes : 0));
         if constexpr (!kCopyW) {
         } else if constexpr (CT == 1) {
-          const uint32_t dst_meta = stage + L::kValues + L::kX;
-          if (w_evict_first) {
-            tma_load_hint(stage, &map_values, bar, c * (kChunk / 2), row0, w_policy);
-            if constexpr (kCopyMeta) tma_load_hint(dst_meta, &map_meta, bar, c * (kChunk / 16), row0, w_policy);
-          } else {
-            tma_load(stage, &map_values, bar, c * (kChunk / 2), row0);
-            if constexpr (kCopyMeta) tma_load(dst_meta, &map_meta, bar, c * (kChunk / 16), row0);
-          }
+          copy_w(stage, stage + L::kValues + L::kX, bar, c, w_policy);
         } else {  // rows cx * kRows / 2 .. of W into both token blocks (0, cy) and (1, cy)
           constexpr int kHalf = L::kRows / 2;
           const uint16_t mask = static_cast<uint16_t>(0x3u << (CT * cy));
