@@ -3,7 +3,8 @@
     ncu --set full --profile-from-start off python bench/mma_one.py 28672 8192 128 32 64 3 8 4
 (N K M rows tokens stages warps split); the warpgroup kernel: N K M 16 tokens 0 warps split wgmma [cluster_tokens
 cluster_rows], with 4 warps per consumer warpgroup and cluster blocks (1 or 2) along tokens (sharing W) and rows
-(sharing x); cuSPARSELt (the extension, its plan searched on the first call): N K M cusparselt. Only the last call
+(sharing x); cuSPARSELt (the extension, its plan searched on the first call): N K M cusparselt; dense
+(F.linear, cuBLAS): N K M dense. Only the last call
 runs inside cudaProfilerStart/Stop (ncu --profile-from-start off profiles that one alone).
 """
 
@@ -25,7 +26,10 @@ def main() -> None:
     n, k, m = (int(a) for a in sys.argv[1:4])
     _, values, meta = random_packed(n, k, torch.bfloat16)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    if sys.argv[4] == "cusparselt":
+    if sys.argv[4] == "dense":  # cuBLAS on the same layer unpruned-sized (the reference the ratios are taken to)
+        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+        call, cfg = (lambda: torch.nn.functional.linear(x, w)), "dense"
+    elif sys.argv[4] == "cusparselt":
         compressed = cusparselt.compress_values(values, meta)[0]
         call, cfg = (lambda: cusparselt.cusparselt_linear(x, compressed, n, k)), "cuSPARSELt"
     else:

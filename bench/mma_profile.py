@@ -7,7 +7,8 @@ or N,K,M,cusparselt (default: the 28672x8192 tiles of M = 64 and 128). Each one 
 (boost clocks kept: ``--clock-control none``), profiling the kernels of its last call (``--profile-from-start off``;
 cuSPARSELt's split-K reduction, where it runs one, is a second kernel); the metrics (time, clock, DRAM and L2 bytes,
 issue activity, tensor-pipe activity, shared-memory wavefronts and conflicts, and the stall reasons per issued
-instruction) are written to ``mma_profile.json``.
+instruction, and where this ncu has them, the bytes that come into each SM from L2 and its shared-memory bank
+reads and writes) are written to ``mma_profile.json``.
 """
 
 from __future__ import annotations
@@ -43,11 +44,39 @@ METRICS = (
     "launch__grid_size",
     "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\\.ratio",
 )
+# What comes into each SM and what its shared-memory banks carry (TMA's copies land in the banks, wgmma reads its
+# operands from them): asked for only where this ncu knows the metric (``--query-metrics``), so an older or newer
+# ncu drops what it lacks instead of refusing the run.
+INGRESS = (
+    "l1tex__m_xbar2l1tex_read_bytes.sum",
+    "l1tex__m_xbar2l1tex_read_bytes.sum.pct_of_peak_sustained_elapsed",
+    "l1tex__m_xbar2l1tex_read_bytes.sum.per_second",
+    "l1tex__data_bank_reads.avg.pct_of_peak_sustained_elapsed",
+    "l1tex__data_bank_writes.avg.pct_of_peak_sustained_elapsed",
+    "l1tex__data_bank_reads.sum",
+    "l1tex__data_bank_writes.sum",
+    "sm__memory_throughput.avg.pct_of_peak_sustained_elapsed",
+    "lts__t_sectors_srcunit_tex_op_read.sum",
+    "lts__t_sectors_srcunit_tex_op_read_lookup_hit.sum",
+)
 
 
-def profile(ncu: str, config: str) -> dict:
+def known_metrics(ncu: str) -> set[str]:
+    """The metric base names this ncu knows for the GPU it sees (empty if the query fails)."""
+    run = subprocess.run([ncu, "--query-metrics"], capture_output=True, text=True)
+    return {line.split()[0] for line in run.stdout.splitlines() if line.strip() and "__" in line.split()[0]}
+
+
+def metrics(ncu: str) -> tuple[str, ...]:
+    known = known_metrics(ncu)
+    extra = tuple(m for m in INGRESS if m.split(".")[0] in known)
+    print("ingress metrics known to ncu:", extra, "missing:", sorted(set(INGRESS) - set(extra)), flush=True)
+    return METRICS + extra
+
+
+def profile(ncu: str, config: str, wanted: tuple[str, ...] = METRICS) -> dict:
     cmd = [ncu, "--clock-control", "none", "--csv", "--page", "raw", "--profile-from-start", "off", "--metrics",
-           ",".join(METRICS), sys.executable, str(HERE / "mma_one.py"), *config.split(",")]  # fmt: skip
+           ",".join(wanted), sys.executable, str(HERE / "mma_one.py"), *config.split(",")]  # fmt: skip
     run = subprocess.run(cmd, capture_output=True, text=True)
     if run.returncode != 0:
         return {"config": config, "error": (run.stderr or run.stdout)[-2000:]}
@@ -85,7 +114,9 @@ def main() -> None:
     parser.add_argument("--ncu", default="/usr/local/cuda/bin/ncu")
     parser.add_argument("configs", nargs="*", default=list(DEFAULT))
     args = parser.parse_args()
-    write_result(args.out, "mma_profile", {"ncu": args.ncu, "runs": [profile(args.ncu, c) for c in args.configs]})
+    wanted = metrics(args.ncu)
+    runs = [profile(args.ncu, c, wanted) for c in args.configs]
+    write_result(args.out, "mma_profile", {"ncu": args.ncu, "metrics": list(wanted), "runs": runs})
 
 
 if __name__ == "__main__":
