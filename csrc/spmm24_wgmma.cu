@@ -192,6 +192,12 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
           mbar_arrive(bar);
           continue;
         }
+        if constexpr (kL2Prefetch > 0 && !kCluster && kAblate == 0) {
+          if (c + kL2Prefetch < c_end) {  // chunk c + D of W's rows into L2 (its copy into the ring comes later)
+            tma_prefetch_l2(&map_values, (c + kL2Prefetch) * (kChunk / 2), row0);
+            tma_prefetch_l2(&map_meta, (c + kL2Prefetch) * (kChunk / 16), row0);
+          }
+        }
         constexpr bool kCopyW = !(kAblate & 8) || kCluster, kCopyX = !(kAblate & 16) || kCluster;
         mbar_expect_tx(bar, (kCopyW ? L::kValues + (kCopyMeta ? L::kMeta : 0) : 0) +
                                 (kCopyX ? 2 * x_rows * kRowBytes : 0));

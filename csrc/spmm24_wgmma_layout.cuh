@@ -52,6 +52,17 @@ constexpr bool kStagedStore = SPARSE_LLM_WGMMA_STAGED_STORE != 0;
 #define SPARSE_LLM_WGMMA_SPLIT_RINGS 0
 #endif
 constexpr bool kSplitRingsBuild = SPARSE_LLM_WGMMA_SPLIT_RINGS != 0;
+// W's chunks fetched into L2 this many chunks ahead of their copies into the ring (0, what ships: none; measure-only,
+// bench/wgmma_variants.py `l2pf4`, `l2pf8`; tiles without clusters, no ablation). Why: at M = 64-128 each SM keeps
+// its whole ring (~200 KB) in flight and takes in ~85 GB/s, so a stage's copy takes ~2.3 us (Little's law), while
+// DRAM, L2, the SM's crossbar port and its shared-memory banks run at 63%, 73%, 39% and 27% of their peaks
+// (h200/mma_profile_ingress_18f7664.json): the ring's depth in time, not a bandwidth, bounds it. A prefetch takes no
+// shared memory, so W's DRAM latency leaves the ring's round trip if the lines are in L2 when their copy is issued.
+#ifndef SPARSE_LLM_WGMMA_L2_PREFETCH
+#define SPARSE_LLM_WGMMA_L2_PREFETCH 0
+#endif
+constexpr int kL2Prefetch = SPARSE_LLM_WGMMA_L2_PREFETCH;
+static_assert(kL2Prefetch >= 0 && kL2Prefetch <= 64, "SPARSE_LLM_WGMMA_L2_PREFETCH must be in [0, 64]");
 constexpr int kAblate = SPARSE_LLM_WGMMA_ABLATE;
 constexpr int kMaxStages = SPARSE_LLM_WGMMA_MAX_STAGES;
 constexpr int kGroupsInFlight = SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT;
