@@ -61,6 +61,15 @@ INGRESS = (
 )
 
 
+# With --breakdown: the sub-units behind L2's, L1's and the memory system's throughput percentages (which of them
+# is the one near its peak), through ncu's ``breakdown:`` prefix.
+BREAKDOWN = (
+    "breakdown:lts__throughput.avg.pct_of_peak_sustained_elapsed",
+    "breakdown:l1tex__throughput.avg.pct_of_peak_sustained_elapsed",
+    "breakdown:gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed",
+)
+
+
 def known_metrics(ncu: str) -> set[str]:
     """The metric base names this ncu knows for the GPU it sees (empty if the query fails)."""
     run = subprocess.run([ncu, "--query-metrics"], capture_output=True, text=True)
@@ -112,9 +121,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--ncu", default="/usr/local/cuda/bin/ncu")
+    parser.add_argument("--breakdown", action="store_true", help="also the sub-metrics of the throughput percentages")
     parser.add_argument("configs", nargs="*", default=list(DEFAULT))
     args = parser.parse_args()
-    wanted = metrics(args.ncu)
+    wanted = metrics(args.ncu) + (BREAKDOWN if args.breakdown else ())
     runs = [profile(args.ncu, c, wanted) for c in args.configs]
     write_result(args.out, "mma_profile", {"ncu": args.ncu, "metrics": list(wanted), "runs": runs})
 
