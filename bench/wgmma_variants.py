@@ -1,6 +1,7 @@
 """Build-time variants of the warpgroup kernel (csrc/spmm24_wgmma.cu), side by side on the H100/H200: each variant is
 the same source compiled with other values of its knobs (SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT, SPARSE_LLM_WGMMA_MAX_STAGES,
-SPARSE_LLM_WGMMA_STAGED_STORE, SPARSE_LLM_WGMMA_EXTRA_TILES, SPARSE_LLM_WGMMA_SPLIT_RINGS, SPARSE_LLM_WGMMA_L2_PREFETCH)
+SPARSE_LLM_WGMMA_STAGED_STORE, SPARSE_LLM_WGMMA_EXTRA_TILES, SPARSE_LLM_WGMMA_SPLIT_RINGS, SPARSE_LLM_WGMMA_L2_PREFETCH,
+SPARSE_LLM_WGMMA_PLACE)
 into an extension of its own; `extra` adds tiles the package does not ship (EXTRA_TILES below), which it checks and
 times beside the shipped ones.
 (The in-block K split measured with it in the twentieth round, bench/NOTES.md, was slower and is gone.)
@@ -50,6 +51,9 @@ VARIANTS = {  # name: the knobs' values that differ from what ships (csrc/spmm24
     "l2pf4": {"SPARSE_LLM_WGMMA_L2_PREFETCH": 4},
     "l2pf8": {"SPARSE_LLM_WGMMA_L2_PREFETCH": 8},
     "l2pf16": {"SPARSE_LLM_WGMMA_L2_PREFETCH": 16},
+    # tiles without clusters launched as pairs sharing W (token tiles) or x (row tiles), for placement only
+    "place_w": {"SPARSE_LLM_WGMMA_PLACE": 1},
+    "place_x": {"SPARSE_LLM_WGMMA_PLACE": 2},
 }
 
 

@@ -430,8 +430,13 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
                                              at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   }
   cudaLaunchAttribute attributes[2] = {};  // clusters of CT token tiles x CR row tiles
+  dim3 cluster(CT, CR, 1);
+  if constexpr (kPlace != 0 && CT * CR == 1) {  // (SPARSE_LLM_WGMMA_PLACE: pairs placed together, nothing shared)
+    if (kPlace == 1 && grid.x % 2 == 0) cluster.x = 2;
+    if (kPlace == 2 && grid.y % 2 == 0) cluster.y = 2;
+  }
   const cudaLaunchConfig_t config =
-      launch_config(grid, dim3(L::kThreads), kSmem, stream, dim3(CT, CR, 1), programmatic, attributes);
+      launch_config(grid, dim3(L::kThreads), kSmem, stream, cluster, programmatic, attributes);
   C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, map_values, map_meta, map_x, bias_ptr, y_ptr, partial, counters,
                                     M, N, num_chunks, per_split, x_rows, w_evict_first));
 }

@@ -62,6 +62,16 @@ constexpr bool kSplitRingsBuild = SPARSE_LLM_WGMMA_SPLIT_RINGS != 0;
 #define SPARSE_LLM_WGMMA_L2_PREFETCH 0
 #endif
 constexpr int kL2Prefetch = SPARSE_LLM_WGMMA_L2_PREFETCH;
+// Tiles without clusters launched in clusters of 2 all the same, for where their blocks land (measure-only,
+// bench/wgmma_variants.py `place_w`, `place_x`; 0, what ships: no clusters): 1 = the two token tiles of a row tile
+// (the blocks that read the same W), 2 = two row tiles of a token tile (the same x). A cluster's blocks sit in one GPC,
+// so a line both read crosses the fabric between the L2's halves at most once, if the near half keeps it (the fabric
+// is L2's busiest unit at M = 128: h200/mma_profile_breakdown_de629df.json). The kernel is the same; no multicast.
+#ifndef SPARSE_LLM_WGMMA_PLACE
+#define SPARSE_LLM_WGMMA_PLACE 0
+#endif
+constexpr int kPlace = SPARSE_LLM_WGMMA_PLACE;
+static_assert(kPlace >= 0 && kPlace <= 2, "SPARSE_LLM_WGMMA_PLACE must be 0, 1 or 2");
 static_assert(kL2Prefetch >= 0 && kL2Prefetch <= 64, "SPARSE_LLM_WGMMA_L2_PREFETCH must be in [0, 64]");
 constexpr int kAblate = SPARSE_LLM_WGMMA_ABLATE;
 constexpr int kMaxStages = SPARSE_LLM_WGMMA_MAX_STAGES;
