@@ -1,10 +1,10 @@
 """Build-time variants of the warpgroup kernel (csrc/spmm24_wgmma.cu), side by side on the H100/H200: each variant is
 the same source compiled with other values of its knobs (SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT, SPARSE_LLM_WGMMA_MAX_STAGES,
-SPARSE_LLM_WGMMA_STAGED_STORE, SPARSE_LLM_WGMMA_EXTRA_TILES, SPARSE_LLM_WGMMA_SPLIT_RINGS, SPARSE_LLM_WGMMA_L2_PREFETCH,
-SPARSE_LLM_WGMMA_PLACE)
-into an extension of its own; `extra` adds tiles the package does not ship (EXTRA_TILES below), which it checks and
-times beside the shipped ones.
-(The in-block K split measured with it in the twentieth round, bench/NOTES.md, was slower and is gone.)
+SPARSE_LLM_WGMMA_STAGED_STORE, SPARSE_LLM_WGMMA_EXTRA_TILES) into an extension of its own; `extra` adds tiles the
+package does not ship (EXTRA_TILES below), which it checks and times beside the shipped ones. (Variants measured with
+it and slower, now gone from the source, bench/NOTES.md: the in-block K split, twentieth round; W and x in rings of
+their own, W prefetched into L2 ahead of the ring, and blocks launched in pairs for placement, twenty-fifth round:
+rerun those from the commits their result files name.)
 
     python bench/wgmma_variants.py --out DIR [--variants base pipe ...] [--ms 1 64 ...] [--shapes 4096x4096 ...]
 
@@ -45,15 +45,6 @@ VARIANTS = {  # name: the knobs' values that differ from what ships (csrc/spmm24
     # faster: h200/wgmma_variants_staged_d9b7d94.json, where this build is `base` and the shipped one `staged`)
     "direct": {"SPARSE_LLM_WGMMA_STAGED_STORE": 0},
     "extra": {"SPARSE_LLM_WGMMA_EXTRA_TILES": 1},  # the shipped build with EXTRA_TILES too
-    # W and x in rings of their own, W's up to 16 stages deep (tiles without clusters; bench/NOTES.md, 24th round)
-    "rings": {"SPARSE_LLM_WGMMA_SPLIT_RINGS": 1},
-    # W's chunks prefetched into L2 4, 8 or 16 chunks ahead of their copies (tiles without clusters; NOTES, 25th round)
-    "l2pf4": {"SPARSE_LLM_WGMMA_L2_PREFETCH": 4},
-    "l2pf8": {"SPARSE_LLM_WGMMA_L2_PREFETCH": 8},
-    "l2pf16": {"SPARSE_LLM_WGMMA_L2_PREFETCH": 16},
-    # tiles without clusters launched as pairs sharing W (token tiles) or x (row tiles), for placement only
-    "place_w": {"SPARSE_LLM_WGMMA_PLACE": 1},
-    "place_x": {"SPARSE_LLM_WGMMA_PLACE": 2},
 }
 
 

@@ -83,16 +83,10 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   static_assert(CT == 1 || CT == 2, "W is shared by 1 or 2 blocks (half of the rows each)");
   static_assert(CR == 1 || CR == 2, "x is shared by 1 or 2 blocks (one 64-column box each)");
   constexpr bool kCluster = CT * CR > 1;
-  constexpr bool kSplit = kSplitRingsBuild && !kCluster && kAblate == 0;  // W and x in rings of their own
-  constexpr int SW = L::kWStages, SX = L::kXStages;
   extern __shared__ uint8_t smem_raw[];
   const uint32_t base = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023u) & ~1023u;
   const uint32_t full = base + S * L::kStage;  // full[s] at full + 8 s, empty[s] at full + 8 (S + s)
   const uint32_t empty = full + 8 * S;
-  // (split rings: W's stages from base, x's from xbase, then the four barrier arrays)
-  const uint32_t xbase = base + SW * L::kWStage;
-  const uint32_t wfull = base + L::kSplitRing, wempty = wfull + 8 * SW, xfull = wempty + 8 * SW;
-  const uint32_t xempty = xfull + 8 * SX;
   const int row0 = blockIdx.y * L::kRows;
   const int tok0 = blockIdx.x * TOKENS;  // the block's first token of y
   // The first token of x the block loads: a last tile that would reach past M is moved back to end at M (its tokens
@@ -113,20 +107,9 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_values)) : "memory");
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_meta)) : "memory");
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_x)) : "memory");
-    if constexpr (kSplit) {
-      for (int s = 0; s < SW; ++s) {
-        mbar_init(wfull + 8 * s, 1);
-        mbar_init(wempty + 8 * s, CWG);
-      }
-      for (int s = 0; s < SX; ++s) {
-        mbar_init(xfull + 8 * s, 1);
-        mbar_init(xempty + 8 * s, CWG);
-      }
-    } else {
-      for (int s = 0; s < S; ++s) {
-        mbar_init(full + 8 * s, 1);
-        mbar_init(empty + 8 * s, CWG * (CT + CR - 1));
-      }
+    for (int s = 0; s < S; ++s) {
+      mbar_init(full + 8 * s, 1);
+      mbar_init(empty + 8 * s, CWG * (CT + CR - 1));
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -160,28 +143,6 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
         if constexpr (kCopyMeta) tma_load(dst_meta, &map_meta, bar, c * (kChunk / 16), row0);
       }
     };
-    if constexpr (kSplit) {  // thread 0 fills W's ring, thread 32 (the next warp) x's
-      if (threadIdx.x == 0) {
-        const uint64_t w_policy = w_evict_first ? evict_first_policy() : 0;
-        for (int c = c_begin; c < c_end; ++c) {
-          const int k = c - c_begin, s = k % SW;
-          if (k >= SW) mbar_wait(wempty + 8 * s, ((k / SW) - 1) & 1);
-          const uint32_t stage = base + s * L::kWStage, bar = wfull + 8 * s;
-          mbar_expect_tx(bar, L::kWStage);
-          copy_w(stage, stage + L::kValues, bar, c, w_policy);
-        }
-      } else if (threadIdx.x == 32) {
-        for (int c = c_begin; c < c_end; ++c) {
-          const int k = c - c_begin, s = k % SX;
-          if (k >= SX) mbar_wait(xempty + 8 * s, ((k / SX) - 1) & 1);
-          const uint32_t stage = xbase + s * L::kX, bar = xfull + 8 * s;
-          mbar_expect_tx(bar, 2 * x_rows * kRowBytes);
-          tma_load(stage, &map_x, bar, c * kChunk, load0);
-          tma_load(stage + L::kXBox, &map_x, bar, c * kChunk + kXBoxColumns, load0);
-        }
-      }
-      return;
-    }
     if (threadIdx.x == 0) {
       const uint64_t w_policy = w_evict_first ? evict_first_policy() : 0;
       for (int c = c_begin; c < c_end; ++c) {
@@ -191,12 +152,6 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
         if constexpr (kAblate & 2) {
           mbar_arrive(bar);
           continue;
-        }
-        if constexpr (kL2Prefetch > 0 && !kCluster && kAblate == 0) {
-          if (c + kL2Prefetch < c_end) {  // chunk c + D of W's rows into L2 (its copy into the ring comes later)
-            tma_prefetch_l2(&map_values, (c + kL2Prefetch) * (kChunk / 2), row0);
-            tma_prefetch_l2(&map_meta, (c + kL2Prefetch) * (kChunk / 16), row0);
-          }
         }
         constexpr bool kCopyW = !(kAblate & 8) || kCluster, kCopyX = !(kAblate & 16) || kCluster;
         mbar_expect_tx(bar, (kCopyW ? L::kValues + (kCopyMeta ? L::kMeta : 0) : 0) +
@@ -240,24 +195,16 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   const int cw = wg - 1;               // consumer warpgroup
   const int warp = (ctid >> 5) & 3, lane = ctid & 31, g = lane >> 2, t = lane & 3;
   const uint32_t odd = (t & 1) ? 0x7632u : 0x5410u;  // thread 0 of a quad: columns 0-15 of a step, thread 1: 16-31
-  const uint32_t meta_off = L::kValues + (kSplit ? 0 : L::kX) + kMetaRowBytes * (64 * cw + 16 * warp + g);
+  const uint32_t meta_off = L::kValues + L::kX + kMetaRowBytes * (64 * cw + 16 * warp + g);
   float acc[TOKENS / 2];
 #pragma unroll
   for (int i = 0; i < TOKENS / 2; ++i) acc[i] = 0.f;
 
   // Chunk k: waits for its stage, builds its metadata registers e, issues its 4 wgmma as one group; returns the stage.
-  // Chunk k: waits for its stage, builds its metadata registers e, issues its 4 wgmma as one group; returns the stage
-  // (split rings: returns k; W's values and metadata at `stage` in W's ring, x at `xrow` + kValues in x's ring).
   auto issue = [&](int k, uint32_t(&e)[4]) {
-    const int s = kSplit ? k : k % S;
-    if constexpr (kSplit) {
-      mbar_wait(wfull + 8 * (k % SW), (k / SW) & 1);
-      mbar_wait(xfull + 8 * (k % SX), (k / SX) & 1);
-    } else {
-      mbar_wait(full + 8 * s, (k / S) & 1);
-    }
-    const uint32_t stage = kSplit ? base + (k % SW) * L::kWStage : base + s * L::kStage;
-    const uint32_t xrow = kSplit ? xbase + (k % SX) * L::kX - L::kValues : stage;
+    const int s = k % S;
+    mbar_wait(full + 8 * s, (k / S) & 1);
+    const uint32_t stage = base + s * L::kStage;
     uint32_t m0[4], m8[4];
     asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(m0[0]), "=r"(m0[1]), "=r"(m0[2]), "=r"(m0[3])
@@ -272,7 +219,7 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     for (int j = 0; j < 4; ++j) {
       // step j: values bytes 32 j of the warpgroup's 64 rows, x columns 32 j .. 32 j + 31 (box j / 2, bytes 64 (j % 2))
       const uint64_t a = desc_sw128(stage + 64 * cw * kRowBytes + 32 * j);
-      const uint64_t b = desc_sw128(xrow + L::kValues + (j / 2) * L::kXBox + 64 * (j % 2));
+      const uint64_t b = desc_sw128(stage + L::kValues + (j / 2) * L::kXBox + 64 * (j % 2));
       if constexpr (!(kAblate & 1)) wgmma_sp<T, TOKENS>(acc, a, b, e[j]);
     }
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
@@ -286,14 +233,9 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
 #pragma unroll
     for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(e[j])::"memory");
     if ((ctid & 127) == 0) {
-      if constexpr (kSplit) {  // s is the chunk's k
-        mbar_arrive(wempty + 8 * (s % SW));
-        mbar_arrive(xempty + 8 * (s % SX));
-      } else {
-        mbar_arrive(empty + 8 * s);
-        if constexpr (CT == 2) mbar_arrive_remote(empty + 8 * s, (cx ^ 1) + CT * cy);
-        if constexpr (CR == 2) mbar_arrive_remote(empty + 8 * s, cx + CT * (cy ^ 1));
-      }
+      mbar_arrive(empty + 8 * s);
+      if constexpr (CT == 2) mbar_arrive_remote(empty + 8 * s, (cx ^ 1) + CT * cy);
+      if constexpr (CR == 2) mbar_arrive_remote(empty + 8 * s, cx + CT * (cy ^ 1));
     }
   };
   const int n = c_end - c_begin;
@@ -345,8 +287,7 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     // bytes, one per token of the tile (from load0), the block's kRows values of W's rows contiguous; the 16 bytes
     // of padding put a warp's 4 tokens of a store on different banks.
     constexpr int kPitch = L::kRows * 2 + 16, kPieces = L::kRows * 2 / 16;  // 16-byte pieces per token
-    static_assert(TOKENS * kPitch <= (kSplit ? L::kSplitRing : L::kStages * L::kStage),
-                  "the tile's y fits in the ring");
+    static_assert(TOKENS * kPitch <= L::kStages * L::kStage, "the tile's y fits in the ring");
     uint8_t* tile = smem_raw + (base - static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)));
     sync_threads<1, L::kConsumerThreads>();  // no consumer's wgmma still reads a stage
 #pragma unroll
@@ -400,13 +341,11 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   const int token_tiles = ((M + TOKENS - 1) / TOKENS + CT - 1) / CT * CT;
   const dim3 grid(token_tiles, N / L::kRows, split);
   const auto kernel = spmm24_wgmma_kernel<T, TOKENS, CWG, CT, CR>;
-  // (the split rings of SPARSE_LLM_WGMMA_SPLIT_RINGS: the kernel's kSplit)
-  constexpr int kSmem = kSplitRingsBuild && CT * CR == 1 && kAblate == 0 ? L::kSplitSmem : L::kSmem;
   const int device = x.get_device();
   static std::atomic<uint64_t> configured{0};  // once per device and instantiation
   const uint64_t bit = uint64_t{1} << (device & 63);
   if (!(configured.load() & bit)) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kSmem));
     configured.fetch_or(bit);
   }
   const CUtensorMapDataType type =
@@ -430,13 +369,8 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
                                              at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   }
   cudaLaunchAttribute attributes[2] = {};  // clusters of CT token tiles x CR row tiles
-  dim3 cluster(CT, CR, 1);
-  if constexpr (kPlace != 0 && CT * CR == 1) {  // (SPARSE_LLM_WGMMA_PLACE: pairs placed together, nothing shared)
-    if (kPlace == 1 && grid.x % 2 == 0) cluster.x = 2;
-    if (kPlace == 2 && grid.y % 2 == 0) cluster.y = 2;
-  }
   const cudaLaunchConfig_t config =
-      launch_config(grid, dim3(L::kThreads), kSmem, stream, cluster, programmatic, attributes);
+      launch_config(grid, dim3(L::kThreads), L::kSmem, stream, dim3(CT, CR, 1), programmatic, attributes);
   C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, map_values, map_meta, map_x, bias_ptr, y_ptr, partial, counters,
                                     M, N, num_chunks, per_split, x_rows, w_evict_first));
 }

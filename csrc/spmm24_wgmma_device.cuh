@@ -91,12 +91,6 @@ __device__ __forceinline__ void tma_load_multicast_hint(uint32_t dst, const CUte
       "l"(reinterpret_cast<uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "h"(mask), "l"(policy)
       : "memory");
 }
-// A 2-D box of a tensor map fetched into L2 only (no shared memory, no barrier; a hint the copy unit may drop).
-__device__ __forceinline__ void tma_prefetch_l2(const CUtensorMap* map, int c0, int c1) {
-  asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];\n" ::"l"(reinterpret_cast<uint64_t>(map)),
-               "r"(c0), "r"(c1)
-               : "memory");
-}
 // An L2 policy that marks every line it is given to as the first to be evicted.
 __device__ __forceinline__ uint64_t evict_first_policy() {
   uint64_t policy;

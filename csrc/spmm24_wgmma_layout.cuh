@@ -1,5 +1,5 @@
 // The warpgroup kernel's build-time knobs and the shared-memory layout of a tile (csrc/spmm24_wgmma.cu): chunk and
-// row sizes, the ring's stages as fit in shared memory, and the split rings of SPARSE_LLM_WGMMA_SPLIT_RINGS.
+// row sizes and the ring's stages as fit in shared memory.
 #pragma once
 
 #include <algorithm>
@@ -43,36 +43,6 @@ constexpr int kSmemBudget = 220 * 1024;  // the ring's share of the 227 KB a blo
 #define SPARSE_LLM_WGMMA_STAGED_STORE 1
 #endif
 constexpr bool kStagedStore = SPARSE_LLM_WGMMA_STAGED_STORE != 0;
-// W and x in rings of their own (1; measure-only, bench/wgmma_variants.py `rings`; tiles without clusters, no
-// ablation): W's ring (values and metadata, as deep as fits beside x's, up to 16 stages) is filled by one producer
-// thread and x's (2-4 stages) by another, so W's copies can run further ahead of the MMAs than in the shared ring
-// (64 x 128 tile: 9 stages of W against 6 shared ones). Why: at M = 64-128 the large layers wait on W's stream while
-// DRAM runs at 59% of its peak (bench/NOTES.md, twenty-fourth round).
-#ifndef SPARSE_LLM_WGMMA_SPLIT_RINGS
-#define SPARSE_LLM_WGMMA_SPLIT_RINGS 0
-#endif
-constexpr bool kSplitRingsBuild = SPARSE_LLM_WGMMA_SPLIT_RINGS != 0;
-// W's chunks fetched into L2 this many chunks ahead of their copies into the ring (0, what ships: none; measure-only,
-// bench/wgmma_variants.py `l2pf4`, `l2pf8`; tiles without clusters, no ablation). Why: at M = 64-128 each SM keeps
-// its whole ring (~200 KB) in flight and takes in ~85 GB/s, so a stage's copy takes ~2.3 us (Little's law), while
-// DRAM, L2, the SM's crossbar port and its shared-memory banks run at 63%, 73%, 39% and 27% of their peaks
-// (h200/mma_profile_ingress_18f7664.json): the ring's depth in time, not a bandwidth, bounds it. A prefetch takes no
-// shared memory, so W's DRAM latency leaves the ring's round trip if the lines are in L2 when their copy is issued.
-#ifndef SPARSE_LLM_WGMMA_L2_PREFETCH
-#define SPARSE_LLM_WGMMA_L2_PREFETCH 0
-#endif
-constexpr int kL2Prefetch = SPARSE_LLM_WGMMA_L2_PREFETCH;
-// Tiles without clusters launched in clusters of 2 all the same, for where their blocks land (measure-only,
-// bench/wgmma_variants.py `place_w`, `place_x`; 0, what ships: no clusters): 1 = the two token tiles of a row tile
-// (the blocks that read the same W), 2 = two row tiles of a token tile (the same x). A cluster's blocks sit in one GPC,
-// so a line both read crosses the fabric between the L2's halves at most once, if the near half keeps it (the fabric
-// is L2's busiest unit at M = 128: h200/mma_profile_breakdown_de629df.json). The kernel is the same; no multicast.
-#ifndef SPARSE_LLM_WGMMA_PLACE
-#define SPARSE_LLM_WGMMA_PLACE 0
-#endif
-constexpr int kPlace = SPARSE_LLM_WGMMA_PLACE;
-static_assert(kPlace >= 0 && kPlace <= 2, "SPARSE_LLM_WGMMA_PLACE must be 0, 1 or 2");
-static_assert(kL2Prefetch >= 0 && kL2Prefetch <= 64, "SPARSE_LLM_WGMMA_L2_PREFETCH must be in [0, 64]");
 constexpr int kAblate = SPARSE_LLM_WGMMA_ABLATE;
 constexpr int kMaxStages = SPARSE_LLM_WGMMA_MAX_STAGES;
 constexpr int kGroupsInFlight = SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT;
@@ -93,13 +63,6 @@ struct WgLayout {
   static constexpr int kThreads = 128 * (CWG + 1);
   static constexpr int kConsumerThreads = 128 * CWG;
   static_assert(kStages >= 2, "a stage does not fit twice in shared memory");
-  // W and x in rings of their own (SPARSE_LLM_WGMMA_SPLIT_RINGS): W's stages first, then x's (each a multiple of 1024)
-  static constexpr int kWStage = kValues + kMeta;
-  static constexpr int kXStages = kX <= 8192 ? 4 : (kX <= 16384 ? 3 : 2);
-  static constexpr int kWStages = std::min(16, (kSmemBudget - kXStages * kX) / kWStage);
-  static constexpr int kSplitRing = kWStages * kWStage + kXStages * kX;
-  static constexpr int kSplitSmem = kSplitRing + 2 * 8 * (kWStages + kXStages) + 1024;
-  static_assert(kWStage % 1024 == 0 && kX % 1024 == 0 && kWStages >= 2, "W's or x's ring does not fit");
 };
 
 }  // namespace
