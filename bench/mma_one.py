@@ -24,11 +24,10 @@ from sparse_llm.backends.sparse_mma import MmaConfig, spmm24_mma, wgmma_config  
 
 def main() -> None:
     n, k, m = (int(a) for a in sys.argv[1:4])
-    _, values, meta = random_packed(n, k, torch.bfloat16)
+    dense, values, meta = random_packed(n, k, torch.bfloat16)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    if sys.argv[4] == "dense":  # cuBLAS on the same layer unpruned-sized (the reference the ratios are taken to)
-        w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-        call, cfg = (lambda: torch.nn.functional.linear(x, w)), "dense"
+    if sys.argv[4] == "dense":  # cuBLAS on the same layer's dense weight (the reference the ratios are taken to)
+        call, cfg = (lambda: torch.nn.functional.linear(x, dense)), "dense"
     elif sys.argv[4] == "cusparselt":
         compressed = cusparselt.compress_values(values, meta)[0]
         call, cfg = (lambda: cusparselt.cusparselt_linear(x, compressed, n, k)), "cuSPARSELt"

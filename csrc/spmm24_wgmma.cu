@@ -133,16 +133,6 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   if (wg == 0) {  // producer
     if constexpr (CWG == 2) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
     constexpr bool kCopyMeta = !(kAblate & 128) || kCluster;
-    // Chunk c of this block's rows of W (no cluster): values to dst, metadata to dst_meta, evict-first if asked.
-    auto copy_w = [&](uint32_t dst, uint32_t dst_meta, uint32_t bar, int c, uint64_t w_policy) {
-      if (w_evict_first) {
-        tma_load_hint(dst, &map_values, bar, c * (kChunk / 2), row0, w_policy);
-        if constexpr (kCopyMeta) tma_load_hint(dst_meta, &map_meta, bar, c * (kChunk / 16), row0, w_policy);
-      } else {
-        tma_load(dst, &map_values, bar, c * (kChunk / 2), row0);
-        if constexpr (kCopyMeta) tma_load(dst_meta, &map_meta, bar, c * (kChunk / 16), row0);
-      }
-    };
     if (threadIdx.x == 0) {
       const uint64_t w_policy = w_evict_first ? evict_first_policy() : 0;
       for (int c = c_begin; c < c_end; ++c) {
@@ -158,7 +148,14 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
                                 (kCopyX ? 2 * x_rows * kRowBytes : 0));
         if constexpr (!kCopyW) {
         } else if constexpr (CT == 1) {
-          copy_w(stage, stage + L::kValues + L::kX, bar, c, w_policy);
+          const uint32_t dst_meta = stage + L::kValues + L::kX;
+          if (w_evict_first) {
+            tma_load_hint(stage, &map_values, bar, c * (kChunk / 2), row0, w_policy);
+            if constexpr (kCopyMeta) tma_load_hint(dst_meta, &map_meta, bar, c * (kChunk / 16), row0, w_policy);
+          } else {
+            tma_load(stage, &map_values, bar, c * (kChunk / 2), row0);
+            if constexpr (kCopyMeta) tma_load(dst_meta, &map_meta, bar, c * (kChunk / 16), row0);
+          }
         } else {  // rows cx * kRows / 2 .. of W into both token blocks (0, cy) and (1, cy)
           constexpr int kHalf = L::kRows / 2;
           const uint16_t mask = static_cast<uint16_t>(0x3u << (CT * cy));
