@@ -1,11 +1,10 @@
 """Build-time variants of the warpgroup kernel (csrc/spmm24_wgmma.cu), side by side on the H100/H200: each variant is
 the same source compiled with other values of its knobs (SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT, SPARSE_LLM_WGMMA_MAX_STAGES,
-SPARSE_LLM_WGMMA_STAGED_STORE, SPARSE_LLM_WGMMA_EXTRA_TILES, SPARSE_LLM_WGMMA_META_CHUNKED) into an extension of its
-own; `extra` adds tiles the package does not ship (EXTRA_TILES below), which it checks and times beside the shipped
-ones; `meta_chunked` reads W's metadata chunk-major (chunk_major below) and is given it in that layout. (Variants
-measured with it and slower, now gone from the source, bench/NOTES.md: the in-block K split, twentieth round; W and x
-in rings of their own, W prefetched into L2 ahead of the ring, and blocks launched in pairs for placement,
-twenty-fifth round: rerun those from the commits their result files name.)
+SPARSE_LLM_WGMMA_STAGED_STORE, SPARSE_LLM_WGMMA_EXTRA_TILES) into an extension of its own; `extra` adds tiles the
+package does not ship (EXTRA_TILES below), which it checks and times beside the shipped ones. (Variants measured with
+it and slower, now gone from the source, bench/NOTES.md: the in-block K split, twentieth round; W and x in rings of
+their own, W prefetched into L2 ahead of the ring, and blocks launched in pairs for placement, twenty-fifth round;
+W's metadata chunk-major, twenty-sixth round: rerun those from the commits their result files name.)
 
     python bench/wgmma_variants.py --out DIR [--variants base pipe ...] [--ms 1 64 ...] [--shapes 4096x4096 ...]
 
@@ -46,33 +45,7 @@ VARIANTS = {  # name: the knobs' values that differ from what ships (csrc/spmm24
     # faster: h200/wgmma_variants_staged_d9b7d94.json, where this build is `base` and the shipped one `staged`)
     "direct": {"SPARSE_LLM_WGMMA_STAGED_STORE": 0},
     "extra": {"SPARSE_LLM_WGMMA_EXTRA_TILES": 1},  # the shipped build with EXTRA_TILES too
-    # W's metadata chunk-major in global memory (a stage's box contiguous), passed in the layout chunk_major makes
-    "meta_chunked": {"SPARSE_LLM_WGMMA_META_CHUNKED": 1},
 }
-
-
-def chunk_major(meta: torch.Tensor) -> torch.Tensor:
-    """The canonical (N, K/16) metadata re-laid out chunk-major for SPARSE_LLM_WGMMA_META_CHUNKED=1: K/128 planes of
-    (N, 8) words, one after the other, in a tensor of the same shape (the kernel's host code checks that shape)."""
-    n, words = meta.shape
-    return meta.view(n, words // 8, 8).transpose(0, 1).contiguous().view(n, words)
-
-
-class ChunkedMeta:
-    """A variant built with SPARSE_LLM_WGMMA_META_CHUNKED=1 behind the extension's interface: it takes canonical
-    metadata and re-lays it out on every call (for the checks; the sweep passes it re-laid out once)."""
-
-    def __init__(self, ext):
-        self.ext = ext
-
-    def spmm24_wgmma(self, x, values, meta, *args):
-        return self.ext.spmm24_wgmma(x, values, chunk_major(meta), *args)
-
-    def stages(self, tokens: int, warpgroups: int) -> int:
-        return self.ext.stages(tokens, warpgroups)
-
-
-META_LAYOUT = {"meta_chunked": chunk_major}  # variants that take their metadata in another layout
 
 
 # The tiles SPARSE_LLM_WGMMA_EXTRA_TILES=1 adds (checked and timed in the `extra` variant only)
@@ -89,8 +62,7 @@ def build_with(tag: str, defines: dict[str, int]):
 
 
 def build(name: str):
-    ext = build_with(f"variant_{name}", VARIANTS[name])
-    return ChunkedMeta(ext) if VARIANTS[name].get("SPARSE_LLM_WGMMA_META_CHUNKED") else ext
+    return build_with(f"variant_{name}", VARIANTS[name])
 
 
 def build_only(name: str) -> None:
@@ -116,7 +88,6 @@ def sweep(exts: dict, tiles: dict, shapes, ms, save) -> list[dict]:
     rows = []
     for n, k in shapes:
         dense, values, meta = random_packed(n, k, torch.bfloat16)
-        metas = {name: META_LAYOUT.get(name, lambda t: t)(meta) for name in exts}
         for m in ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             ref = F.linear(x, dense)
@@ -128,12 +99,11 @@ def sweep(exts: dict, tiles: dict, shapes, ms, save) -> list[dict]:
                 "variants": {},
             }
             for name, ext in exts.items():
-                ext, meta_v = getattr(ext, "ext", ext), metas[name]  # the build itself, its metadata's layout
                 times = [{"tokens": t, "warpgroups": w, "cluster": list(c), "split": s,
-                          "us": time_tile(ext, x, values, meta_v, t, w, c, s)}
+                          "us": time_tile(ext, x, values, meta, t, w, c, s)}
                          for t, w, c, s in candidates(m, n, k, tiles[name])]  # fmt: skip
                 best = min(times, key=lambda r: r["us"])
-                y = ext.spmm24_wgmma(x, values, meta_v, None, best["tokens"], best["warpgroups"], *best["cluster"],
+                y = ext.spmm24_wgmma(x, values, meta, None, best["tokens"], best["warpgroups"], *best["cluster"],
                                      best["split"])  # fmt: skip
                 row["variants"][name] = {"best": best, "speedup": row["dense_us"] / best["us"],
                                          "error": rel_err(y, ref), "times": times}  # fmt: skip

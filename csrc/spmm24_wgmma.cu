@@ -133,9 +133,6 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
   if (wg == 0) {  // producer
     if constexpr (CWG == 2) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
     constexpr bool kCopyMeta = !(kAblate & 128) || kCluster;
-    // where chunk c's metadata for rows r .. of W is in map_meta (kMetaChunked: one (N K/128, 8) word plane)
-    const auto meta_col = [](int c) { return kMetaChunked ? 0 : c * (kChunk / 16); };
-    const auto meta_row = [N](int c, int r) { return kMetaChunked ? c * N + r : r; };
     if (threadIdx.x == 0) {
       const uint64_t w_policy = w_evict_first ? evict_first_policy() : 0;
       for (int c = c_begin; c < c_end; ++c) {
@@ -154,11 +151,10 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
           const uint32_t dst_meta = stage + L::kValues + L::kX;
           if (w_evict_first) {
             tma_load_hint(stage, &map_values, bar, c * (kChunk / 2), row0, w_policy);
-            if constexpr (kCopyMeta)
-              tma_load_hint(dst_meta, &map_meta, bar, meta_col(c), meta_row(c, row0), w_policy);
+            if constexpr (kCopyMeta) tma_load_hint(dst_meta, &map_meta, bar, c * (kChunk / 16), row0, w_policy);
           } else {
             tma_load(stage, &map_values, bar, c * (kChunk / 2), row0);
-            if constexpr (kCopyMeta) tma_load(dst_meta, &map_meta, bar, meta_col(c), meta_row(c, row0));
+            if constexpr (kCopyMeta) tma_load(dst_meta, &map_meta, bar, c * (kChunk / 16), row0);
           }
         } else {  // rows cx * kRows / 2 .. of W into both token blocks (0, cy) and (1, cy)
           constexpr int kHalf = L::kRows / 2;
@@ -168,10 +164,10 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
           const int r = row0 + cx * kHalf;
           if (w_evict_first) {
             tma_load_multicast_hint(dst_values, &map_values, bar, c * (kChunk / 2), r, mask, w_policy);
-            tma_load_multicast_hint(dst_meta, &map_meta, bar, meta_col(c), meta_row(c, r), mask, w_policy);
+            tma_load_multicast_hint(dst_meta, &map_meta, bar, c * (kChunk / 16), r, mask, w_policy);
           } else {
             tma_load_multicast(dst_values, &map_values, bar, c * (kChunk / 2), r, mask);
-            tma_load_multicast(dst_meta, &map_meta, bar, meta_col(c), meta_row(c, r), mask);
+            tma_load_multicast(dst_meta, &map_meta, bar, c * (kChunk / 16), r, mask);
           }
         }
         if constexpr (!kCopyX) {
@@ -354,10 +350,8 @@ void launch(const torch::Tensor& x, const torch::Tensor& values, const torch::Te
   // (with CT = 2 each block copies half of the tile's rows of W)
   const CUtensorMap map_values =
       tensor_map(values, type, 2, kRowBytes / 2, L::kRows / CT, CU_TENSOR_MAP_SWIZZLE_128B, w_promote);
-  // (kMetaChunked: the storage read as K/128 planes of N rows of 16 bytes, one plane after the other)
-  const CUtensorMap map_meta =
-      tensor_map(kMetaChunked ? meta.view({-1, kMetaRowBytes / 2}) : meta, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2,
-                 kMetaRowBytes / 2, L::kRows / CT, CU_TENSOR_MAP_SWIZZLE_NONE, w_promote);
+  const CUtensorMap map_meta = tensor_map(meta, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, kMetaRowBytes / 2,
+                                          L::kRows / CT, CU_TENSOR_MAP_SWIZZLE_NONE, w_promote);
   const int x_rows = std::min(M, TOKENS);  // boxes of x never reach past its last row (see the kernel)
   const CUtensorMap map_x = tensor_map(x, type, 2, kXBoxColumns, x_rows, CU_TENSOR_MAP_SWIZZLE_128B);
   float* partial = nullptr;

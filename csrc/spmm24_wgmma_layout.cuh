@@ -42,15 +42,7 @@ constexpr int kSmemBudget = 220 * 1024;  // the ring's share of the 227 KB a blo
 #ifndef SPARSE_LLM_WGMMA_STAGED_STORE
 #define SPARSE_LLM_WGMMA_STAGED_STORE 1
 #endif
-// W's metadata in global memory (measure-only, bench/wgmma_variants.py `meta_chunked`): 0 (what ships) = the
-// canonical (N, K/16) rows, a stage's box 64 * CWG rows of 16 bytes each a row's K/8 bytes apart; 1 = chunk-major,
-// (K/128, N, 8) words: the 16-byte rows of one chunk for all N rows, then the next chunk's, so a stage's box is
-// 64 * CWG * 16 contiguous bytes (the caller passes that layout in the (N, K/16) tensor's storage).
-#ifndef SPARSE_LLM_WGMMA_META_CHUNKED
-#define SPARSE_LLM_WGMMA_META_CHUNKED 0
-#endif
 constexpr bool kStagedStore = SPARSE_LLM_WGMMA_STAGED_STORE != 0;
-constexpr bool kMetaChunked = SPARSE_LLM_WGMMA_META_CHUNKED != 0;
 constexpr int kAblate = SPARSE_LLM_WGMMA_ABLATE;
 constexpr int kMaxStages = SPARSE_LLM_WGMMA_MAX_STAGES;
 constexpr int kGroupsInFlight = SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT;
