@@ -32,13 +32,6 @@ SHAPES = ("1024x4096", "1024x8192")
 MS = (256, 512, 1024)
 
 
-def candidates(m: int, n: int, k: int, device: torch.device) -> list:
-    """The configurations ``tune.tune_shape`` times for the sparse tensor-core backend at this M."""
-    if m <= tune.MMA_TUNE_MAX_M:
-        return tune.mma_candidates(m, n, k, device)
-    return tune.wgmma_candidates(m, n, k, device)
-
-
 def time_both(x: torch.Tensor, weights: list, run) -> dict:
     """``run(x, weight)`` timed as the tuner times it (replay after the memset, the first weight) and in a stream
     over all ``weights``."""
@@ -56,7 +49,7 @@ def measure_shape(n: int, k: int, ms: list[int], dtype: torch.dtype) -> list[dic
         ref = F.linear(x, denses[0])
         dense = time_both(x, denses, F.linear)
         tiles = []
-        for cfg in candidates(m, n, k, device):
+        for cfg in tune.sparse_mma_candidates(m, n, k, device):
 
             def run(x, weight, cfg=cfg):
                 return sparse_mma.spmm24_mma(x, *weight, None, cfg)

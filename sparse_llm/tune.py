@@ -155,6 +155,12 @@ def mma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
     return out
 
 
+def sparse_mma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
+    """The sparse tensor-core configurations :func:`tune_shape` times at this M: :func:`mma_candidates` up to
+    ``MMA_TUNE_MAX_M``, the warpgroup kernel's (:func:`wgmma_candidates`) above."""
+    return mma_candidates(m, n, k, device) if m <= MMA_TUNE_MAX_M else wgmma_candidates(m, n, k, device)
+
+
 def wgmma_candidates(m: int, n: int, k: int, device: torch.device) -> list:
     """The warpgroup kernel's tiles of M's token count (a power of two, 8-256), half and double it, with 64, 128 and
     256 rows per block and W or x shared in clusters (``wgmma_tiles_near``), each with no split, its
@@ -304,7 +310,7 @@ def tune_shape(
             times["cusparselt"] = _bench(runs["cusparselt"])
             if times["cusparselt"] < best_t and crossover == max(ms):
                 crossover = ms[ms.index(m) - 1] if ms.index(m) > 0 else 0
-        mma_cands = mma_candidates(m, n, k, dev) if m <= MMA_TUNE_MAX_M else wgmma_candidates(m, n, k, dev)
+        mma_cands = sparse_mma_candidates(m, n, k, dev)
         if mma_ok and mma_cands:
             best_mma, t_mma = None, float("inf")
             for cfg in mma_cands:
