@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call of at most LIMIT_S seconds (default 570): build the three extensions in place (in parallel, one
 # after the other if that fails), retune RETUNE_SHAPES of TABLE (bench/retune.py; no new shape after RETUNE_UNTIL_S
-# seconds), the layer grid with that table (bench/layers.py), then bench/tile_stream.py in the time left.
+# seconds; RETUNE_ARGS, e.g. --weigh-stream, passed on), the layer grid with that table (bench/layers.py), then
+# bench/tile_stream.py in the time left.
 # Usage: OUT=dir SPARSE_LLM_GIT_SHA=sha RETUNE_SHAPES="4096x4096 ..." bash bench/device_round.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -23,7 +24,7 @@ fi
 echo "build: $(elapsed) s"
 if [ -n "${RETUNE_SHAPES:-}" ]; then
   # shellcheck disable=SC2086
-  python bench/retune.py --out "$OUT/rt" --table "$table" --shapes $RETUNE_SHAPES \
+  python bench/retune.py --out "$OUT/rt" --table "$table" --shapes $RETUNE_SHAPES ${RETUNE_ARGS:-} \
     --deadline-s $(( ${RETUNE_UNTIL_S:-300} - $(elapsed) )) 2>&1 | tail -12
   if [ -f "$OUT/rt/crossover.json" ]; then table="$OUT/rt/crossover.json"; fi
   echo "retune: $(elapsed) s (grid table: $table)"

@@ -1,13 +1,13 @@
 """Retune some shapes of a committed tuning table on this GPU, the other entries kept as they are.
 
     python bench/retune.py --out DIR [--table bench/results/crossover_h100.json] [--shapes 4096x4096 ...]
-                           [--deadline-s 300]
+                           [--weigh-stream] [--deadline-s 300]
 
 Seeds a fresh cache dir with ``--table`` (``common.use_tables``: the user's own cache stays untouched), runs
-``sparse-llm tune``'s measurement (``tune.tune``) one shape at a time and after each writes ``DIR/crossover.json``:
-the table's entries as a list, as the committed tables hold them, with this GPU's entries of the tuned shapes
-replaced. ``--deadline-s``: start no new shape after that many seconds, so a device call with a time limit still
-returns the shapes it finished (they are named on stdout).
+``sparse-llm tune``'s measurement (``tune.tune``) one shape at a time and after each writes ``DIR/crossover.json``
+(the table's entries as a list, as the committed tables hold them, this GPU's entries of the tuned shapes replaced)
+and ``DIR/measurements.json`` (the tuned entries with every time measured). ``--deadline-s``: start no new shape
+after that many seconds, so a device call with a time limit still returns the shapes it finished (named on stdout).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--table", type=Path, default=RESULTS / "crossover_h100.json")
     ap.add_argument("--shapes", nargs="*", default=None, help="NxK (default: every Llama shape of the grid)")
     ap.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16")
+    ap.add_argument("--weigh-stream", action="store_true", help="sparse-llm tune --weigh-stream")
     ap.add_argument("--deadline-s", type=float, default=None, help="start no new shape after this many seconds")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -51,15 +52,17 @@ def main() -> None:
     use_tables([args.table])
     path = Path(os.environ["SPARSE_LLM_CACHE"]) / tune.CACHE_FILE
     args.out.mkdir(parents=True, exist_ok=True)
-    done = []
+    done, measured = [], []
     for n, k in shapes:
         if args.deadline_s is not None and time.monotonic() - start > args.deadline_s:
             print(f"deadline: {n}x{k} and the rest not tuned", flush=True)
             break
         t0 = time.monotonic()
-        tune.tune([(n, k)], getattr(torch, args.dtype), path=path)
+        entries = tune.tune([(n, k)], getattr(torch, args.dtype), path=path, weigh_stream=args.weigh_stream)
+        measured += entries
         done.append(f"{n}x{k}")
         (args.out / "crossover.json").write_text(json.dumps(as_list(tune.load_table(path)), indent=1))
+        (args.out / "measurements.json").write_text(json.dumps(measured, indent=1))
         print(f"tuned {n}x{k} in {time.monotonic() - t0:.0f} s", flush=True)
     print(f"retuned {len(done)} of {len(shapes)} shapes: {' '.join(done)}; wrote {args.out / 'crossover.json'}")
 

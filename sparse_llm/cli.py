@@ -331,6 +331,12 @@ def _tune_args(parser: argparse.ArgumentParser) -> None:
         help="token counts to measure (default: sparse_llm.tune.TUNE_MS, 1-2048 in powers of two); other M of a tuned "
         "shape stay as they are",
     )
+    parser.add_argument(
+        "--weigh-stream",
+        action="store_true",
+        help="choose the sparse tensor-core tile by its replay time and by its time in a stream of distinct copies of "
+        "the layer back to back (the way a model runs), not by the replay alone",
+    )
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -343,7 +349,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     ms = tuple(sorted(set(args.ms))) if args.ms else tune.TUNE_MS
     if any(m < 1 for m in ms):
         raise ValueError(f"--ms takes token counts of 1 or more, got {list(ms)}")
-    for entry in tune.tune(shapes, getattr(torch, args.dtype), ms):
+    for entry in tune.tune(shapes, getattr(torch, args.dtype), ms, weigh_stream=args.weigh_stream):
         chosen = ", ".join(f"M<={m}: {name}" for m, name in entry["backends"].items())
         print(f"{entry['n']}x{entry['k']}: {chosen}; cuSPARSELt above M = {max(int(m) for m in entry['backends'])}")
     print(f"crossover table: {tune.cache_path()}")

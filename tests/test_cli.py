@@ -112,6 +112,8 @@ def test_gpu_subcommands_are_registered_and_say_why_they_cannot_run_without_cuda
         pytest.skip("this checks the message on a machine without CUDA")
     assert main(["tune", "--shapes", "4096x4096"]) == 1
     assert "needs a CUDA GPU" in capsys.readouterr().err
+    assert main(["tune", "--shapes", "4096x4096", "--weigh-stream"]) == 1
+    assert "needs a CUDA GPU" in capsys.readouterr().err
     assert main(["bench", "layers", "--quick"]) == 1
     assert "needs a CUDA GPU" in capsys.readouterr().err
     assert main(["tune", "--shapes", "4096by4096"]) == 1

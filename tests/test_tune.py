@@ -85,3 +85,73 @@ def test_mma_candidates_on_a_gpu_with_the_warpgroup_kernel(monkeypatch):
     cands = tune.mma_candidates(64, 4096, 4096, dev)
     assert cands[0] == sparse_mma.mma_sp_default_config(64, 4096, 4096, dev) and not cands[0].wgmma
     assert all(c.wgmma for c in cands[1:]) and cands[1:] == tune.wgmma_candidates(64, 4096, 4096, dev)
+
+
+def test_stream_shortlist_keeps_the_near_fastest_replays():
+    graph = [20.0, 16.4, 17.5, 30.0, 18.0, 16.5, 18.8]
+    assert tune.stream_shortlist(graph) == [1, 5, 2, 4]  # within 1.15 x 16.4 = 18.86, the fastest first, at most 4
+    assert tune.stream_shortlist([5.0]) == [0]
+    with pytest.raises(ValueError, match="no candidate"):
+        tune.stream_shortlist([])
+
+
+def test_weigh_columns_takes_the_least_worse_column():
+    # 1024x4096 at M = 512 on the H100 (43c3190): (128 tokens, split 2) 16.4 us replayed, 13.7 in the stream;
+    # (64 tokens, split 1) 17.5 and 11.3: 6.7% behind in the replay against 21% in the stream
+    assert tune.weigh_columns([16.4, 17.5], [13.7, 11.3]) == 1
+    assert tune.weigh_columns([16.4, 20.0], [13.7, 11.3]) == 0  # 22% behind replayed: worse than the 21% in the stream
+    assert tune.weigh_columns([10.0, 10.0], [12.0, 12.0]) == 0  # ties go to the faster replay, then the first
+    with pytest.raises(ValueError, match="one stream time per replay time"):
+        tune.weigh_columns([1.0, 2.0], [1.0])
+
+
+class _FakeKernel:
+    """Stand-ins for the sparse tensor-core kernel and the two timers: a configuration's times come from tables,
+    and every call records which weight it read."""
+
+    def __init__(self, monkeypatch, graph: dict, stream: dict):
+        self.graph, self.stream, self.calls = graph, stream, []
+        monkeypatch.setattr(sparse_mma, "spmm24_mma", self.run)
+        monkeypatch.setattr(tune, "_bench", self.bench)
+        monkeypatch.setattr(tune, "_bench_stream", self.bench_stream)
+
+    def run(self, x, values, meta, bias, cfg):
+        self.calls.append((cfg, values))
+
+    def bench(self, fn):
+        fn()
+        return self.graph[self.calls[-1][0]]
+
+    def bench_stream(self, fns):
+        start = len(self.calls)
+        for fn in fns:
+            fn()
+        cfgs = {c for c, _ in self.calls[start:]}
+        assert len(cfgs) == 1 and len({id(v) for _, v in self.calls[start:]}) == len(fns)  # one tile, every copy
+        return self.stream[cfgs.pop()]
+
+
+def test_best_mma_weighs_the_stream_only_when_asked(monkeypatch):
+    cands = [_Cfg(name) for name in "abcd"]
+    graph = {cfg: t for cfg, t in zip(cands, [16.4, 17.5, 25.0, 18.0], strict=True)}
+    stream = {cfg: t for cfg, t in zip(cands, [13.7, 11.3, 9.0, 12.5], strict=True)}
+    fake = _FakeKernel(monkeypatch, graph, stream)
+    weights = [(torch.zeros(1), torch.zeros(1)) for _ in range(3)]
+    x = torch.zeros(512, 8)
+    rows = []
+    assert tune._best_mma(x, weights, cands, rows, weigh_stream=False) == (cands[0], 16.4)
+    assert [r["us"] for r in rows] == [16.4, 17.5, 25.0, 18.0] and not any("stream_us" in r for r in rows)
+    assert all(v is weights[0][0] for _, v in fake.calls)  # the replay reads one weight
+    rows = []
+    # c is the fastest in the stream but 52% behind replayed: not on the shortlist; b gives up least (6.7% replayed)
+    assert tune._best_mma(x, weights, cands, rows, weigh_stream=True) == (cands[1], 17.5)
+    assert [r.get("stream_us") for r in rows] == [13.7, 11.3, None, 12.5]
+    assert all(r["m"] == 512 for r in rows)
+
+
+class _Cfg:
+    def __init__(self, name: str):
+        self.name = name
+
+    def as_dict(self) -> dict:
+        return {"name": self.name}
