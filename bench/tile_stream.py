@@ -8,7 +8,8 @@ Why: in the H100 grid at 43c3190 the retuned 1024x4096 at M = 512 took a 128-tok
 64-token tile of ffe21d6 in graph replay (17.5 -> 16.4 us) and slower in the stream (11.3 -> 13.7 us against dense's
 10.0): the tuner sees only the memset-timed columns (bench/NOTES.md, twenty-sixth round). Writes ``tile_stream.json``:
 per shape and M every candidate's two times and ratios to dense, the tuner's pick (fastest replay), the stream's pick,
-and what each pick costs in the other column. Every candidate is checked against F.linear before it is timed.
+the pick of ``sparse-llm tune --weigh-stream`` (``weighed_pick``), and what each costs in the other column. Every
+candidate is checked against F.linear before it is timed.
 """
 
 from __future__ import annotations
@@ -64,15 +65,21 @@ def measure_shape(n: int, k: int, ms: list[int], dtype: torch.dtype) -> list[dic
         timed = [t for t in tiles if "graph_us" in t]
         if not timed:
             raise RuntimeError(f"{n}x{k} M={m}: no candidate matched F.linear: {tiles[:3]}")
-        by_graph = min(timed, key=lambda t: t["graph_us"])
-        by_stream = min(timed, key=lambda t: t["stream_us"])
-        rows.append({"n": n, "k": k, "m": m, "copies": len(layers), "dense": dense, "tiles": tiles,
-                     "tuner_pick": by_graph, "stream_pick": by_stream})  # fmt: skip
-        print(f"{n}x{k} M={m} ({len(timed)}/{len(tiles)} tiles): tuner's pick {by_graph['config']} graph "
-              f"{by_graph['graph_speedup']:.3f}x stream {by_graph['stream_speedup']:.3f}x; stream's pick "
-              f"{by_stream['config']} graph {by_stream['graph_speedup']:.3f}x stream "
-              f"{by_stream['stream_speedup']:.3f}x", flush=True)  # fmt: skip
+        picks = {"tuner_pick": min(timed, key=lambda t: t["graph_us"]),
+                 "stream_pick": min(timed, key=lambda t: t["stream_us"]),
+                 "weighed_pick": weighed_pick(timed)}  # fmt: skip
+        rows.append({"n": n, "k": k, "m": m, "copies": len(layers), "dense": dense, "tiles": tiles, **picks})
+        print(f"{n}x{k} M={m} ({len(timed)}/{len(tiles)} tiles): " + "; ".join(
+            f"{name} {t['config']} graph {t['graph_speedup']:.3f}x stream {t['stream_speedup']:.3f}x"
+            for name, t in picks.items()), flush=True)  # fmt: skip
     return rows
+
+
+def weighed_pick(timed: list[dict]) -> dict:
+    """The tile ``sparse-llm tune --weigh-stream`` would take from these times: the shortlist of the near-fastest
+    replays (``tune.stream_shortlist``), the least behind in its worse column (``tune.weigh_columns``)."""
+    shortlist = [timed[i] for i in tune.stream_shortlist([t["graph_us"] for t in timed])]
+    return shortlist[tune.weigh_columns([t["graph_us"] for t in shortlist], [t["stream_us"] for t in shortlist])]
 
 
 def main() -> None:
