@@ -155,3 +155,33 @@ class _Cfg:
 
     def as_dict(self) -> dict:
         return {"name": self.name}
+
+
+@pytest.mark.gpu
+def test_tune_weighing_the_stream_writes_an_entry_the_dispatch_follows(tmp_path, monkeypatch):
+    from sparse_llm import Sparse24Weight, SparseLinear, backends
+
+    monkeypatch.setenv("SPARSE_LLM_CACHE", str(tmp_path))
+    n, k, ms = 1024, 4096, (8, 512)
+    (entry,) = tune.tune([(n, k)], torch.bfloat16, ms, weigh_stream=True)
+    assert set(entry["backends"]) == {"8", "512"} and tune.cache_path() == tmp_path / tune.CACHE_FILE
+    assert (
+        tune.lookup(n, k, torch.bfloat16, torch.device("cuda", torch.cuda.current_device()))["backends"]
+        == (entry["backends"])
+    )
+    if backends.status()["sparse_mma"]:
+        for m in ms:
+            mma = [r for r in entry["measurements"] if r["m"] == m and "mma_config" in r]
+            streamed = [r for r in mma if "stream_us" in r]
+            assert 1 <= len(streamed) <= tune.STREAM_SHORTLIST
+            assert entry["mma_configs"][str(m)] in [r["mma_config"] for r in streamed]
+            fastest = min(r["us"] for r in mma)
+            assert all(r["us"] <= tune.STREAM_SLACK * fastest for r in streamed)
+    dense = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+    dense = dense * (torch.rand(n, k // 4, 4, device="cuda").argsort(-1) < 2).reshape(n, k)
+    layer = SparseLinear.from_weight(Sparse24Weight.from_dense(dense))
+    for m in (5, 500):  # follows the tuned buckets 8 and 512
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        assert backends.select(layer, x).name == entry["backends"][str(tune.m_bucket(m))]
+        ref = torch.nn.functional.linear(x.float(), dense.float())
+        assert ((layer(x).float() - ref).norm() / ref.norm()).item() < 1e-2
