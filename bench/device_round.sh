@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call of at most LIMIT_S seconds (default 570): build the three extensions in place (in parallel, one
-# after the other if that fails), retune RETUNE_SHAPES of TABLE (bench/retune.py; no new shape after RETUNE_UNTIL_S
-# seconds; RETUNE_ARGS, e.g. --weigh-stream, passed on), the layer grid with that table (bench/layers.py), then
-# bench/tile_stream.py in the time left.
+# after the other if that fails), bench/tile_stream.py (at most TILE_STREAM_S seconds, default 150; 0 skips it),
+# retune RETUNE_SHAPES of TABLE (bench/retune.py; no new shape after RETUNE_UNTIL_S seconds, default 330;
+# RETUNE_ARGS, e.g. --weigh-stream, passed on), then the layer grid with that table (bench/layers.py) in the time left.
 # Usage: OUT=dir SPARSE_LLM_GIT_SHA=sha RETUNE_SHAPES="4096x4096 ..." bash bench/device_round.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -13,26 +13,29 @@ table=${TABLE:-bench/results/crossover_h100.json}
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,power.limit --format=csv
 SPARSE_LLM_BUILD_EXTENSIONS=0 python -m pip install -q -e . --no-deps --no-build-isolation 2>&1 | grep -v WARNING
 exts=(_cusparselt _mma _wgmma)
+pids=()
 for e in "${exts[@]}"; do
   (SPARSE_LLM_BUILD_ONLY=$e python setup.py -q build_ext --inplace >"$OUT/build$e.log" 2>&1) &
+  pids+=($!)
 done
-wait
-if [ "$(ls sparse_llm/_*.so 2>/dev/null | wc -l)" -lt ${#exts[@]} ]; then
-  echo "parallel build incomplete: building one after the other"
+built=1
+for p in "${pids[@]}"; do wait "$p" || built=0; done
+if [ "$built" -eq 0 ]; then
+  echo "parallel build failed (logs in \$OUT/build_*.log): building one after the other"
   for e in "${exts[@]}"; do SPARSE_LLM_BUILD_ONLY=$e python setup.py -q build_ext --inplace || exit 1; done
 fi
 echo "build: $(elapsed) s"
+if [ "${TILE_STREAM_S:-150}" -gt 0 ]; then
+  timeout "${TILE_STREAM_S:-150}" python bench/tile_stream.py --out "$OUT/ts" 2>&1 | tail -8
+  echo "tile_stream: $(elapsed) s"
+fi
 if [ -n "${RETUNE_SHAPES:-}" ]; then
   # shellcheck disable=SC2086
   python bench/retune.py --out "$OUT/rt" --table "$table" --shapes $RETUNE_SHAPES ${RETUNE_ARGS:-} \
-    --deadline-s $(( ${RETUNE_UNTIL_S:-300} - $(elapsed) )) 2>&1 | tail -12
+    --deadline-s $(( ${RETUNE_UNTIL_S:-330} - $(elapsed) )) 2>&1 | tail -12
   if [ -f "$OUT/rt/crossover.json" ]; then table="$OUT/rt/crossover.json"; fi
   echo "retune: $(elapsed) s (grid table: $table)"
 fi
 timeout $(( limit - $(elapsed) )) python bench/layers.py --tables "$table" --out "$OUT/g" 2>&1 | tail -30
 echo "grid: $(elapsed) s"
-left=$(( limit - $(elapsed) ))
-if [ "$left" -gt 30 ]; then
-  timeout "$left" python bench/tile_stream.py --out "$OUT/ts" 2>&1 | tail -8
-fi
 echo "device_round: $(elapsed) s"
