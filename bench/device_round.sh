@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One device call of at most LIMIT_S seconds (default 570): build the three extensions in place (in parallel, one
 # after the other if that fails), bench/tile_stream.py (at most TILE_STREAM_S seconds, default 150; 0 skips it),
-# retune RETUNE_SHAPES of TABLE (bench/retune.py; no new shape after RETUNE_UNTIL_S seconds, default 330;
-# RETUNE_ARGS, e.g. --weigh-stream, passed on), then the layer grid with that table (bench/layers.py) in the time left.
+# retune RETUNE_SHAPES of TABLE (bench/retune.py; RETUNE_ARGS passed on) and then RETUNE_STREAM_SHAPES with
+# --weigh-stream (no new shape after RETUNE_UNTIL_S seconds, default 330), then the layer grid with the retuned table
+# (bench/layers.py) in the time left.
 # Usage: OUT=dir SPARSE_LLM_GIT_SHA=sha RETUNE_SHAPES="4096x4096 ..." bash bench/device_round.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -29,13 +30,15 @@ if [ "${TILE_STREAM_S:-150}" -gt 0 ]; then
   timeout "${TILE_STREAM_S:-150}" python bench/tile_stream.py --out "$OUT/ts" 2>&1 | tail -8
   echo "tile_stream: $(elapsed) s"
 fi
-if [ -n "${RETUNE_SHAPES:-}" ]; then
+retune() {  # retune SHAPES EXTRA_ARGS SUBDIR: the grid then takes the retuned table
   # shellcheck disable=SC2086
-  python bench/retune.py --out "$OUT/rt" --table "$table" --shapes $RETUNE_SHAPES ${RETUNE_ARGS:-} \
+  python bench/retune.py --out "$OUT/$3" --table "$table" --shapes $1 $2 \
     --deadline-s $(( ${RETUNE_UNTIL_S:-330} - $(elapsed) )) 2>&1 | tail -12
-  if [ -f "$OUT/rt/crossover.json" ]; then table="$OUT/rt/crossover.json"; fi
-  echo "retune: $(elapsed) s (grid table: $table)"
-fi
+  if [ -f "$OUT/$3/crossover.json" ]; then table="$OUT/$3/crossover.json"; fi
+  echo "retune $3: $(elapsed) s (grid table: $table)"
+}
+if [ -n "${RETUNE_SHAPES:-}" ]; then retune "$RETUNE_SHAPES" "${RETUNE_ARGS:-}" rt; fi
+if [ -n "${RETUNE_STREAM_SHAPES:-}" ]; then retune "$RETUNE_STREAM_SHAPES" --weigh-stream rt_stream; fi
 timeout $(( limit - $(elapsed) )) python bench/layers.py --tables "$table" --out "$OUT/g" 2>&1 | tail -30
 echo "grid: $(elapsed) s"
 echo "device_round: $(elapsed) s"
