@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call of at most LIMIT_S seconds (default 570): build the three extensions in place (in parallel, one
 # after the other if that fails), bench/tile_stream.py (at most TILE_STREAM_S seconds, default 150; 0 skips it),
-# retune RETUNE_SHAPES of TABLE (bench/retune.py; RETUNE_ARGS passed on) and then RETUNE_STREAM_SHAPES with
-# --weigh-stream (no new shape after RETUNE_UNTIL_S seconds, default 330), then the layer grid with the retuned table
+# retune RETUNE_SHAPES of TABLE (bench/retune.py; RETUNE_ARGS passed on, e.g. --no-weigh-stream) and then
+# RETUNE_STREAM_SHAPES with --weigh-stream (the default since 439949e's measurements) (no new shape after RETUNE_UNTIL_S seconds, default 330), then the layer grid with the retuned table
 # (bench/layers.py) in the time left.
 # Usage: OUT=dir SPARSE_LLM_GIT_SHA=sha RETUNE_SHAPES="4096x4096 ..." bash bench/device_round.sh
 set -uo pipefail

@@ -1,7 +1,7 @@
 """Retune some shapes of a committed tuning table on this GPU, the other entries kept as they are.
 
     python bench/retune.py --out DIR [--table bench/results/crossover_h100.json] [--shapes 4096x4096 ...]
-                           [--weigh-stream] [--deadline-s 300]
+                           [--no-weigh-stream] [--deadline-s 300]
 
 Seeds a fresh cache dir with ``--table`` (``common.use_tables``: the user's own cache stays untouched), runs
 ``sparse-llm tune``'s measurement (``tune.tune``) one shape at a time and after each writes ``DIR/crossover.json``
@@ -40,7 +40,8 @@ def main() -> None:
     ap.add_argument("--table", type=Path, default=RESULTS / "crossover_h100.json")
     ap.add_argument("--shapes", nargs="*", default=None, help="NxK (default: every Llama shape of the grid)")
     ap.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16")
-    ap.add_argument("--weigh-stream", action="store_true", help="sparse-llm tune --weigh-stream")
+    ap.add_argument("--weigh-stream", action=argparse.BooleanOptionalAction, default=True,
+                    help="as sparse-llm tune (the default; --no-weigh-stream: the replay alone)")  # fmt: skip
     ap.add_argument("--deadline-s", type=float, default=None, help="start no new shape after this many seconds")
     args = ap.parse_args()
     if not torch.cuda.is_available():

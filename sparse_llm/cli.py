@@ -333,9 +333,10 @@ def _tune_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--weigh-stream",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="choose the sparse tensor-core tile by its replay time and by its time in a stream of distinct copies of "
-        "the layer back to back (the way a model runs), not by the replay alone",
+        "the layer back to back (the way a model runs; the default), or with --no-weigh-stream by the replay alone",
     )
 
 

@@ -329,12 +329,15 @@ def tune_shape(
     dtype: torch.dtype = torch.bfloat16,
     ms: tuple[int, ...] = TUNE_MS,
     device: str = "cuda",
-    weigh_stream: bool = False,
+    weigh_stream: bool = True,
 ) -> dict:
     """Measure one (N, K) layer shape; returns its table entry (times in microseconds). The sparse tensor-core
-    kernel's tile is the fastest graph replay after the cache clear; with ``weigh_stream``, the one of the
-    shortlist (:func:`stream_shortlist`) that gives up least in the replay or in a stream of distinct copies of the
-    layer back to back (:func:`weigh_columns`), the way a model runs its layers."""
+    kernel's tile is, with ``weigh_stream``, the one of the shortlist (:func:`stream_shortlist`) that gives up least
+    in the graph replay after the cache clear or in a stream of distinct copies of the layer back to back
+    (:func:`weigh_columns`), the way a model runs its layers; without, the fastest replay. H100 at 439949e
+    (bench/results/tile_stream_h100_439949e.json): on 1024x8192 at M = 256-1024 the weighed tile was 1.5-5% slower
+    replayed and 9-18% faster in the stream than the fastest replay (the grid's stream rows 0.94-0.99x -> 1.02-1.08x);
+    on 1024x4096 the two picks were the same."""
     from sparse_llm.backends import cusparselt
 
     dev = torch.device(device)
@@ -430,7 +433,7 @@ def tune(
     dtype: torch.dtype = torch.bfloat16,
     ms: tuple[int, ...] = TUNE_MS,
     path: Path | None = None,
-    weigh_stream: bool = False,
+    weigh_stream: bool = True,
 ) -> list[dict]:
     """Tune every (N, K) in ``shapes`` on the current GPU and merge the entries into the cache file
     (``weigh_stream``: see :func:`tune_shape`)."""

@@ -112,9 +112,19 @@ def test_gpu_subcommands_are_registered_and_say_why_they_cannot_run_without_cuda
         pytest.skip("this checks the message on a machine without CUDA")
     assert main(["tune", "--shapes", "4096x4096"]) == 1
     assert "needs a CUDA GPU" in capsys.readouterr().err
-    assert main(["tune", "--shapes", "4096x4096", "--weigh-stream"]) == 1
+    assert main(["tune", "--shapes", "4096x4096", "--no-weigh-stream"]) == 1
     assert "needs a CUDA GPU" in capsys.readouterr().err
     assert main(["bench", "layers", "--quick"]) == 1
     assert "needs a CUDA GPU" in capsys.readouterr().err
     assert main(["tune", "--shapes", "4096by4096"]) == 1
     assert "is not NxK" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flag", "weigh"), [([], True), (["--weigh-stream"], True), (["--no-weigh-stream"], False)])
+def test_tune_weighs_the_stream_unless_told_not_to(monkeypatch, flag, weigh):
+    from sparse_llm import tune
+
+    seen = []
+    monkeypatch.setattr(tune, "tune", lambda shapes, dtype, ms, weigh_stream: seen.append(weigh_stream) or [])
+    assert cli.main(["tune", "--shapes", "1024x4096", *flag]) == 0
+    assert seen == [weigh]
