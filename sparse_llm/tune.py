@@ -274,7 +274,8 @@ def _bench_stream(fns) -> float:
 
 # weigh_stream: the sparse tensor-core candidates within STREAM_SLACK of the fastest graph replay, at most
 # STREAM_SHORTLIST of them, are timed in a stream too. 1.15: on the H100 at 43c3190 the stream's better tile for
-# 1024x4096 at M = 512 was 6.7% slower replayed (17.5 against 16.4 us) and 18% faster in the stream (11.3 against 13.7).
+# 1024x4096 at M = 512 was 6.7% slower replayed (17.5 against 16.4 us) and 18% faster in the stream (11.3 against 13.7);
+# at 439949e the tiles the weighing took on 1024x8192 were 1.4-5% behind the fastest replay.
 STREAM_SLACK = 1.15
 STREAM_SHORTLIST = 4
 
@@ -335,8 +336,8 @@ def tune_shape(
     kernel's tile is, with ``weigh_stream``, the one of the shortlist (:func:`stream_shortlist`) that gives up least
     in the graph replay after the cache clear or in a stream of distinct copies of the layer back to back
     (:func:`weigh_columns`), the way a model runs its layers; without, the fastest replay. H100 at 439949e
-    (bench/results/tile_stream_h100_439949e.json): on 1024x8192 at M = 256-1024 the weighed tile was 1.5-5% slower
-    replayed and 9-18% faster in the stream than the fastest replay (the grid's stream rows 0.94-0.99x -> 1.02-1.08x);
+    (bench/results/tile_stream_h100_439949e.json): on 1024x8192 at M = 256-1024 the weighed tile was 1.4-5% slower
+    replayed and 9-18% faster in the stream than the fastest replay (the grid's stream rows 0.94-0.99x -> 1.01-1.08x);
     on 1024x4096 the two picks were the same."""
     from sparse_llm.backends import cusparselt
 
