@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One device call of at most LIMIT_S seconds (default 570): build the three extensions in place (in parallel, one
 # after the other if that fails), bench/tile_stream.py (at most TILE_STREAM_S seconds, default 150; 0 skips it),
-# retune RETUNE_SHAPES of TABLE (bench/retune.py; RETUNE_ARGS passed on, e.g. --no-weigh-stream) and then
-# RETUNE_STREAM_SHAPES with --weigh-stream (the default since 439949e's measurements) (no new shape after RETUNE_UNTIL_S seconds, default 330), then the layer grid with the retuned table
-# (bench/layers.py) in the time left.
+# retune RETUNE_SHAPES of TABLE (bench/retune.py, which weighs the stream unless RETUNE_ARGS=--no-weigh-stream; no new
+# shape after RETUNE_UNTIL_S seconds, default 330), then the layer grid with the retuned table (bench/layers.py) in
+# the time left. (439949e's first call retuned its shapes with RETUNE_STREAM_SHAPES, the same as RETUNE_SHAPES since
+# weighing the stream became the default.)
 # Usage: OUT=dir SPARSE_LLM_GIT_SHA=sha RETUNE_SHAPES="4096x4096 ..." bash bench/device_round.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -30,15 +31,12 @@ if [ "${TILE_STREAM_S:-150}" -gt 0 ]; then
   timeout "${TILE_STREAM_S:-150}" python bench/tile_stream.py --out "$OUT/ts" 2>&1 | tail -8
   echo "tile_stream: $(elapsed) s"
 fi
-retune() {  # retune SHAPES EXTRA_ARGS SUBDIR: the grid then takes the retuned table
+if [ -n "${RETUNE_SHAPES:-}" ]; then
   # shellcheck disable=SC2086
-  python bench/retune.py --out "$OUT/$3" --table "$table" --shapes $1 $2 \
+  python bench/retune.py --out "$OUT/rt" --table "$table" --shapes $RETUNE_SHAPES ${RETUNE_ARGS:-} \
     --deadline-s $(( ${RETUNE_UNTIL_S:-330} - $(elapsed) )) 2>&1 | tail -12
-  if [ -f "$OUT/$3/crossover.json" ]; then table="$OUT/$3/crossover.json"; fi
-  echo "retune $3: $(elapsed) s (grid table: $table)"
-}
-if [ -n "${RETUNE_SHAPES:-}" ]; then retune "$RETUNE_SHAPES" "${RETUNE_ARGS:-}" rt; fi
-if [ -n "${RETUNE_STREAM_SHAPES:-}" ]; then retune "$RETUNE_STREAM_SHAPES" --weigh-stream rt_stream; fi
+  if [ -f "$OUT/rt/crossover.json" ]; then table="$OUT/rt/crossover.json"; fi
+  echo "retune: $(elapsed) s (grid table: $table)"
+fi
 timeout $(( limit - $(elapsed) )) python bench/layers.py --tables "$table" --out "$OUT/g" 2>&1 | tail -30
-echo "grid: $(elapsed) s"
 echo "device_round: $(elapsed) s"
