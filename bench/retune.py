@@ -1,13 +1,15 @@
 """Retune some shapes of a committed tuning table on this GPU, the other entries kept as they are.
 
     python bench/retune.py --out DIR [--table bench/results/crossover_h100.json] [--shapes 4096x4096 ...]
-                           [--no-weigh-stream] [--deadline-s 300]
+                           [--ms 1 2 4 ...] [--no-weigh-stream] [--deadline-s 300]
 
 Seeds a fresh cache dir with ``--table`` (``common.use_tables``: the user's own cache stays untouched), runs
 ``sparse-llm tune``'s measurement (``tune.tune``) one shape at a time and after each writes ``DIR/crossover.json``
 (the table's entries as a list, as the committed tables hold them, this GPU's entries of the tuned shapes replaced)
-and ``DIR/measurements.json`` (the tuned entries with every time measured). ``--deadline-s``: start no new shape
-after that many seconds, so a device call with a time limit still returns the shapes it finished (named on stdout).
+and ``DIR/measurements.json`` (the tuned entries with every time measured). ``--ms``: the token counts measured
+(default ``tune.TUNE_MS``); buckets not measured keep the table's choice, as ``sparse-llm tune --ms`` does.
+``--deadline-s``: start no new shape after that many seconds, so a device call with a time limit still returns the
+shapes it finished (named on stdout).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["bfloat16", "float16"], default="bfloat16")
     ap.add_argument("--weigh-stream", action=argparse.BooleanOptionalAction, default=True,
                     help="as sparse-llm tune (the default; --no-weigh-stream: the replay alone)")  # fmt: skip
+    ap.add_argument("--ms", type=int, nargs="+", default=None, help="token counts to tune (default: tune.TUNE_MS)")
     ap.add_argument("--deadline-s", type=float, default=None, help="start no new shape after this many seconds")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -49,6 +52,9 @@ def main() -> None:
     if not args.table.is_file():
         raise SystemExit(f"--table {args.table}: no such file")
     shapes = [parse_shape(s) for s in args.shapes] if args.shapes else distinct_shapes(LLAMA_SHAPES)
+    ms = tuple(sorted(set(args.ms))) if args.ms else tune.TUNE_MS
+    if ms[0] < 1:
+        raise SystemExit(f"--ms takes token counts of 1 or more, got {list(args.ms)}")
     start = time.monotonic()
     use_tables([args.table])
     path = Path(os.environ["SPARSE_LLM_CACHE"]) / tune.CACHE_FILE
@@ -59,7 +65,7 @@ def main() -> None:
             print(f"deadline: {n}x{k} and the rest not tuned", flush=True)
             break
         t0 = time.monotonic()
-        entries = tune.tune([(n, k)], getattr(torch, args.dtype), path=path, weigh_stream=args.weigh_stream)
+        entries = tune.tune([(n, k)], getattr(torch, args.dtype), ms, path=path, weigh_stream=args.weigh_stream)
         measured += entries
         done.append(f"{n}x{k}")
         (args.out / "crossover.json").write_text(json.dumps(as_list(tune.load_table(path)), indent=1))
