@@ -28,7 +28,9 @@ CACHE_FILE = "crossover.json"
 DEFAULT_CROSSOVER = 4
 # 512-2048: the warpgroup kernel beat cuSPARSELt on the 1024-row layers there (H100, wgmma_check_v2_h100.json:
 # 1024x4096 M = 1024 0.85x of cuBLAS against 0.76x; wgmma_check_cluster_v3_h100.json: M = 2048 1.06x against 0.90-0.93x
-# with x shared by two row tiles); above, cuSPARSELt won on every shape measured.
+# with x shared by two row tiles); above, cuSPARSELt won on every shape measured (H100, retune_large_m_h100_7cfd019.json:
+# at M = 4096-16384 our best tile took 1.00-1.20x cuSPARSELt's time on 1024x4096 and 1024x8192, 1.15-1.39x on 4096x4096;
+# `sparse-llm tune --ms 4096` measures larger buckets where wanted).
 TUNE_MS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 # The mma.sp kernels are timed up to here (they lost to cuBLAS from M = 64 on in the H100 sweep,
 # bench/results/mma_sweep_v5_h100.json, but could still beat the other two backends); the warpgroup kernel at every
