@@ -52,9 +52,10 @@ def main() -> None:
     if not args.table.is_file():
         raise SystemExit(f"--table {args.table}: no such file")
     shapes = [parse_shape(s) for s in args.shapes] if args.shapes else distinct_shapes(LLAMA_SHAPES)
-    ms = tuple(sorted(set(args.ms))) if args.ms else tune.TUNE_MS
-    if ms[0] < 1:
-        raise SystemExit(f"--ms takes token counts of 1 or more, got {list(args.ms)}")
+    try:
+        ms = tune.check_ms(args.ms) if args.ms else tune.TUNE_MS
+    except ValueError as err:
+        raise SystemExit(f"--ms: {err}") from None
     start = time.monotonic()
     use_tables([args.table])
     path = Path(os.environ["SPARSE_LLM_CACHE"]) / tune.CACHE_FILE

@@ -328,7 +328,7 @@ def _tune_args(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         type=int,
         metavar="M",
-        help="token counts to measure (default: sparse_llm.tune.TUNE_MS, 1-2048 in powers of two); other M of a tuned "
+        help="token counts to measure, powers of two (default: sparse_llm.tune.TUNE_MS, 1-2048); other M of a tuned "
         "shape stay as they are",
     )
     parser.add_argument(
@@ -347,9 +347,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         shapes = [benchmark.parse_shape(s) for s in args.shapes]
     else:
         shapes = benchmark.distinct_shapes(benchmark.LLAMA_SHAPES)
-    ms = tuple(sorted(set(args.ms))) if args.ms else tune.TUNE_MS
-    if any(m < 1 for m in ms):
-        raise ValueError(f"--ms takes token counts of 1 or more, got {list(ms)}")
+    ms = tune.check_ms(args.ms) if args.ms else tune.TUNE_MS
     for entry in tune.tune(shapes, getattr(torch, args.dtype), ms, weigh_stream=args.weigh_stream):
         chosen = ", ".join(f"M<={m}: {name}" for m, name in entry["backends"].items())
         print(f"{entry['n']}x{entry['k']}: {chosen}; cuSPARSELt above M = {max(int(m) for m in entry['backends'])}")

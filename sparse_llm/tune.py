@@ -28,9 +28,9 @@ CACHE_FILE = "crossover.json"
 DEFAULT_CROSSOVER = 4
 # 512-2048: the warpgroup kernel beat cuSPARSELt on the 1024-row layers there (H100, wgmma_check_v2_h100.json:
 # 1024x4096 M = 1024 0.85x of cuBLAS against 0.76x; wgmma_check_cluster_v3_h100.json: M = 2048 1.06x against 0.90-0.93x
-# with x shared by two row tiles); above, cuSPARSELt won on every shape measured (H100, retune_large_m_h100_7cfd019.json:
-# at M = 4096-16384 our best tile took 1.00-1.20x cuSPARSELt's time on 1024x4096 and 1024x8192, 1.15-1.39x on 4096x4096;
-# `sparse-llm tune --ms 4096` measures larger buckets where wanted).
+# with x shared by two row tiles); above, cuSPARSELt won on every shape measured (H100,
+# retune_large_m_h100_7cfd019.json: at M = 4096-16384 our best tile took 1.00-1.20x cuSPARSELt's time on 1024x4096 and
+# 1024x8192, 1.15-1.39x on 4096x4096; `sparse-llm tune --ms 4096` measures larger buckets where wanted).
 TUNE_MS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 # The mma.sp kernels are timed up to here (they lost to cuBLAS from M = 64 on in the H100 sweep,
 # bench/results/mma_sweep_v5_h100.json, but could still beat the other two backends); the warpgroup kernel at every
@@ -46,6 +46,20 @@ def cache_path() -> Path:
 def m_bucket(m: int) -> int:
     """The tuned M that stands for ``m``: the next power of two."""
     return triton.next_power_of_2(max(int(m), 1))
+
+
+def check_ms(ms) -> tuple[int, ...]:
+    """The token counts to tune, sorted and each once; ValueError unless every one is a power of two of 1 or more: a
+    call's M is looked up by its bucket (:func:`m_bucket`), so a table entry for M = 3000 would never be read."""
+    ms = tuple(sorted({int(m) for m in ms}))
+    if not ms:
+        raise ValueError("no token count to tune: give at least one M")
+    bad = [m for m in ms if m < 1 or m != m_bucket(m)]
+    if bad:
+        hint = ", ".join(f"{m} -> {m_bucket(m)}" for m in bad if m >= 1)
+        raise ValueError(f"token counts to tune must be powers of two of 1 or more (a call of M tokens uses the tuned "
+                         f"entry of the next power of two), got {bad}" + (f"; measure {hint} instead" if hint else ""))
+    return ms
 
 
 def gpu_name(device: torch.device | str | None = None) -> str:
@@ -343,6 +357,7 @@ def tune_shape(
     on 1024x4096 the two picks were the same."""
     from sparse_llm.backends import cusparselt
 
+    ms = check_ms(ms)
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
@@ -440,6 +455,7 @@ def tune(
 ) -> list[dict]:
     """Tune every (N, K) in ``shapes`` on the current GPU and merge the entries into the cache file
     (``weigh_stream``: see :func:`tune_shape`)."""
+    ms = check_ms(ms)
     if not torch.cuda.is_available():
         raise RuntimeError("tuning needs a CUDA GPU: the crossover is measured, not guessed")
     path = path or cache_path()

@@ -118,6 +118,8 @@ def test_gpu_subcommands_are_registered_and_say_why_they_cannot_run_without_cuda
     assert "needs a CUDA GPU" in capsys.readouterr().err
     assert main(["tune", "--shapes", "4096by4096"]) == 1
     assert "is not NxK" in capsys.readouterr().err
+    assert main(["tune", "--shapes", "4096x4096", "--ms", "1000"]) == 1
+    assert "powers of two" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("flag", "weigh"), [([], True), (["--weigh-stream"], True), (["--no-weigh-stream"], False)])

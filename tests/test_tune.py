@@ -63,6 +63,19 @@ def test_mma_candidates(monkeypatch, m, capability):
         assert not with_cluster
 
 
+def test_token_counts_to_tune_are_powers_of_two():
+    assert tune.check_ms([1024, 4, 4, 1]) == (1, 4, 1024)
+    assert tune.check_ms(tune.TUNE_MS) == tune.TUNE_MS
+    with pytest.raises(ValueError, match=r"powers of two.*\[3000\].*3000 -> 4096"):
+        tune.check_ms([1024, 3000])
+    with pytest.raises(ValueError, match=r"got \[0\]"):
+        tune.check_ms([0, 16])
+    with pytest.raises(ValueError, match="at least one"):
+        tune.check_ms([])
+    with pytest.raises(ValueError, match=r"\[100\]"):  # before the GPU check: the mistake is named on any machine
+        tune.tune([(1024, 4096)], ms=(64, 100))
+
+
 def test_partial_tuning_merges_into_the_entry():
     old = {"crossover": 4, "backends": {"1": "sparse_mma", "512": "cusparselt"},
            "mma_configs": {"1": {"rows": 16}}, "triton_configs": {"1": {"kernel": "fma"}}}  # fmt: skip
