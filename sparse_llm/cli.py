@@ -348,9 +348,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     else:
         shapes = benchmark.distinct_shapes(benchmark.LLAMA_SHAPES)
     ms = tune.check_ms(args.ms) if args.ms else tune.TUNE_MS
-    for entry in tune.tune(shapes, getattr(torch, args.dtype), ms, weigh_stream=args.weigh_stream):
-        chosen = ", ".join(f"M<={m}: {name}" for m, name in entry["backends"].items())
-        print(f"{entry['n']}x{entry['k']}: {chosen}; cuSPARSELt above M = {max(int(m) for m in entry['backends'])}")
+    dtype = getattr(torch, args.dtype)
+    for entry in tune.tune(shapes, dtype, ms, weigh_stream=args.weigh_stream):
+        # what the dispatcher now reads: the merged entry (buckets measured before and not now included)
+        merged = tune.load_table().get(tune.entry_key(entry["gpu"], entry["n"], entry["k"], dtype), entry)
+        buckets = sorted(merged["backends"].items(), key=lambda item: int(item[0]))
+        chosen = ", ".join(f"M<={m}: {name}" for m, name in buckets)
+        print(f"{entry['n']}x{entry['k']}: {chosen}; cuSPARSELt above M = {buckets[-1][0]}")
     print(f"crossover table: {tune.cache_path()}")
     return 0
 

@@ -130,3 +130,26 @@ def test_tune_weighs_the_stream_unless_told_not_to(monkeypatch, flag, weigh):
     monkeypatch.setattr(tune, "tune", lambda shapes, dtype, ms, weigh_stream: seen.append(weigh_stream) or [])
     assert cli.main(["tune", "--shapes", "1024x4096", *flag]) == 0
     assert seen == [weigh]
+
+
+def test_tune_prints_the_merged_entry_the_dispatch_reads(monkeypatch, tmp_path, capsys):
+    import json
+
+    import torch
+
+    from sparse_llm import tune
+
+    monkeypatch.setenv("SPARSE_LLM_CACHE", str(tmp_path))
+    key = tune.entry_key("GPU", 1024, 4096, torch.bfloat16)
+    old = {"1": "sparse_mma", "2048": "sparse_mma"}
+
+    def fake_tune(shapes, dtype, ms, weigh_stream):  # a run of --ms 512 over an entry tuned before
+        new = {"gpu": "GPU", "n": 1024, "k": 4096, "backends": {"512": "cusparselt"}}
+        tune.cache_path().write_text(json.dumps({key: {**new, "backends": {**old, **new["backends"]}}}))
+        tune._table.cache_clear()
+        return [new]
+
+    monkeypatch.setattr(tune, "tune", fake_tune)
+    assert cli.main(["tune", "--shapes", "1024x4096", "--ms", "512"]) == 0
+    out = capsys.readouterr().out
+    assert "1024x4096: M<=1: sparse_mma, M<=512: cusparselt, M<=2048: sparse_mma; cuSPARSELt above M = 2048" in out
