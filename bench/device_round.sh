@@ -3,8 +3,7 @@
 # after the other if that fails), bench/tile_stream.py (at most TILE_STREAM_S seconds, default 150; 0 skips it),
 # retune RETUNE_SHAPES of TABLE (bench/retune.py, which weighs the stream unless RETUNE_ARGS=--no-weigh-stream; no new
 # shape after RETUNE_UNTIL_S seconds, default 330), then the layer grid with the retuned table (bench/layers.py) in
-# the time left. (439949e's first call retuned its shapes with RETUNE_STREAM_SHAPES, the same as RETUNE_SHAPES since
-# weighing the stream became the default.)
+# the time left.
 # Usage: OUT=dir SPARSE_LLM_GIT_SHA=sha RETUNE_SHAPES="4096x4096 ..." bash bench/device_round.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -58,7 +57,7 @@ def main() -> None:
         raise SystemExit(f"--ms: {err}") from None
     start = time.monotonic()
     use_tables([args.table])
-    path = Path(os.environ["SPARSE_LLM_CACHE"]) / tune.CACHE_FILE
+    path = tune.cache_path()  # in the fresh cache dir use_tables set
     args.out.mkdir(parents=True, exist_ok=True)
     done, measured = [], []
     for n, k in shapes:

@@ -67,19 +67,13 @@ def measure_shape(n: int, k: int, ms: list[int], dtype: torch.dtype) -> list[dic
             raise RuntimeError(f"{n}x{k} M={m}: no candidate matched F.linear: {tiles[:3]}")
         picks = {"tuner_pick": min(timed, key=lambda t: t["graph_us"]),
                  "stream_pick": min(timed, key=lambda t: t["stream_us"]),
-                 "weighed_pick": weighed_pick(timed)}  # fmt: skip
+                 "weighed_pick": timed[tune.weighed_pick([t["graph_us"] for t in timed],
+                                                         [t["stream_us"] for t in timed].__getitem__)]}  # fmt: skip
         rows.append({"n": n, "k": k, "m": m, "copies": len(layers), "dense": dense, "tiles": tiles, **picks})
         print(f"{n}x{k} M={m} ({len(timed)}/{len(tiles)} tiles): " + "; ".join(
             f"{name} {t['config']} graph {t['graph_speedup']:.3f}x stream {t['stream_speedup']:.3f}x"
             for name, t in picks.items()), flush=True)  # fmt: skip
     return rows
-
-
-def weighed_pick(timed: list[dict]) -> dict:
-    """The tile ``sparse-llm tune --weigh-stream`` would take from these times: the shortlist of the near-fastest
-    replays (``tune.stream_shortlist``), the least behind in its worse column (``tune.weigh_columns``)."""
-    shortlist = [timed[i] for i in tune.stream_shortlist([t["graph_us"] for t in timed])]
-    return shortlist[tune.weigh_columns([t["graph_us"] for t in shortlist], [t["stream_us"] for t in shortlist])]
 
 
 def main() -> None:

@@ -315,6 +315,14 @@ def weigh_columns(graph_us: list[float], stream_us: list[float]) -> int:
     return min(range(len(graph_us)), key=lambda i: (max(graph_us[i] / g0, stream_us[i] / s0), graph_us[i]))
 
 
+def weighed_pick(graph_us: list[float], stream_us_of) -> int:
+    """The index of the candidate ``weigh_stream`` takes: of the shortlist (:func:`stream_shortlist`), timed in a stream
+    by ``stream_us_of(index)``, the one least behind in its worse column (:func:`weigh_columns`)."""
+    shortlist = stream_shortlist(graph_us)
+    stream = [stream_us_of(i) for i in shortlist]
+    return shortlist[weigh_columns([graph_us[i] for i in shortlist], stream)]
+
+
 def _best_mma(x: torch.Tensor, weights: list, cands: list, rows: list, weigh_stream: bool) -> tuple:
     """(configuration, graph-replay us) of the sparse tensor-core kernel at x's M: the fastest replay of
     ``weights[0]``, or with ``weigh_stream`` the shortlist's best in both columns, the stream over all ``weights``.
@@ -327,16 +335,17 @@ def _best_mma(x: torch.Tensor, weights: list, cands: list, rows: list, weigh_str
         graph.append(_bench(lambda cfg=cfg: sparse_mma.spmm24_mma(x, *weights[0], None, cfg)))
         timed.append({"m": m, "mma_config": cfg.as_dict(), "us": graph[-1]})
     rows += timed
-    pick = min(range(len(graph)), key=graph.__getitem__)
-    if weigh_stream:
-        shortlist = stream_shortlist(graph)
-        stream = []
-        for i in shortlist:
-            stream.append(
-                _bench_stream([lambda w=w, c=cands[i]: sparse_mma.spmm24_mma(x, *w, None, c) for w in weights])
-            )
-            timed[i]["stream_us"] = stream[-1]
-        pick = shortlist[weigh_columns([graph[i] for i in shortlist], stream)]
+    if not weigh_stream:
+        pick = min(range(len(graph)), key=graph.__getitem__)
+        return cands[pick], graph[pick]
+
+    def stream_us_of(i: int) -> float:
+        timed[i]["stream_us"] = _bench_stream(
+            [lambda w=w, c=cands[i]: sparse_mma.spmm24_mma(x, *w, None, c) for w in weights]
+        )
+        return timed[i]["stream_us"]
+
+    pick = weighed_pick(graph, stream_us_of)
     return cands[pick], graph[pick]
 
 
