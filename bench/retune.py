@@ -6,8 +6,9 @@
 Seeds a fresh cache dir with ``--table`` (``common.use_tables``: the user's own cache stays untouched), runs
 ``sparse-llm tune``'s measurement (``tune.tune``) one shape at a time and after each writes ``DIR/crossover.json``
 (the table's entries as a list, as the committed tables hold them, this GPU's entries of the tuned shapes replaced)
-and ``DIR/measurements.json`` (the tuned entries with every time measured). ``--ms``: the token counts measured
-(default ``tune.TUNE_MS``); buckets not measured keep the table's choice, as ``sparse-llm tune --ms`` does.
+and ``DIR/measurements.json`` (the run's environment and settings, and the tuned entries with every time
+measured). ``--ms``: the token counts measured (default ``tune.TUNE_MS``); buckets not measured keep the table's
+choice, as ``sparse-llm tune --ms`` does.
 ``--deadline-s``: start no new shape after that many seconds, so a device call with a time limit still returns the
 shapes it finished (named on stdout).
 """
@@ -24,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import RESULTS, use_tables  # noqa: E402
+from common import RESULTS, use_tables, write_result  # noqa: E402
 
 from sparse_llm import tune  # noqa: E402
 from sparse_llm.benchmark import LLAMA_SHAPES, distinct_shapes, parse_shape  # noqa: E402
@@ -69,7 +70,8 @@ def main() -> None:
         measured += entries
         done.append(f"{n}x{k}")
         (args.out / "crossover.json").write_text(json.dumps(as_list(tune.load_table(path)), indent=1))
-        (args.out / "measurements.json").write_text(json.dumps(measured, indent=1))
+        settings = {"table": str(args.table), "weigh_stream": args.weigh_stream, "ms": list(ms), "shapes": done}
+        write_result(args.out, "measurements", {**settings, "entries": measured})
         print(f"tuned {n}x{k} in {time.monotonic() - t0:.0f} s", flush=True)
     print(f"retuned {len(done)} of {len(shapes)} shapes: {' '.join(done)}; wrote {args.out / 'crossover.json'}")
 
