@@ -3,6 +3,7 @@ measured copy bandwidth, the distinct Llama layer shapes, random 2:4 weights and
 
 from __future__ import annotations
 
+import argparse
 import cProfile
 import io
 import json
@@ -71,6 +72,21 @@ def copy_bandwidth(nbytes: int = 1 << 30) -> float:
     dst = torch.empty_like(src)
     ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
     return 2 * src.numel() / (ms * 1e-3)
+
+
+def add_tables_argument(parser: argparse.ArgumentParser) -> None:
+    """``--tables [PATH ...]``: backend choices from these tuning tables (given bare: the committed ones) in a fresh
+    cache dir, instead of the user's cache (see :func:`apply_tables`)."""
+    parser.add_argument("--tables", type=Path, nargs="*", default=None,
+                        help="backend choices from these tuning tables (none named: the committed H100 and H200 ones) "
+                        "instead of the user's cache")  # fmt: skip
+
+
+def apply_tables(tables: list[Path] | None) -> None:
+    """What ``--tables`` asked for: nothing when it was not given, else :func:`use_tables` of the named tables or,
+    given bare, of the committed ones."""
+    if tables is not None:
+        use_tables(tables or COMMITTED_TABLES)
 
 
 def use_tables(tables: list[Path]) -> None:

@@ -6,7 +6,7 @@ GPU queue never fills: a few hundred calls). Median of 7 batches of 200 calls; d
 3-D inputs, with and without plans) in alternation, 3 rounds, the median of the rounds. With ``--profile``,
 cProfile's top functions of the auto path at each M are written beside the JSON (``host_profile_M<m>.txt``).
 
-    python bench/host_overhead.py --out DIR [--profile]
+    python bench/host_overhead.py --out DIR [--profile] [--tables [PATH ...]]
 
 Writes ``host_overhead.json``. The eager columns of the layer grid (``bench/layers.py``) turn into host-bound
 "windows" when this time exceeds what the GPU spends per timed call (the 256 MB cache clear and the kernel).
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import host_profile, write_result  # noqa: E402
+from common import add_tables_argument, apply_tables, host_profile, write_result  # noqa: E402
 
 from sparse_llm import Sparse24Weight, SparseLinear, backends  # noqa: E402
 from sparse_llm.benchmark import _random_24, enqueue_us  # noqa: E402
@@ -81,7 +81,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--k", type=int, default=4096)
     ap.add_argument("--profile", action="store_true", help="also write cProfile's top functions of the auto path")
+    add_tables_argument(ap)
     args = ap.parse_args()
+    apply_tables(args.tables)
     dense = _random_24(args.n, args.k, torch.bfloat16)
     bias = torch.randn(args.n, device="cuda", dtype=torch.bfloat16)
     layer = SparseLinear.from_weight(Sparse24Weight.from_dense(dense), bias)
@@ -96,7 +98,8 @@ def main() -> None:
             args.out.mkdir(parents=True, exist_ok=True)
             layer(x)  # the first call at this M (caches) is not profiled
             (args.out / f"host_profile_M{m}.txt").write_text(host_profile(lambda x=x: layer(x), calls=2000))
-    write_result(args.out, "host_overhead", {"n": args.n, "k": args.k, "rows": rows})
+    tables = [str(p) for p in args.tables] if args.tables is not None else None
+    write_result(args.out, "host_overhead", {"n": args.n, "k": args.k, "tables": tables, "rows": rows})
 
 
 if __name__ == "__main__":

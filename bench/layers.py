@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import COMMITTED_TABLES, use_tables  # noqa: E402
+from common import add_tables_argument, apply_tables  # noqa: E402
 
 from sparse_llm import benchmark, tune  # noqa: E402
 
@@ -30,9 +30,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results"), help="output folder")
     parser.add_argument("--quick", action="store_true", help="3 shapes and 7 M values")
     parser.add_argument("--tune", action="store_true", help="measure the Triton/cuSPARSELt crossover first")
-    parser.add_argument("--tables", type=Path, nargs="*", default=None,
-                        help="backend choices from these tuning tables (none named: the committed H100 and H200 ones) "
-                        "instead of the user's cache")  # fmt: skip
+    add_tables_argument(parser)
     parser.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph replay column")
     parser.add_argument("--no-streams", action="store_true", help="skip the stream column (layer copies back to back)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
@@ -42,8 +40,7 @@ def main() -> None:
     shapes = benchmark.QUICK_SHAPES if args.quick else benchmark.LLAMA_SHAPES
     if args.shapes:
         shapes = benchmark.select_shapes(shapes, args.shapes)
-    if args.tables is not None:
-        use_tables(args.tables or COMMITTED_TABLES)
+    apply_tables(args.tables)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.tune:
         entries = tune.tune(benchmark.distinct_shapes(shapes), dtype)

@@ -16,6 +16,11 @@ GPU kernel time into the blocks' linears and the rest (attention, norms, rotary,
 are compared with an fp32 copy of the dense model (relative error of the last hidden state).
 
     python bench/model_forward.py --out DIR [--model llama-3-8b|llama-2-7b] [--blocks 32] [--host-profile]
+                                  [--tables [PATH ...]]
+
+``--tables``: the backend choices of these tuning tables (given bare: the committed H100 and H200 ones) instead of
+the user's cache; without a tuned entry for the GPU at hand every layer runs its untuned defaults. The tuned entries
+of the model's linear shapes are written with the result.
 
 Writes ``model_forward_<model>.json``.
 """
@@ -34,9 +39,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import host_profile, rel_err, write_result  # noqa: E402
+from common import add_tables_argument, apply_tables, host_profile, rel_err, write_result  # noqa: E402
 
-from sparse_llm import SparseLinear, sparsify  # noqa: E402
+from sparse_llm import SparseLinear, sparsify, tune  # noqa: E402
 from sparse_llm.benchmark import capture_graph, enqueue_us, events_us  # noqa: E402
 
 MODELS = {  # hidden, MLP, heads, KV heads, vocab
@@ -172,7 +177,9 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=32, help="decoder blocks (the real model's count by default)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating dense/ours timing rounds per shape")
     ap.add_argument("--host-profile", action="store_true", help="cProfile the eager forwards at (8, 1)")
+    add_tables_argument(ap)
     args = ap.parse_args()
+    apply_tables(args.tables)
     if not torch.cuda.is_available():
         raise SystemExit("model_forward.py times a GPU: no CUDA device here")
     dense_net = build(args.model, args.blocks, "cuda")
@@ -200,7 +207,12 @@ def main() -> None:
             with torch.no_grad():
                 profiles = {side: host_profile(forward_fn(net, ids), calls=3)
                             for side, net in (("dense", dense_net), ("ours", sparse_net))}  # fmt: skip
-    payload = {"model": args.model, "blocks": args.blocks, "swapped_linears": len(swapped), "rows": rows}
+    shapes = {(mod.out_features, mod.in_features) for mod in sparse_net.modules() if isinstance(mod, SparseLinear)}
+    gpu = torch.cuda.get_device_name()
+    tuned = [e for e in tune.load_table().values() if (e["n"], e["k"]) in shapes and e["gpu"] == gpu]
+    tables = [str(p) for p in args.tables] if args.tables is not None else None
+    payload = {"model": args.model, "blocks": args.blocks, "swapped_linears": len(swapped), "rows": rows,
+               "tables": tables, "tuned_entries": tuned}  # fmt: skip
     if profiles:
         payload["host_profile_8x1"] = profiles
     write_result(args.out, f"model_forward_{args.model}", payload)
