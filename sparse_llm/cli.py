@@ -52,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
         for depth in range(1, len(words)):
             prefix = words[:depth]
             if prefix not in parsers:
-                parsers[prefix] = groups[prefix[:-1]].add_parser(prefix[-1], help=f"{' '.join(prefix)} ...")
+                names = [c.name.split() for c in COMMANDS.values()]
+                children = sorted({n[depth] for n in names if len(n) > depth and tuple(n[:depth]) == prefix})
+                help_ = f"{', '.join(children)} (see {' '.join(prefix)} -h)"
+                parsers[prefix] = groups[prefix[:-1]].add_parser(prefix[-1], help=help_)
             if prefix not in groups:
                 groups[prefix] = parsers[prefix].add_subparsers(title=f"{' '.join(prefix)} commands")
         sub = groups[words[:-1]].add_parser(words[-1], help=command.help, description=command.help)

@@ -87,6 +87,9 @@ def test_a_registered_subcommand_needs_one_function_and_one_line(monkeypatch, ca
     assert cli.main(["say", "hello", "--name", "sparse"]) == 0
     assert capsys.readouterr().out == "hello sparse\n"
     assert cli.main([]) == 2  # no subcommand: usage, exit code 2
+    cli.register("say bye", hello, None, "leaves")
+    top_help = cli.build_parser().format_help()
+    assert "bye, hello (see say -h)" in top_help  # a group's help names its subcommands
 
 
 def test_demo_prints_the_table(tiny_folder, text_file, monkeypatch, capsys):
