@@ -2,8 +2,9 @@
 # One device call of at most LIMIT_S seconds (default 570): build the three extensions in place (in parallel, one
 # after the other if that fails), bench/tile_stream.py (at most TILE_STREAM_S seconds, default 150; 0 skips it),
 # retune RETUNE_SHAPES of TABLE (bench/retune.py, which weighs the stream unless RETUNE_ARGS=--no-weigh-stream; no new
-# shape after RETUNE_UNTIL_S seconds, default 330), then the layer grid with the retuned table (bench/layers.py) in
-# the time left.
+# shape after RETUNE_UNTIL_S seconds, default 330), the whole Llama-3-8B body with that table
+# (bench/model_forward.py --tables, at most FORWARD_S seconds, default 0: skipped), then the layer grid with the
+# retuned table (bench/layers.py) in the time left (GRID=0 skips it).
 # Usage: OUT=dir SPARSE_LLM_GIT_SHA=sha RETUNE_SHAPES="4096x4096 ..." bash bench/device_round.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -37,5 +38,11 @@ if [ -n "${RETUNE_SHAPES:-}" ]; then
   if [ -f "$OUT/rt/crossover.json" ]; then table="$OUT/rt/crossover.json"; fi
   echo "retune: $(elapsed) s (grid table: $table)"
 fi
-timeout $(( limit - $(elapsed) )) python bench/layers.py --tables "$table" --out "$OUT/g" 2>&1 | tail -30
+if [ "${FORWARD_S:-0}" -gt 0 ]; then
+  timeout "${FORWARD_S}" python bench/model_forward.py --out "$OUT/mf" --tables "$table" --rounds 2 2>&1 | tail -8
+  echo "model_forward: $(elapsed) s"
+fi
+if [ "${GRID:-1}" -ne 0 ]; then
+  timeout $(( limit - $(elapsed) )) python bench/layers.py --tables "$table" --out "$OUT/g" 2>&1 | tail -30
+fi
 echo "device_round: $(elapsed) s"
