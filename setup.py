@@ -97,5 +97,6 @@ def _cusparselt_extension():
 setup(
     packages=PACKAGES,
     package_dir={"sparse_llm": "sparse_llm", "sparse_llm.kernels": "kernels"},
+    package_data={"sparse_llm": ["tables/*.json"]},  # the tuning tables measured here (sparse_llm.tune.shipped_table)
     **_cuda_extensions(),
 )

@@ -92,12 +92,11 @@ def apply_tables(tables: list[Path] | None) -> None:
 def use_tables(tables: list[Path]) -> None:
     """Point the package's tuned table at the entries of ``tables`` (as ``sparse-llm tune`` returns them or as its
     cache file holds them; keyed by GPU name, so each GPU finds its own), written to a fresh cache dir: the user's
-    own table stays untouched."""
+    own table stays untouched, and the tables shipped with the package are left out."""
     table = {}
     for path in tables:
-        data = json.loads(path.read_text())
-        for e in data.values() if isinstance(data, dict) else data:
-            table[tune.entry_key(e["gpu"], e["n"], e["k"], getattr(torch, e["dtype"]))] = e
+        table.update(tune.keyed(json.loads(path.read_text())))
     cache = Path(tempfile.mkdtemp(prefix="sparse-llm-tables-"))
     (cache / tune.CACHE_FILE).write_text(json.dumps(table))
     os.environ["SPARSE_LLM_CACHE"] = str(cache)
+    os.environ["SPARSE_LLM_SHIPPED_TABLES"] = "0"  # these tables alone, not the package's

@@ -50,7 +50,7 @@ def main() -> None:
     name = "layers_quick.json" if args.quick else "layers_part.json" if args.shapes else "layers.json"
 
     def save(result: dict) -> None:  # after every shape, so a run cut short still leaves its rows
-        result["crossover_table"] = tune.load_table()
+        result["crossover_table"] = tune.effective_table()
         (args.out / name).write_text(json.dumps(result, indent=1))
 
     result = benchmark.run(shapes, quick=args.quick, dtype=dtype, graphs=not args.no_graphs, checkpoint=save,

@@ -209,7 +209,7 @@ def main() -> None:
                             for side, net in (("dense", dense_net), ("ours", sparse_net))}  # fmt: skip
     shapes = {(mod.out_features, mod.in_features) for mod in sparse_net.modules() if isinstance(mod, SparseLinear)}
     gpu = torch.cuda.get_device_name()
-    tuned = [e for e in tune.load_table().values() if (e["n"], e["k"]) in shapes and e["gpu"] == gpu]
+    tuned = [e for e in tune.effective_table().values() if (e["n"], e["k"]) in shapes and e["gpu"] == gpu]
     tables = [str(p) for p in args.tables] if args.tables is not None else None
     payload = {"model": args.model, "blocks": args.blocks, "swapped_linears": len(swapped), "rows": rows,
                "tables": tables, "tuned_entries": tuned}  # fmt: skip

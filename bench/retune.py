@@ -10,7 +10,8 @@ and ``DIR/measurements.json`` (the run's environment and settings, and the tuned
 measured). ``--ms``: the token counts measured (default ``tune.TUNE_MS``); buckets not measured keep the table's
 choice, as ``sparse-llm tune --ms`` does.
 ``--deadline-s``: start no new shape after that many seconds, so a device call with a time limit still returns the
-shapes it finished (named on stdout).
+shapes it finished (named on stdout). A table committed from ``DIR/crossover.json`` goes into ``bench/results`` and,
+as the package ships it, into ``sparse_llm/tables`` (``tests/test_tune.py`` checks that the two agree).
 """
 
 from __future__ import annotations

@@ -5,8 +5,10 @@ tensor-core kernel, and the cuSPARSELt extension, on a random 2:4 weight of the 
 fastest configuration of each kernel per M, the fastest backend per M (``backends``) and the Triton/cuSPARSELt
 crossover. ``tune`` does this for a list of shapes and merges the entries into ``crossover.json`` in the user
 cache dir (``sparse_llm.cache.cache_dir``), keyed by GPU name, shape and dtype. The dispatcher reads the file
-through :func:`choose_backend`, :func:`small_config` and :func:`mma_config`; without an entry it uses the defaults
-(:data:`DEFAULT_MMA_MAX`, :data:`DEFAULT_CROSSOVER`).
+through :func:`choose_backend`, :func:`small_config` and :func:`mma_config`. A shape the user has not tuned takes the
+entry measured for its GPU and shape in the tables shipped with the package (:func:`shipped_table`: the Llama
+shapes on an H100 80GB HBM3 and an H200, copies of ``bench/results``' tables; ``SPARSE_LLM_SHIPPED_TABLES=0`` leaves
+them out); without either it uses the defaults (:data:`DEFAULT_MMA_MAX`, :data:`DEFAULT_CROSSOVER`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import os
+import warnings
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -83,11 +88,47 @@ def load_table(path: Path | None = None) -> dict:
     return _table(str(path or cache_path()))
 
 
+# The tables measured for this repository (bench/results/crossover_h100.json, bench/results/h200/crossover_h200.json),
+# shipped in sparse_llm/tables.
+SHIPPED_TABLES = ("crossover_h100.json", "crossover_h200.json")
+
+
+def keyed(data: dict | list) -> dict:
+    """A table's entries keyed as the cache file holds them, from the cache file's form or a list of entries (as
+    ``sparse-llm tune`` returns them and ``bench/results`` commits them)."""
+    entries = data.values() if isinstance(data, dict) else data
+    return {entry_key(e["gpu"], e["n"], e["k"], getattr(torch, e["dtype"])): e for e in entries}
+
+
+@functools.cache
+def _shipped() -> dict:
+    table = {}
+    for name in SHIPPED_TABLES:
+        try:
+            table.update(keyed(json.loads((resources.files("sparse_llm") / "tables" / name).read_text())))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:  # only speed depends on it
+            warnings.warn(f"sparse_llm: the shipped tuning table {name} is unreadable ({err}); shapes not tuned with "
+                          "`sparse-llm tune` run their untuned defaults", stacklevel=2)  # fmt: skip
+    return table
+
+
+def shipped_table() -> dict:
+    """The entries shipped with the package, keyed as the cache file (empty with ``SPARSE_LLM_SHIPPED_TABLES=0``)."""
+    return {} if os.environ.get("SPARSE_LLM_SHIPPED_TABLES") == "0" else _shipped()
+
+
+def effective_table() -> dict:
+    """Every entry the dispatcher can read: the user's over the shipped ones."""
+    return {**shipped_table(), **load_table()}
+
+
 def lookup(n: int, k: int, dtype: torch.dtype, device: torch.device) -> dict | None:
-    """The tuned entry of this shape on this device's GPU, or None."""
+    """The tuned entry of this shape on this device's GPU: the user's (``sparse-llm tune``), else the shipped one,
+    else None."""
     if device.type != "cuda":
         return None
-    return load_table().get(entry_key(_cached_gpu_name(device.index), n, k, dtype))
+    key = entry_key(_cached_gpu_name(device.index), n, k, dtype)
+    return load_table().get(key) or shipped_table().get(key)
 
 
 @functools.cache
@@ -462,8 +503,8 @@ def tune(
     path: Path | None = None,
     weigh_stream: bool = True,
 ) -> list[dict]:
-    """Tune every (N, K) in ``shapes`` on the current GPU and merge the entries into the cache file
-    (``weigh_stream``: see :func:`tune_shape`)."""
+    """Tune every (N, K) in ``shapes`` on the current GPU and merge the entries into the cache file (over the user's
+    entry, else the shipped one: buckets not in ``ms`` keep its choices; ``weigh_stream``: see :func:`tune_shape`)."""
     ms = check_ms(ms)
     if not torch.cuda.is_available():
         raise RuntimeError("tuning needs a CUDA GPU: the crossover is measured, not guessed")
@@ -472,7 +513,8 @@ def tune(
     table = dict(load_table(path))
     for e in entries:
         key = entry_key(e["gpu"], e["n"], e["k"], dtype)
-        table[key] = _merged(table.get(key), {kk: v for kk, v in e.items() if kk != "measurements"}, ms)
+        old = table.get(key) or shipped_table().get(key)
+        table[key] = _merged(old, {kk: v for kk, v in e.items() if kk != "measurements"}, ms)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(table, indent=1, sort_keys=True))
     _table.cache_clear()

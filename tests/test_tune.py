@@ -1,10 +1,13 @@
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
 from sparse_llm import tune
 from sparse_llm.backends import sparse_mma
+from sparse_llm.backends.triton_small import SmallConfig
 
 
 def _fake_eager(monkeypatch, times):
@@ -88,6 +91,78 @@ def test_partial_tuning_merges_into_the_entry():
     assert merged["crossover"] == 4  # measured from 512 on: the Triton/cuSPARSELt crossover is the old one
     assert tune._merged(old, new, (1, 2))["crossover"] == 0
     assert tune._merged(None, new, (512,)) == new
+
+
+H100 = "NVIDIA H100 80GB HBM3"
+RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
+
+
+def test_shipped_tables_are_the_committed_measurements(monkeypatch):
+    """sparse_llm/tables holds copies of bench/results' tuning tables (update with cp after a retune)."""
+    monkeypatch.delenv("SPARSE_LLM_SHIPPED_TABLES", raising=False)
+    committed = {}
+    for path in (RESULTS / "crossover_h100.json", RESULTS / "h200" / "crossover_h200.json"):
+        committed.update(tune.keyed(json.loads(path.read_text())))
+    assert tune.shipped_table() == committed, "copy bench/results' crossover_h100.json and h200/crossover_h200.json"
+    gpus = {e["gpu"] for e in committed.values()}
+    assert H100 in gpus and len(gpus) == 2
+    for e in committed.values():  # every configuration a shipped entry names is one this package can launch
+        for cfg in e["mma_configs"].values():
+            mma = sparse_mma.MmaConfig(**cfg)
+            assert not mma.wgmma or mma.wgmma_tile in sparse_mma.WGMMA_TILES
+        for cfg in e["triton_configs"].values():
+            SmallConfig(**cfg)
+        assert set(e["backends"].values()) <= {"sparse_mma", "triton_small", "cusparselt"}
+
+
+def test_an_untuned_shape_takes_the_shipped_entry_of_its_gpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPARSE_LLM_CACHE", str(tmp_path))  # nothing tuned by the user
+    monkeypatch.delenv("SPARSE_LLM_SHIPPED_TABLES", raising=False)
+    monkeypatch.setattr(tune, "_cached_gpu_name", lambda index: H100)
+    cuda, bf16 = torch.device("cuda", 0), torch.bfloat16
+    shipped = tune.shipped_table()[tune.entry_key(H100, 4096, 14336, bf16)]
+    assert tune.lookup(4096, 14336, bf16, cuda) is shipped
+    for m in (1, 100, 4096):
+        want = shipped["backends"].get(str(tune.m_bucket(m)), "cusparselt")
+        assert tune.choose_backend(4096, 14336, m, bf16, cuda, cusparselt_ok=True, mma_ok=True) == want
+    assert tune.lookup(4096, 14336, torch.float16, cuda) is None  # measured in bf16 only
+    assert tune.lookup(4096, 14336, bf16, torch.device("cpu")) is None
+    monkeypatch.setattr(tune, "_cached_gpu_name", lambda index: "NVIDIA H100 PCIe")
+    assert tune.lookup(4096, 14336, bf16, cuda) is None  # another GPU: untuned defaults
+    monkeypatch.setattr(tune, "_cached_gpu_name", lambda index: H100)
+    monkeypatch.setenv("SPARSE_LLM_SHIPPED_TABLES", "0")
+    assert tune.lookup(4096, 14336, bf16, cuda) is None
+
+
+def test_an_unreadable_shipped_table_warns_and_leaves_the_defaults(monkeypatch):
+    monkeypatch.delenv("SPARSE_LLM_SHIPPED_TABLES", raising=False)
+    monkeypatch.setattr(tune, "SHIPPED_TABLES", ("crossover_h100.json", "missing.json"))
+    tune._shipped.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="missing.json is unreadable"):
+            table = tune.shipped_table()
+        assert table and {e["gpu"] for e in table.values()} == {H100}  # the readable one still counts
+    finally:
+        tune._shipped.cache_clear()
+
+
+def test_the_users_tuning_wins_and_merges_over_the_shipped_entry(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPARSE_LLM_CACHE", str(tmp_path))
+    monkeypatch.delenv("SPARSE_LLM_SHIPPED_TABLES", raising=False)
+    monkeypatch.setattr(tune, "_cached_gpu_name", lambda index: H100)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    bf16, cuda = torch.bfloat16, torch.device("cuda", 0)
+    shipped = tune.shipped_table()[tune.entry_key(H100, 4096, 4096, bf16)]
+    new = {"gpu": H100, "n": 4096, "k": 4096, "dtype": "bfloat16", "crossover": 0, "backends": {"512": "triton_small"},
+           "triton_configs": {"512": {"kernel": "dot"}}, "mma_configs": {}, "measurements": []}  # fmt: skip
+    monkeypatch.setattr(tune, "tune_shape", lambda n, k, dtype, ms, weigh_stream: new)
+    tune.tune([(4096, 4096)], bf16, (512,))
+    entry = tune.lookup(4096, 4096, bf16, cuda)
+    assert entry["backends"] == {**shipped["backends"], "512": "triton_small"}  # the other buckets as shipped
+    assert entry["crossover"] == shipped["crossover"] and entry["mma_configs"] == shipped["mma_configs"]
+    assert tune.choose_backend(4096, 4096, 300, bf16, cuda, cusparselt_ok=True, mma_ok=True) == "triton_small"
+    assert tune.effective_table()[tune.entry_key(H100, 4096, 4096, bf16)] == entry
+    assert tune.shipped_table()[tune.entry_key(H100, 4096, 4096, bf16)] is shipped  # the package's copy unchanged
 
 
 def test_mma_candidates_on_a_gpu_with_the_warpgroup_kernel(monkeypatch):
@@ -178,10 +253,8 @@ def test_tune_weighing_the_stream_writes_an_entry_the_dispatch_follows(tmp_path,
     n, k, ms = 1024, 4096, (8, 512)
     (entry,) = tune.tune([(n, k)], torch.bfloat16, ms, weigh_stream=True)
     assert set(entry["backends"]) == {"8", "512"} and tune.cache_path() == tmp_path / tune.CACHE_FILE
-    assert (
-        tune.lookup(n, k, torch.bfloat16, torch.device("cuda", torch.cuda.current_device()))["backends"]
-        == (entry["backends"])
-    )
+    read = tune.lookup(n, k, torch.bfloat16, torch.device("cuda", torch.cuda.current_device()))["backends"]
+    assert {m: read[m] for m in entry["backends"]} == entry["backends"]  # other buckets: the shipped entry's, if any
     if backends.status()["sparse_mma"]:
         for m in ms:
             mma = [r for r in entry["measurements"] if r["m"] == m and "mma_config" in r]
