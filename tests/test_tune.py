@@ -7,7 +7,7 @@ import torch
 
 from sparse_llm import tune
 from sparse_llm.backends import sparse_mma
-from sparse_llm.backends.triton_small import SmallConfig
+from sparse_llm.backends.triton_small import KERNELS, SmallConfig
 
 
 def _fake_eager(monkeypatch, times):
@@ -111,7 +111,7 @@ def test_shipped_tables_are_the_committed_measurements(monkeypatch):
             mma = sparse_mma.MmaConfig(**cfg)
             assert not mma.wgmma or mma.wgmma_tile in sparse_mma.WGMMA_TILES
         for cfg in e["triton_configs"].values():
-            SmallConfig(**cfg)
+            assert SmallConfig(**cfg).kernel in KERNELS
         assert set(e["backends"].values()) <= {"sparse_mma", "triton_small", "cusparselt"}
 
 
