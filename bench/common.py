@@ -82,11 +82,14 @@ def add_tables_argument(parser: argparse.ArgumentParser) -> None:
                         "instead of the user's cache")  # fmt: skip
 
 
-def apply_tables(tables: list[Path] | None) -> None:
+def apply_tables(tables: list[Path] | None) -> list[str] | None:
     """What ``--tables`` asked for: nothing when it was not given, else :func:`use_tables` of the named tables or,
-    given bare, of the committed ones."""
-    if tables is not None:
-        use_tables(tables or COMMITTED_TABLES)
+    given bare, of the committed ones. Returns the tables used (None: the user's cache), for the result file."""
+    if tables is None:
+        return None
+    tables = tables or COMMITTED_TABLES
+    use_tables(tables)
+    return [str(p) for p in tables]
 
 
 def use_tables(tables: list[Path]) -> None:

@@ -83,7 +83,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also write cProfile's top functions of the auto path")
     add_tables_argument(ap)
     args = ap.parse_args()
-    apply_tables(args.tables)
+    tables = apply_tables(args.tables)
     dense = _random_24(args.n, args.k, torch.bfloat16)
     bias = torch.randn(args.n, device="cuda", dtype=torch.bfloat16)
     layer = SparseLinear.from_weight(Sparse24Weight.from_dense(dense), bias)
@@ -98,7 +98,6 @@ def main() -> None:
             args.out.mkdir(parents=True, exist_ok=True)
             layer(x)  # the first call at this M (caches) is not profiled
             (args.out / f"host_profile_M{m}.txt").write_text(host_profile(lambda x=x: layer(x), calls=2000))
-    tables = [str(p) for p in args.tables] if args.tables is not None else None
     write_result(args.out, "host_overhead", {"n": args.n, "k": args.k, "tables": tables, "rows": rows})
 
 

@@ -179,7 +179,7 @@ def main() -> None:
     ap.add_argument("--host-profile", action="store_true", help="cProfile the eager forwards at (8, 1)")
     add_tables_argument(ap)
     args = ap.parse_args()
-    apply_tables(args.tables)
+    tables = apply_tables(args.tables)
     if not torch.cuda.is_available():
         raise SystemExit("model_forward.py times a GPU: no CUDA device here")
     dense_net = build(args.model, args.blocks, "cuda")
@@ -207,10 +207,10 @@ def main() -> None:
             with torch.no_grad():
                 profiles = {side: host_profile(forward_fn(net, ids), calls=3)
                             for side, net in (("dense", dense_net), ("ours", sparse_net))}  # fmt: skip
-    shapes = {(mod.out_features, mod.in_features) for mod in sparse_net.modules() if isinstance(mod, SparseLinear)}
-    gpu = torch.cuda.get_device_name()
-    tuned = [e for e in tune.effective_table().values() if (e["n"], e["k"]) in shapes and e["gpu"] == gpu]
-    tables = [str(p) for p in args.tables] if args.tables is not None else None
+    # the entries the dispatcher reads for the model's layers (the user's or the shipped ones, this GPU, this dtype)
+    weights = {(mod.out_features, mod.in_features): mod.values for mod in sparse_net.modules()
+               if isinstance(mod, SparseLinear)}  # fmt: skip
+    tuned = [e for (n, k), v in sorted(weights.items()) if (e := tune.lookup(n, k, v.dtype, v.device))]
     payload = {"model": args.model, "blocks": args.blocks, "swapped_linears": len(swapped), "rows": rows,
                "tables": tables, "tuned_entries": tuned}  # fmt: skip
     if profiles:
