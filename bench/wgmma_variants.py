@@ -1,12 +1,14 @@
 """Build-time variants of the warpgroup kernel (csrc/spmm24_wgmma.cu), side by side on the H100/H200: each variant is
 the same source compiled with other values of its knobs (SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT, SPARSE_LLM_WGMMA_MAX_STAGES,
-SPARSE_LLM_WGMMA_STAGED_STORE, SPARSE_LLM_WGMMA_EXTRA_TILES) into an extension of its own; `extra` adds tiles the
-package does not ship (EXTRA_TILES below), which it checks and times beside the shipped ones. (Variants measured with
-it and slower, now gone from the source, bench/NOTES.md: the in-block K split, twentieth round; W and x in rings of
-their own, W prefetched into L2 ahead of the ring, and blocks launched in pairs for placement, twenty-fifth round;
-W's metadata chunk-major, twenty-sixth round: rerun those from the commits their result files name.)
+SPARSE_LLM_WGMMA_STAGED_STORE, SPARSE_LLM_WGMMA_EXTRA_TILES, SPARSE_LLM_WGMMA_K_ROTATE) into an extension of its own;
+`extra` adds tiles the package does not ship (EXTRA_TILES below), which it checks and times beside the shipped ones.
+(Variants measured with it and slower, now gone from the source, bench/NOTES.md: the in-block K split, twentieth
+round; W and x in rings of their own, W prefetched into L2 ahead of the ring, and blocks launched in pairs for
+placement, twenty-fifth round; W's metadata chunk-major, twenty-sixth round: rerun those from the commits their result
+files name.)
 
     python bench/wgmma_variants.py --out DIR [--variants base pipe ...] [--ms 1 64 ...] [--shapes 4096x4096 ...]
+                                   [--build-only]
 
 1. Builds the variants in parallel (JIT, sm_90a) and checks every tile of each against F.linear (the quick cases of
    bench/wgmma_check.py: odd M, with and without bias, split 1 and 3, bf16 and fp16).
@@ -45,6 +47,10 @@ VARIANTS = {  # name: the knobs' values that differ from what ships (csrc/spmm24
     # faster: h200/wgmma_variants_staged_d9b7d94.json, where this build is `base` and the shipped one `staged`)
     "direct": {"SPARSE_LLM_WGMMA_STAGED_STORE": 0},
     "extra": {"SPARSE_LLM_WGMMA_EXTRA_TILES": 1},  # the shipped build with EXTRA_TILES too
+    # each block's walk along K starts part of the way in (blocks reading the same x / the same W / any: apart)
+    "rot_rows": {"SPARSE_LLM_WGMMA_K_ROTATE": 1},
+    "rot_tokens": {"SPARSE_LLM_WGMMA_K_ROTATE": 2},
+    "rot_all": {"SPARSE_LLM_WGMMA_K_ROTATE": 3},
 }
 
 
@@ -123,10 +129,18 @@ def main() -> None:
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--ms", type=int, nargs="*", default=list(MS))
     ap.add_argument("--shapes", nargs="*", default=None, help="NxK, default: the Llama shapes")
+    ap.add_argument(
+        "--build-only",
+        action="store_true",
+        help="compile the variants and stop (a later run loads them; e.g. while something else times)",
+    )
     args = ap.parse_args()
     t0 = time.time()
     with multiprocessing.get_context("spawn").Pool(len(args.variants)) as pool:
         pool.map(build_only, args.variants)  # compiles in parallel; the loads below find the builds up to date
+    if args.build_only:
+        print(f"built {len(args.variants)} variants in {time.time() - t0:.0f} s", flush=True)
+        return
     exts = {name: build(name) for name in args.variants}
     build_s = time.time() - t0
     print(f"built {len(exts)} variants in {build_s:.0f} s", flush=True)

@@ -135,8 +135,17 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
     constexpr bool kCopyMeta = !(kAblate & 128) || kCluster;
     if (threadIdx.x == 0) {
       const uint64_t w_policy = w_evict_first ? evict_first_policy() : 0;
-      for (int c = c_begin; c < c_end; ++c) {
-        const int k = c - c_begin, s = k % S;
+      int rotate = 0;  // kKRotate: the walk starts `rotate` chunks into the piece and wraps around
+      if constexpr (kKRotate != 0) {
+        const int row_tile = blockIdx.y / CR, row_tiles = gridDim.y / CR;
+        const int token_tile = blockIdx.x / CT, token_tiles = gridDim.x / CT;
+        const int b = kKRotate == 1 ? row_tile : kKRotate == 2 ? token_tile : row_tile * token_tiles + token_tile;
+        const int count = kKRotate == 1 ? row_tiles : kKRotate == 2 ? token_tiles : row_tiles * token_tiles;
+        rotate = static_cast<int>(static_cast<int64_t>(b) * max(c_end - c_begin, 0) / count);
+      }
+      for (int walk = c_begin; walk < c_end; ++walk) {
+        const int k = walk - c_begin, s = k % S;
+        const int c = kKRotate == 0 ? walk : walk + rotate < c_end ? walk + rotate : walk + rotate - (c_end - c_begin);
         if (k >= S) mbar_wait(empty + 8 * s, ((k / S) - 1) & 1);
         const uint32_t stage = base + s * L::kStage, bar = full + 8 * s;
         if constexpr (kAblate & 2) {

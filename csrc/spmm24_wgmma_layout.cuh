@@ -42,7 +42,17 @@ constexpr int kSmemBudget = 220 * 1024;  // the ring's share of the 227 KB a blo
 #ifndef SPARSE_LLM_WGMMA_STAGED_STORE
 #define SPARSE_LLM_WGMMA_STAGED_STORE 1
 #endif
+// Where each block starts its walk along K (measure-only): 0 (what ships) = every block at its piece's first chunk,
+// so all blocks of a wave ask for the same chunk of W and x at about the same time; otherwise block b starts at
+// chunk b n / B of its piece's n chunks and wraps around, b and B counted over 1 = the row tiles (blocks reading the
+// same x start apart), 2 = the token tiles (blocks reading the same W start apart), 3 = all blocks (clusters counted
+// as one block: its blocks share their copies, so they walk together). The sums' order changes, not their terms.
+#ifndef SPARSE_LLM_WGMMA_K_ROTATE
+#define SPARSE_LLM_WGMMA_K_ROTATE 0
+#endif
 constexpr bool kStagedStore = SPARSE_LLM_WGMMA_STAGED_STORE != 0;
+constexpr int kKRotate = SPARSE_LLM_WGMMA_K_ROTATE;
+static_assert(kKRotate >= 0 && kKRotate <= 3, "SPARSE_LLM_WGMMA_K_ROTATE must be in [0, 3]");
 constexpr int kAblate = SPARSE_LLM_WGMMA_ABLATE;
 constexpr int kMaxStages = SPARSE_LLM_WGMMA_MAX_STAGES;
 constexpr int kGroupsInFlight = SPARSE_LLM_WGMMA_GROUPS_IN_FLIGHT;
