@@ -78,6 +78,23 @@ def test_wgmma_tiles_are_the_instantiated_ones():
     assert extra and not extra & listed
 
 
+def test_every_knob_a_measured_variant_sets_is_read_by_the_warpgroup_source():
+    # a misspelt -D flag would build the shipped kernel again and time it as the variant
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("wgmma_variants", root / "bench" / "wgmma_variants.py")
+    variants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(variants)
+    source = "".join(p.read_text() for p in sorted((root / "csrc").glob("spmm24_wgmma*")))
+    read = set(re.findall(r"#ifndef (SPARSE_LLM_WGMMA_\w+)", source))
+    knobs = {knob for defines in variants.VARIANTS.values() for knob in defines}
+    assert "SPARSE_LLM_WGMMA_K_ROTATE" in knobs and knobs <= read, knobs - read
+    assert variants.VARIANTS["base"] == {}
+
+
 def test_wgmma_is_off_without_an_h100(monkeypatch):
     monkeypatch.setattr(sparse_mma, "_num_sms", lambda index: 132)
     cpu = torch.device("cpu")
