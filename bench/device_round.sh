@@ -53,7 +53,8 @@ fi
 if [ -n "$variants_pid" ]; then
   # shellcheck disable=SC2086
   timeout "${VARIANTS_S:-200}" python bench/wgmma_variants.py --out "$OUT/wv" --variants $VARIANTS \
-    --ms ${VARIANT_MS:-512 1024} --shapes ${VARIANT_SHAPES:-1024x4096 1024x8192 4096x4096} 2>&1 | grep -v Warn | tail -12
+    --ms ${VARIANT_MS:-512 1024} --shapes ${VARIANT_SHAPES:-1024x4096 1024x8192 4096x4096} 2>&1 |
+    grep -v Warn | tail -12
   echo "variants: $(elapsed) s"
 fi
 if [ "${TILE_STREAM_S:-150}" -gt 0 ]; then

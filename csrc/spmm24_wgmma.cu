@@ -145,7 +145,8 @@ __global__ void __launch_bounds__(128 * (CWG + 1), 1) spmm24_wgmma_kernel(
       }
       for (int walk = c_begin; walk < c_end; ++walk) {
         const int k = walk - c_begin, s = k % S;
-        const int c = kKRotate == 0 ? walk : walk + rotate < c_end ? walk + rotate : walk + rotate - (c_end - c_begin);
+        int c = walk;  // the chunk this step copies
+        if constexpr (kKRotate != 0) c = walk + rotate < c_end ? walk + rotate : walk + rotate - (c_end - c_begin);
         if (k >= S) mbar_wait(empty + 8 * s, ((k / S) - 1) & 1);
         const uint32_t stage = base + s * L::kStage, bar = full + 8 * s;
         if constexpr (kAblate & 2) {
