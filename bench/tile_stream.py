@@ -68,7 +68,7 @@ def measure_shape(n: int, k: int, ms: list[int], dtype: torch.dtype) -> list[dic
         picks = {"tuner_pick": min(timed, key=lambda t: t["graph_us"]),
                  "stream_pick": min(timed, key=lambda t: t["stream_us"]),
                  "weighed_pick": timed[tune.weighed_pick([t["graph_us"] for t in timed],
-                                                         [t["stream_us"] for t in timed].__getitem__)]}  # fmt: skip
+                                                         lambda i, timed=timed: timed[i]["stream_us"])]}  # fmt: skip
         rows.append({"n": n, "k": k, "m": m, "copies": len(layers), "dense": dense, "tiles": tiles, **picks})
         print(f"{n}x{k} M={m} ({len(timed)}/{len(tiles)} tiles): " + "; ".join(
             f"{name} {t['config']} graph {t['graph_speedup']:.3f}x stream {t['stream_speedup']:.3f}x"

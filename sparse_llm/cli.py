@@ -47,13 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparse-llm", description="Prune LLMs to 2:4 and run them sparse.")
     groups: dict[tuple[str, ...], argparse._SubParsersAction] = {(): parser.add_subparsers(title="commands")}
     parsers: dict[tuple[str, ...], argparse.ArgumentParser] = {(): parser}
+    names = [tuple(c.name.split()) for c in COMMANDS.values()]
     for command in COMMANDS.values():
         words = tuple(command.name.split())
         for depth in range(1, len(words)):
             prefix = words[:depth]
             if prefix not in parsers:
-                names = [c.name.split() for c in COMMANDS.values()]
-                children = sorted({n[depth] for n in names if len(n) > depth and tuple(n[:depth]) == prefix})
+                children = sorted({n[depth] for n in names if len(n) > depth and n[:depth] == prefix})
                 help_ = f"{', '.join(children)} (see {' '.join(prefix)} -h)"
                 parsers[prefix] = groups[prefix[:-1]].add_parser(prefix[-1], help=help_)
             if prefix not in groups:
@@ -350,9 +350,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         shapes = [benchmark.parse_shape(s) for s in args.shapes]
     else:
         shapes = benchmark.distinct_shapes(benchmark.LLAMA_SHAPES)
-    ms = tune.check_ms(args.ms) if args.ms else tune.TUNE_MS
-    dtype = getattr(torch, args.dtype)
-    for entry in tune.tune(shapes, dtype, ms, weigh_stream=args.weigh_stream):
+    dtype = getattr(torch, args.dtype)  # tune.tune checks --ms (tune.check_ms) before it looks for a GPU
+    for entry in tune.tune(shapes, dtype, args.ms or tune.TUNE_MS, weigh_stream=args.weigh_stream):
         # what the dispatcher now reads: the merged entry (buckets measured before and not now included)
         merged = tune.load_table().get(tune.entry_key(entry["gpu"], entry["n"], entry["k"], dtype), entry)
         buckets = sorted(merged["backends"].items(), key=lambda item: int(item[0]))
